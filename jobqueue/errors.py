@@ -1,0 +1,45 @@
+"""Exceptions raised by jobqueue, under one root class.
+
+The naive stage raises none of these: it has no bound to be full and no close to refuse work.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DuplicateJob",
+    "JobQueueError",
+    "QueueClosed",
+    "QueueFull",
+    "StoreError",
+    "StoreLocked",
+]
+
+
+class JobQueueError(Exception):
+    """Base class of every exception jobqueue raises on purpose."""
+
+
+class QueueFull(JobQueueError):
+    """The job's priority queue stayed full: ``block=False``, or ``timeout`` seconds passed."""
+
+
+class QueueClosed(JobQueueError):
+    """The queue no longer accepts jobs because ``close()`` has started."""
+
+
+class DuplicateJob(JobQueueError):
+    """A job with this id is already queued, processing or waiting for a retry."""
+
+
+class StoreError(JobQueueError):
+    """The persistent store cannot be opened, read or written."""
+
+
+class StoreLocked(StoreError):
+    """Another queue, in this process or another, owns the persistent store."""
+
+    def __init__(self, path: str, owner_pid: int | None) -> None:
+        owner = f"process {owner_pid}" if owner_pid is not None else "another process"
+        super().__init__(f"store {path!r} is owned by {owner}")
+        self.path = path
+        self.owner_pid = owner_pid

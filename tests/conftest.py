@@ -1,0 +1,27 @@
+"""Suite-wide checks: no test may leave a ``jobqueue-`` thread running."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+
+def jobqueue_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("jobqueue-")]
+
+
+@pytest.fixture(autouse=True)
+def no_thread_leak() -> Iterator[None]:
+    """Fail the test that leaves a library thread alive.
+
+    The naive stage's close() does not wait (that is one of its deliberate problems), so its
+    idle workers get a short grace period to exit; every other stage must have joined its
+    threads before close() returned, and its own tests check that immediately.
+    """
+    yield
+    for thread in jobqueue_threads():
+        thread.join(timeout=10)
+    leaked = [t.name for t in jobqueue_threads()]
+    assert not leaked, f"threads still alive after the test: {leaked}"
