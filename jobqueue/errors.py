@@ -8,6 +8,7 @@ from __future__ import annotations
 __all__ = [
     "DuplicateJob",
     "JobQueueError",
+    "JobTimeout",
     "QueueClosed",
     "QueueFull",
     "StoreError",
@@ -43,3 +44,7 @@ class StoreLocked(StoreError):
         super().__init__(f"store {path!r} is owned by {owner}")
         self.path = path
         self.owner_pid = owner_pid
+
+
+class JobTimeout(JobQueueError):
+    """A handler ran longer than ``job_timeout``; the attempt counts as failed."""

@@ -1,1 +1,57 @@
-"""Placeholder: being written."""
+"""The production stage: fair, observable, retrying, and durable across crashes with LMDB.
+
+See :class:`JobQueue` and :class:`Config`; the README has examples.
+"""
+
+from __future__ import annotations
+
+from jobqueue._priority import Priority
+from jobqueue.errors import (
+    DuplicateJob,
+    JobQueueError,
+    JobTimeout,
+    QueueClosed,
+    QueueFull,
+    StoreError,
+    StoreLocked,
+)
+from jobqueue.final._model import (
+    Config,
+    Handler,
+    Job,
+    JobInfo,
+    LatencySummary,
+    Metrics,
+    PriorityMetrics,
+    Status,
+)
+from jobqueue.final._picker import DEFAULT_WEIGHTS, WeightedPicker
+from jobqueue.final._queue import JobContext, JobQueue, current_job
+from jobqueue.final._store import JobRecord, MemoryStore, Store
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "Config",
+    "DuplicateJob",
+    "Handler",
+    "Job",
+    "JobContext",
+    "JobInfo",
+    "JobQueue",
+    "JobQueueError",
+    "JobRecord",
+    "JobTimeout",
+    "LatencySummary",
+    "MemoryStore",
+    "Metrics",
+    "Priority",
+    "PriorityMetrics",
+    "QueueClosed",
+    "QueueFull",
+    "Status",
+    "Store",
+    "StoreError",
+    "StoreLocked",
+    "WeightedPicker",
+    "current_job",
+]

@@ -1,0 +1,59 @@
+"""A bounded histogram of queue latencies: fixed memory however many jobs run."""
+
+from __future__ import annotations
+
+import math
+
+from jobqueue.final._model import LatencySummary
+
+__all__ = ["LatencyHistogram"]
+
+# Buckets are an eighth of a power of two wide (at most 12.5 %), from 2**-20 s (about 1 us) to
+# 2**7 s; anything outside is clamped to the first or last bucket.
+_SUB_BUCKETS = 8
+_MIN_EXPONENT = -19
+_MAX_EXPONENT = 8
+_BUCKETS = (_MAX_EXPONENT - _MIN_EXPONENT) * _SUB_BUCKETS
+
+
+def _upper_bound(index: int) -> float:
+    exponent, sub = divmod(index, _SUB_BUCKETS)
+    return math.ldexp(0.5 + (sub + 1) / (2 * _SUB_BUCKETS), exponent + _MIN_EXPONENT)
+
+
+class LatencyHistogram:
+    """Counts latencies into log-spaced buckets. Not thread-safe: the queue's mutex guards it."""
+
+    __slots__ = ("_counts", "_total", "_max")
+
+    def __init__(self) -> None:
+        self._counts = [0] * _BUCKETS
+        self._total = 0
+        self._max = 0.0
+
+    def record(self, seconds: float) -> None:
+        mantissa, exponent = math.frexp(seconds)  # seconds == mantissa * 2**exponent, 0.5 <= m < 1
+        index = (exponent - _MIN_EXPONENT) * _SUB_BUCKETS + int((mantissa - 0.5) * 2 * _SUB_BUCKETS)
+        if index < 0:
+            index = 0
+        elif index >= _BUCKETS:
+            index = _BUCKETS - 1
+        self._counts[index] += 1
+        self._total += 1
+        if seconds > self._max:
+            self._max = seconds
+
+    def summary(self) -> LatencySummary:
+        """Percentiles as bucket upper bounds (never above the largest latency seen)."""
+        if not self._total:
+            return LatencySummary(0.0, 0.0, 0.0, 0.0)
+        ranks = [math.ceil(self._total * q) for q in (0.50, 0.90, 0.99)]
+        found: list[float] = []
+        seen = 0
+        for index, count in enumerate(self._counts):
+            seen += count
+            while len(found) < len(ranks) and seen >= ranks[len(found)]:
+                found.append(min(_upper_bound(index), self._max))
+            if len(found) == len(ranks):
+                break
+        return LatencySummary(found[0], found[1], found[2], self._max)
