@@ -1,0 +1,581 @@
+"""The LMDB store: jobs survive a crash, written with group commit.
+
+Layout, in one LMDB environment directory (``persist_path``):
+
+- ``jobs``: job id -> record (:mod:`jobqueue.final._records`), live and finished alike;
+- ``order``: priority byte + arrival seq -> job id, for live jobs: recovery walks it in
+  priority and arrival order without loading everything;
+- ``done``: finish seq -> job id, oldest first, to prune finished jobs beyond the retention;
+- ``dead``: finish seq -> job id, for FAILED jobs (dead letters);
+- ``corrupt``: job id -> raw bytes of records that could not be decoded, set aside;
+- ``meta``: the store's magic and format version.
+
+Writes: :meth:`LmdbStore.add` must be durable when it returns, so concurrent callers share
+one transaction (group commit): the first to arrive commits everything pending, including the
+others' jobs and the batched ``update``/``finish`` records, while the rest wait for it. A
+flush thread commits batched records when no producer does. py-lmdb releases the GIL for each
+LMDB call, so fewer, larger transactions matter twice: fewer commits and fewer GIL hand-offs.
+
+Durability: ``fsync=False`` opens LMDB with ``sync=False, metasync=False``: a commit reaches
+the OS page cache, which survives the process being killed but not the machine losing power.
+``fsync=True`` keeps LMDB's defaults and flushes every commit to disk. ``writemap`` stays off:
+with it, a full disk would kill the process with SIGBUS instead of failing a write.
+
+Ownership: an exclusive ``flock`` on ``owner.lock`` (holding the owner's pid) lets one queue at
+a time own the store, in this process or another; readers need no lock (LMDB readers never
+block its writer).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+
+import lmdb
+
+from jobqueue._priority import Priority
+from jobqueue.errors import StoreError, StoreLocked
+from jobqueue.final._model import Status
+from jobqueue.final._records import (
+    FORMAT_VERSION,
+    RecordError,
+    decode,
+    encode,
+    order_key,
+    seq_key,
+)
+from jobqueue.final._store import JobRecord
+
+__all__ = ["LmdbStore", "StoreReader", "owner_pid"]
+
+logger = logging.getLogger("jobqueue")
+
+MAGIC = b"jobqueue-store"
+LOCK_FILE = "owner.lock"
+_INITIAL_MAP_SIZE = 64 << 20
+_MAX_DBS = 8
+_RECOVER_CHUNK = 512
+_LIVE = (Status.QUEUED, Status.PROCESSING, Status.RETRYING)
+# The flush thread waits this long after the first batched record, so one commit carries many.
+_FLUSH_LINGER = 0.002
+
+
+def _check_directory(path: str, *, create: bool) -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise StoreError(f"store path {path!r} is not a directory")
+    if not os.path.exists(path):
+        if not create:
+            raise StoreError(f"store path {path!r} does not exist")
+        try:
+            os.makedirs(path)
+        except OSError as exc:
+            raise StoreError(f"cannot create store directory {path!r}: {exc}") from None
+    if create and not os.access(path, os.W_OK | os.X_OK):
+        raise StoreError(f"store directory {path!r} is not writable")
+    names = set(os.listdir(path))
+    if names and "data.mdb" not in names:
+        raise StoreError(f"{path!r} is not a jobqueue store: it holds other files")
+
+
+def _check_meta(env: lmdb.Environment, path: str, *, initialise: bool) -> None:
+    """Check the magic and format; write them into a new, empty environment."""
+    if env.stat()["entries"] == 0:
+        if not initialise:
+            raise StoreError(f"{path!r} is not a jobqueue store: it is empty")
+        meta = env.open_db(b"meta")
+        with env.begin(write=True) as txn:
+            txn.put(b"magic", MAGIC, db=meta)
+            txn.put(b"format", str(FORMAT_VERSION).encode(), db=meta)
+        return
+    try:
+        meta = env.open_db(b"meta", create=False)
+        with env.begin() as txn:
+            magic = txn.get(b"magic", db=meta)
+            version = int(txn.get(b"format", b"0", db=meta))
+    except (lmdb.Error, ValueError):
+        magic = None
+    if magic != MAGIC:
+        raise StoreError(f"{path!r} is not a jobqueue store")
+    if version > FORMAT_VERSION:
+        raise StoreError(
+            f"store {path!r} was written by a newer jobqueue (format {version}; "
+            f"this version reads format {FORMAT_VERSION})"
+        )
+
+
+def owner_pid(path: str) -> int | None:
+    """Return the pid of the process owning the store at ``path``, or None if it is free.
+
+    Reads ``/proc/locks`` so that asking never takes the lock (which could make an owner that
+    is starting up fail); elsewhere, falls back to the pid file and a liveness check.
+    """
+    lock_path = os.path.join(path, LOCK_FILE)
+    try:
+        inode = os.stat(lock_path).st_ino
+    except FileNotFoundError:
+        return None
+    try:
+        with open("/proc/locks") as locks:
+            for line in locks:
+                fields = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:567 0 EOF"
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}"):
+                    return int(fields[4])
+        return None
+    except OSError:
+        pass
+    try:
+        with open(lock_path) as f:
+            pid = int(f.read().strip() or 0)
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def _take_ownership(path: str) -> int:
+    """Lock the store for this process and return the lock file's descriptor."""
+    lock_path = os.path.join(path, LOCK_FILE)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(f"cannot open {lock_path!r}: {exc}") from None
+    try:
+        # flock, not fcntl locks: two opens in one process conflict, so a second queue in
+        # the same process is refused too.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise StoreError(f"cannot lock {lock_path!r}: {exc}") from None
+        raise StoreLocked(path, owner_pid(path)) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+class _Pending:
+    """One job's latest unwritten state. ``new``: its ``order`` entry is not written yet."""
+
+    __slots__ = ("record", "new")
+
+    def __init__(self, record: JobRecord, new: bool) -> None:
+        self.record = record
+        self.new = new
+
+
+class LmdbStore:
+    """The :class:`~jobqueue.final._store.Store` on LMDB. Owns the store until closed.
+
+    Raises ``StoreError`` naming the path if it cannot be used, ``StoreLocked`` if another
+    queue owns it.
+    """
+
+    durable = True
+
+    def __init__(self, path: str, *, fsync: bool = False, retention: int = 100_000) -> None:
+        self.path = path
+        self._lock_fd: int | None = None
+        self._retention = retention
+        _check_directory(path, create=True)
+        self._lock_fd = _take_ownership(path)
+        try:
+            self._env = lmdb.open(
+                path,
+                map_size=_INITIAL_MAP_SIZE,
+                max_dbs=_MAX_DBS,
+                sync=fsync,
+                metasync=fsync,
+                writemap=False,
+            )
+            _check_meta(self._env, path, initialise=True)
+            self._jobs = self._env.open_db(b"jobs")
+            self._order = self._env.open_db(b"order")
+            self._done = self._env.open_db(b"done")
+            self._dead = self._env.open_db(b"dead")
+            self._corrupt = self._env.open_db(b"corrupt")
+            with self._env.begin() as txn:
+                self._done_count = txn.stat(self._done)["entries"]
+                self._last_fseq = self._last_key(txn, self._done)
+                self._last_seq = self._last_live_seq(txn)
+        except lmdb.Error as exc:
+            self._release()
+            raise StoreError(f"cannot open store {path!r}: {exc}") from None
+        except BaseException:
+            self._release()
+            raise
+
+        # _cond's lock guards _pending, _quarantine, _ticket, _committed, _committing,
+        # _failures and _closed. Add callers wait on it for their commit; the flush thread
+        # waits on it for batched records. Taken after the queue's mutex, never before it.
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: dict[str, _Pending] = {}
+        self._quarantine: dict[str, tuple[bytes, bytes | None]] = {}
+        self._ticket = 0  # one per add() call
+        self._committed = 0  # every add() with a ticket up to this one has been written
+        self._committing = False
+        self._failures: list[tuple[int, int, StoreError]] = []  # (first, last) ticket failed
+        self._closed = False
+        self._flusher_waiting = False
+        self._flusher = threading.Thread(
+            target=self._flush_loop, name="jobqueue-final-store-flush", daemon=True
+        )
+        self._flusher.start()
+
+    @staticmethod
+    def _last_key(txn: lmdb.Transaction, db: object) -> int:
+        cursor = txn.cursor(db=db)
+        return int.from_bytes(cursor.key(), "big") if cursor.last() else 0
+
+    def _last_live_seq(self, txn: lmdb.Transaction) -> int:
+        """The highest arrival seq of a live job: new jobs must sort after recovered ones."""
+        cursor = txn.cursor(db=self._order)
+        last = 0
+        for priority in Priority:
+            if cursor.set_range(bytes((priority + 1,))):
+                found = cursor.prev()
+            else:
+                found = cursor.last()
+            if found and cursor.key()[0] == priority:
+                last = max(last, int.from_bytes(cursor.key()[1:], "big"))
+        return last
+
+    def _release(self) -> None:
+        env = getattr(self, "_env", None)
+        if env is not None:
+            env.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    # -- the Store protocol ---------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def add(self, records: Sequence[JobRecord]) -> None:
+        with self._cond:
+            if self._closed:
+                raise StoreError(f"store {self.path!r} is closed")
+            pending = self._pending
+            for record in records:
+                pending[record.id] = _Pending(record, True)
+            self._ticket += 1
+            ticket = self._ticket
+            while self._committed < ticket:
+                if not self._committing:
+                    self._committing = True
+                    break
+                self._cond.wait()
+            else:
+                self._raise_if_failed(ticket)
+                return
+        self._commit()
+        with self._cond:
+            self._raise_if_failed(ticket)
+
+    def _raise_if_failed(self, ticket: int) -> None:
+        for first, last, error in self._failures:
+            if first <= ticket <= last:
+                raise error
+
+    def update(self, record: JobRecord) -> None:
+        self._batch(record)
+
+    def finish(self, record: JobRecord) -> None:
+        self._batch(record)
+
+    def _batch(self, record: JobRecord) -> None:
+        with self._cond:
+            if self._closed:
+                # A handler that outlived close(): its job stays as last stored and runs
+                # again at the next start (at least once).
+                return
+            previous = self._pending.get(record.id)
+            self._pending[record.id] = _Pending(record, previous is not None and previous.new)
+            if self._flusher_waiting:
+                self._flusher_waiting = False
+                self._cond.notify_all()
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._cond:
+            pending = self._pending.get(job_id)
+        if pending is not None:
+            return pending.record
+        try:
+            key = job_id.encode()
+        except UnicodeEncodeError:
+            return None
+        with self._env.begin() as txn:
+            raw = txn.get(key, db=self._jobs)
+        if raw is None:
+            return None
+        try:
+            return decode(raw)[0]
+        except RecordError as exc:
+            logger.error("stored record of job %r cannot be read: %s", job_id, exc)
+            return None
+
+    def dead_letters(self) -> list[JobRecord]:
+        self.flush()
+        found = []
+        with self._env.begin() as txn:
+            for fseq_key, job_id in txn.cursor(db=self._dead):
+                raw = txn.get(job_id, db=self._jobs)
+                if raw is None:
+                    continue
+                try:
+                    record, fseq = decode(raw)
+                except RecordError:
+                    continue
+                if record.status is Status.FAILED and seq_key(fseq) == fseq_key:
+                    found.append(record)
+        return found
+
+    def recover(self, priority: Priority, after_seq: int) -> Iterator[JobRecord]:
+        start = order_key(priority, after_seq + 1)
+        while True:
+            chunk: list[tuple[bytes, bytes, bytes | None]] = []
+            # Short read transactions, so a long recovery does not pin old pages.
+            with self._env.begin() as txn:
+                cursor = txn.cursor(db=self._order)
+                if not cursor.set_range(start):
+                    return
+                for key, job_id in cursor:
+                    if key[0] != priority or len(chunk) >= _RECOVER_CHUNK:
+                        break
+                    chunk.append((key, job_id, txn.get(job_id, db=self._jobs)))
+            if not chunk:
+                return
+            for key, job_id, raw in chunk:
+                record = self._live_record(key, job_id, raw)
+                if record is not None:
+                    yield record
+            if len(chunk) < _RECOVER_CHUNK:
+                return
+            start = chunk[-1][0] + b"\x00"
+
+    def _live_record(self, key: bytes, job_id: bytes, raw: bytes | None) -> JobRecord | None:
+        """The live job an ``order`` entry points to, or None if the entry is stale."""
+        if raw is None:
+            return None
+        try:
+            record, _ = decode(raw)
+        except RecordError as exc:
+            logger.error(
+                "stored record of job %r cannot be read (%s); set aside in the 'corrupt' "
+                "table", job_id, exc,
+            )
+            with self._cond:
+                self._quarantine[job_id.decode("utf-8", "replace")] = (raw, key)
+            return None
+        with self._cond:
+            pending = self._pending.get(record.id)
+        if pending is not None:
+            record = pending.record
+        if record.status not in _LIVE or order_key(record.priority, record.seq) != key:
+            return None  # finished, or enqueued again since: the entry is stale
+        return record
+
+    def flush(self) -> None:
+        """Write every batched record now. Blocks until committed."""
+        with self._cond:
+            while self._committing:
+                self._cond.wait()
+            if not self._pending and not self._quarantine:
+                return
+            self._committing = True
+        self._commit()
+
+    def close(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+        try:
+            self.flush()
+        except StoreError as exc:
+            logger.error("could not write the last batched records: %s", exc)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._flusher.join()
+        self._release()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _flush_loop(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._closed and (not self._pending or self._committing):
+                    self._flusher_waiting = True
+                    cond.wait()
+                if self._closed:
+                    return
+                cond.wait(_FLUSH_LINGER)  # let more records join this commit
+                if self._committing or self._closed or not self._pending:
+                    continue
+                self._committing = True
+            try:
+                self._commit()
+            except BaseException:
+                logger.exception("writing batched job records failed; will retry")
+
+    def _commit(self) -> None:
+        """Write everything pending in one transaction. The caller set ``_committing``."""
+        with self._cond:
+            batch = self._pending
+            quarantine = self._quarantine
+            self._pending = {}
+            self._quarantine = {}
+            first, last = self._committed + 1, self._ticket
+        error: StoreError | None = None
+        try:
+            self._write(batch, quarantine)
+        except lmdb.Error as exc:
+            error = StoreError(f"cannot write to store {self.path!r}: {exc}")
+        except BaseException as exc:  # keep the protocol: waiters must wake
+            error = StoreError(f"cannot write to store {self.path!r}: {exc!r}")
+        with self._cond:
+            self._committing = False
+            if error is not None:
+                # The adds in this batch failed and their callers are told so; the batched
+                # records of accepted jobs are kept for the next commit.
+                for job_id, pending in batch.items():
+                    if not pending.new and job_id not in self._pending:
+                        self._pending[job_id] = pending
+                if first <= last:
+                    self._failures = [*self._failures[-15:], (first, last, error)]
+            self._committed = last
+            self._cond.notify_all()
+        if error is not None and first > last:
+            logger.error("%s", error)
+
+    def _write(
+        self, batch: dict[str, _Pending], quarantine: dict[str, tuple[bytes, bytes | None]]
+    ) -> None:
+        while True:
+            try:
+                fseq, done_count = self._write_once(batch, quarantine)
+            except lmdb.MapFullError:
+                new_size = self._env.info()["map_size"] * 2
+                logger.info("store %r is full; growing its map to %d bytes", self.path, new_size)
+                self._env.set_mapsize(new_size)
+                continue
+            self._last_fseq, self._done_count = fseq, done_count
+            return
+
+    def _write_once(
+        self, batch: dict[str, _Pending], quarantine: dict[str, tuple[bytes, bytes | None]]
+    ) -> tuple[int, int]:
+        jobs, order, done, dead = self._jobs, self._order, self._done, self._dead
+        fseq = self._last_fseq
+        done_count = self._done_count
+        with self._env.begin(write=True) as txn:
+            put = txn.put
+            for pending in batch.values():
+                record = pending.record
+                job_id = record.id.encode()
+                if record.status in _LIVE:
+                    put(job_id, encode(record), db=jobs)
+                    if pending.new:
+                        put(order_key(record.priority, record.seq), job_id, db=order)
+                    continue
+                fseq += 1
+                put(job_id, encode(record, fseq), db=jobs)
+                if not pending.new:
+                    txn.delete(order_key(record.priority, record.seq), db=order)
+                key = seq_key(fseq)
+                put(key, job_id, db=done)
+                done_count += 1
+                if record.status is Status.FAILED:
+                    put(key, job_id, db=dead)
+            for job_id_text, (raw, key) in quarantine.items():
+                put(job_id_text.encode(), raw, db=self._corrupt)
+                txn.delete(job_id_text.encode(), db=jobs)
+                if key is not None:
+                    txn.delete(key, db=order)
+            if done_count > self._retention:
+                done_count = self._prune(txn, done_count)
+        return fseq, done_count
+
+    def _prune(self, txn: lmdb.Transaction, done_count: int) -> int:
+        """Forget the oldest finished jobs beyond the retention, in the same transaction."""
+        cursor = txn.cursor(db=self._done)
+        cursor.first()
+        while done_count > self._retention:
+            key, job_id = cursor.item()
+            raw = txn.get(job_id, db=self._jobs)
+            if raw is not None:
+                try:
+                    record, fseq = decode(raw)
+                except RecordError:
+                    record, fseq = None, -1
+                if record is not None and record.status not in _LIVE and seq_key(fseq) == key:
+                    txn.delete(job_id, db=self._jobs)
+                    if record.status is Status.FAILED:
+                        txn.delete(key, db=self._dead)
+            if not cursor.delete():
+                break
+            done_count -= 1
+        return done_count
+
+
+class StoreReader:
+    """Read-only access to a store another process may own, for inspection tools.
+
+    Raises ``StoreError`` naming the path if it is missing or not a jobqueue store.
+    Never writes and never blocks the owner: LMDB readers do not take the writer's lock.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        _check_directory(path, create=False)
+        if not os.path.exists(os.path.join(path, "data.mdb")):
+            raise StoreError(f"{path!r} is not a jobqueue store")
+        try:
+            self._env = lmdb.open(path, readonly=True, max_dbs=_MAX_DBS, lock=True)
+            _check_meta(self._env, path, initialise=False)
+            self._jobs = self._env.open_db(b"jobs", create=False)
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot read store {path!r}: {exc}") from None
+
+    def records(self) -> Iterator[JobRecord]:
+        """Every readable job record, in id order; unreadable ones are logged and skipped."""
+        with self._env.begin() as txn:
+            for key, raw in txn.cursor(db=self._jobs):
+                try:
+                    yield decode(raw)[0]
+                except RecordError as exc:
+                    logger.warning("record %r cannot be read: %s", key, exc)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._env.begin() as txn:
+            raw = txn.get(job_id.encode(), db=self._jobs)
+        return None if raw is None else decode(raw)[0]
+
+    def map_size(self) -> int:
+        return int(self._env.info()["map_size"])
+
+    def disk_bytes(self) -> int:
+        return sum(
+            os.path.getsize(os.path.join(self.path, name))
+            for name in os.listdir(self.path)
+            if name.endswith(".mdb")
+        )
+
+    def owner_pid(self) -> int | None:
+        return owner_pid(self.path)
+
+    def close(self) -> None:
+        self._env.close()
+
+    def __enter__(self) -> StoreReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
