@@ -210,8 +210,8 @@ class LmdbStore:
             raise
 
         # _cond's lock guards _pending, _quarantine, _ticket, _committed, _committing,
-        # _failures and _closed. Add callers wait on it for their commit; the flush thread
-        # waits on it for batched records. Taken after the queue's mutex, never before it.
+        # _commits, _failures, _flusher_waiting and _closed. add() callers wait on it for
+        # their commit, the flush thread for batched records. Taken after the queue's mutex.
         self._cond = threading.Condition(threading.Lock())
         self._pending: dict[str, _Pending] = {}
         self._quarantine: dict[str, tuple[bytes, bytes | None]] = {}
@@ -220,6 +220,7 @@ class LmdbStore:
         self._committing = False
         self._failures: list[tuple[int, int, StoreError]] = []  # (first, last) ticket failed
         self._closed = False
+        self._commits = 0  # transactions written, so the flush thread can stay out of the way
         self._flusher_waiting = False
         self._flusher = threading.Thread(
             target=self._flush_loop, name="jobqueue-final-store-flush", daemon=True
@@ -416,8 +417,11 @@ class LmdbStore:
                     cond.wait()
                 if self._closed:
                     return
+                commits = self._commits
                 cond.wait(_FLUSH_LINGER)  # let more records join this commit
-                if self._committing or self._closed or not self._pending:
+                if self._commits != commits and not self._closed:
+                    continue  # producers are committing and carry the batched records along
+                if self._committing or not self._pending:
                     continue
                 self._committing = True
             try:
@@ -442,6 +446,7 @@ class LmdbStore:
             error = StoreError(f"cannot write to store {self.path!r}: {exc!r}")
         with self._cond:
             self._committing = False
+            self._commits += 1
             if error is not None:
                 # The adds in this batch failed and their callers are told so; the batched
                 # records of accepted jobs are kept for the next commit.
