@@ -1,0 +1,52 @@
+"""A child process for the LMDB tests: owns a store, and can be killed at any instant.
+
+Usage: python lmdb_child.py MODE STORE RUNLOG [FSYNC] [PREFIX] [COUNT]
+
+Handlers take about a millisecond, as real ones do, so a backlog builds up to be recovered.
+
+- ``produce``: enqueue COUNT jobs named PREFIX-i, printing each id once enqueue() returned,
+  while handlers append each run's id to RUNLOG; then wait for everything and exit.
+- ``drain``: recover the store, run what it holds, print "drained" and exit.
+- ``hold``: open the store, print "ready", and keep it until stdin closes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from jobqueue import final
+
+
+def main() -> None:
+    mode, store, runlog = sys.argv[1:4]
+    fsync = len(sys.argv) > 4 and sys.argv[4] == "fsync"
+    log_fd = os.open(runlog, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def record_run(payload: bytes) -> None:
+        time.sleep(0.001)
+        os.write(log_fd, payload + b"\n")  # one write per run: whole lines even when killed
+
+    config = final.Config(num_workers=4, handler=record_run, persist_path=store, fsync=fsync)
+    with final.JobQueue(config) as queue:
+        if mode == "produce":
+            prefix, count = sys.argv[5], int(sys.argv[6])
+            for i in range(count):
+                job_id = f"{prefix}-{i}"
+                queue.enqueue(final.Job(job_id, job_id.encode()))
+                sys.stdout.write(job_id + "\n")
+                sys.stdout.flush()
+            queue.join()
+        elif mode == "drain":
+            queue.join()
+            print("drained", flush=True)
+        elif mode == "hold":
+            print("ready", flush=True)
+            sys.stdin.read()
+        else:
+            raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,505 @@
+"""The LMDB store: persistence, crashes (really killed), ownership, bad paths, hygiene.
+
+The contract shared with the memory store is tested in test_final.py over both stores; this
+file tests what only a persistent store promises.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from jobqueue import final
+from jobqueue.final import _lmdb
+from jobqueue.final._lmdb import LmdbStore, StoreReader
+from jobqueue.final._store import JobRecord
+
+CHILD = str(Path(__file__).with_name("lmdb_child.py"))
+
+
+def store_path(tmp_path: Path) -> str:
+    return str(tmp_path / "jobs")
+
+
+def leave_jobs_stored(path: str, jobs: list[final.Job], **config: object) -> None:
+    """Enqueue jobs into a store and close it with them unfinished (a held handler)."""
+    started = threading.Event()
+
+    def held(payload: bytes) -> None:
+        started.set()
+        if final.current_job().wait(10):
+            raise RuntimeError("cancelled by close()")  # unfinished: stays stored
+
+    queue = final.JobQueue(
+        final.Config(num_workers=1, handler=held, persist_path=path, **config)  # type: ignore[arg-type]
+    )
+    try:
+        for job in jobs:
+            queue.enqueue(job)
+        assert started.wait(5)
+    finally:
+        abandoned = queue.close(timeout=0.05)
+    assert sorted(abandoned) == sorted(job.id for job in jobs)
+
+
+def run_child(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, CHILD, *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+class TestPersistence:
+    def test_jobs_survive_a_clean_restart(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        jobs = [final.Job(f"job-{i}", f"payload-{i}".encode()) for i in range(5)]
+        leave_jobs_stored(path, jobs)
+
+        ran: list[bytes] = []
+        config = final.Config(num_workers=1, handler=ran.append, persist_path=path)
+        with final.JobQueue(config) as queue:
+            assert queue.join(timeout=10)
+            statuses = [queue.status(job.id) for job in jobs]
+        assert sorted(ran) == sorted(job.payload for job in jobs)
+        assert statuses == [final.Status.COMPLETED] * 5
+
+    def test_recovery_keeps_priority_and_arrival_order(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        # The first job is the one the held handler runs; the rest stay queued in order.
+        first = final.Job("first", b"first", priority=final.Priority.HIGH)
+        rest = [
+            final.Job(f"{p.name}-{i}", f"{p.name}-{i}".encode(), priority=p)
+            for i in range(3)
+            for p in (final.Priority.LOW, final.Priority.MEDIUM, final.Priority.HIGH)
+        ]
+        leave_jobs_stored(path, [first, *rest])
+
+        ran: list[bytes] = []
+        # One worker, and the whole backlog loaded before it picks: strict order shows.
+        weights = {final.Priority.HIGH: 100, final.Priority.MEDIUM: 100, final.Priority.LOW: 1}
+        config = final.Config(num_workers=1, handler=ran.append, persist_path=path,
+                              weights=weights)
+        with final.JobQueue(config) as queue:
+            assert queue.join(timeout=10)
+        high = [j.payload for j in rest if j.priority is final.Priority.HIGH]
+        medium = [j.payload for j in rest if j.priority is final.Priority.MEDIUM]
+        low = [j.payload for j in rest if j.priority is final.Priority.LOW]
+        assert ran == [b"first", *high, *medium, *low]
+
+    def test_retry_state_survives_a_restart(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        failed = threading.Event()
+
+        def fail(payload: bytes) -> None:
+            failed.set()
+            raise RuntimeError("down for maintenance")
+
+        config = final.Config(num_workers=1, handler=fail, persist_path=path, base_delay=30.0)
+        with final.JobQueue(config) as queue:
+            queue.enqueue(final.Job("retry-me", b"x"))
+            assert failed.wait(5)
+            queue.join(timeout=0)  # the job now waits 30 s for its retry
+            info = queue.info("retry-me")
+            assert info is not None and info.status is final.Status.RETRYING
+        # close() leaves a retrying job stored instead of waiting 30 s for it.
+        with StoreReader(path) as reader:
+            stored = reader.get("retry-me")
+        assert stored is not None
+        assert stored.status is final.Status.RETRYING
+        assert stored.attempts == 1
+        assert stored.last_error == "RuntimeError: down for maintenance"
+        assert stored.due_at is not None and stored.due_at >= stored.started_at + 30.0  # type: ignore[operator]
+
+        ran: list[bytes] = []
+        config = final.Config(num_workers=1, handler=ran.append, persist_path=path)
+        with final.JobQueue(config) as queue:
+            info = queue.info("retry-me")
+            assert info is not None
+            assert (info.status, info.attempts) == (final.Status.RETRYING, 1)
+            assert queue.join(timeout=0.2) is False  # still waiting for its due time
+            assert ran == []
+
+    def test_due_retry_runs_after_restart_with_its_attempts(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        failed = threading.Event()
+
+        def fail(payload: bytes) -> None:
+            failed.set()
+            raise RuntimeError("flaky")
+
+        config = final.Config(num_workers=1, handler=fail, persist_path=path, base_delay=0.01)
+        queue = final.JobQueue(config)
+        queue.enqueue(final.Job("flaky", b"x"))
+        assert failed.wait(5)
+        queue.close(timeout=0)
+        ran: list[bytes] = []
+        config = final.Config(num_workers=1, handler=ran.append, persist_path=path)
+        with final.JobQueue(config) as queue:
+            assert queue.wait("flaky", timeout=10) is final.Status.COMPLETED
+            info = queue.info("flaky")
+        assert ran == [b"x"]
+        assert info is not None and info.attempts >= 2
+
+    def test_finished_jobs_and_dead_letters_survive_a_restart(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+
+        def handler(payload: bytes) -> None:
+            if payload == b"bad":
+                raise ValueError("bad payload")
+
+        config = final.Config(handler=handler, persist_path=path, max_retries=0)
+        with final.JobQueue(config) as queue:
+            queue.enqueue(final.Job("good", b"good"))
+            queue.enqueue(final.Job("bad", b"bad"))
+            assert queue.join(timeout=10)
+        ran: list[bytes] = []
+        config = final.Config(handler=ran.append, persist_path=path)
+        with final.JobQueue(config) as queue:
+            assert queue.status("good") is final.Status.COMPLETED
+            assert [info.id for info in queue.dead_letters()] == ["bad"]
+            queue.requeue("bad")
+            assert queue.wait("bad", timeout=10) is final.Status.COMPLETED
+            assert queue.dead_letters() == []
+        assert ran == [b"bad"]
+
+    def test_retention_prunes_the_oldest_finished_records(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        config = final.Config(num_workers=1, handler=lambda p: None, persist_path=path,
+                              status_retention=3)
+        with final.JobQueue(config) as queue:
+            for i in range(10):
+                queue.enqueue(final.Job(f"job-{i}"))
+                queue.wait(f"job-{i}", timeout=10)
+        with StoreReader(path) as reader:
+            kept = sorted(record.id for record in reader.records())
+        assert kept == ["job-7", "job-8", "job-9"]
+
+
+class TestCrash:
+    """Children killed with SIGKILL mid-run; every job they acknowledged must run."""
+
+    KILLS = 4
+    JOBS_PER_ROUND = 3000
+
+    @pytest.mark.parametrize("fsync", ["nosync", "fsync"])
+    def test_no_acknowledged_job_is_lost(self, tmp_path: Path, fsync: str) -> None:
+        path = store_path(tmp_path)
+        runlog = str(tmp_path / "runs.log")
+        acknowledged: list[str] = []
+        rng = random.Random()
+        for round_number in range(self.KILLS):
+            child = subprocess.Popen(
+                [sys.executable, CHILD, "produce", path, runlog, fsync,
+                 f"r{round_number}", str(self.JOBS_PER_ROUND)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert child.stdout is not None
+            kill_after = rng.randrange(200, self.JOBS_PER_ROUND // 2)
+            for _ in range(kill_after):
+                line = child.stdout.readline()
+                if not line:
+                    break
+                acknowledged.append(line.strip())
+            child.send_signal(signal.SIGKILL)
+            rest, _ = child.communicate(timeout=30)
+            acknowledged.extend(rest.split())  # printed before the kill landed
+            assert child.returncode == -signal.SIGKILL
+            with open(runlog, "a") as log:
+                log.write("KILLED\n")
+
+        drained = run_child("drain", path, runlog, fsync)
+        assert drained.returncode == 0, drained.stderr
+        assert drained.stdout.split() == ["drained"]
+
+        with open(runlog) as log:
+            lines = log.read().split()
+        runs = Counter(line for line in lines if line != "KILLED")
+        lost = [job_id for job_id in acknowledged if job_id not in runs]
+        assert lost == []
+        # A job runs twice only across a crash: never twice within one process's life.
+        lifetimes: list[Counter[str]] = [Counter()]
+        for line in lines:
+            if line == "KILLED":
+                lifetimes.append(Counter())
+            else:
+                lifetimes[-1][line] += 1
+        twice_in_one_life = [j for life in lifetimes for j, n in life.items() if n > 1]
+        assert twice_in_one_life == []
+        # The kills did land mid-stream: acknowledged jobs were left for a later life.
+        run_in_own_life = sum(
+            1 for number, life in enumerate(lifetimes[: self.KILLS])
+            for job_id in life if job_id.startswith(f"r{number}-")
+        )
+        assert run_in_own_life < len(acknowledged)
+        # Each crash re-runs at most what was in flight or in an unwritten completion batch.
+        duplicates = sum(n - 1 for n in runs.values())
+        assert duplicates <= self.KILLS * self.JOBS_PER_ROUND // 2
+
+
+class TestStoreLocked:
+    def test_second_queue_in_the_same_process_is_refused(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        config = final.Config(handler=lambda p: None, persist_path=path)
+        with final.JobQueue(config):
+            with pytest.raises(final.StoreLocked, match=rf"process {os.getpid()}") as caught:
+                final.JobQueue(config)
+        assert caught.value.owner_pid == os.getpid()
+        assert path in str(caught.value)
+        # Free again once closed.
+        with final.JobQueue(config):
+            pass
+
+    def test_queue_in_another_process_is_refused(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        runlog = str(tmp_path / "runs.log")
+        child = subprocess.Popen(
+            [sys.executable, CHILD, "hold", path, runlog],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stdout is not None and child.stdout.readline() == "ready\n"
+            config = final.Config(handler=lambda p: None, persist_path=path)
+            with pytest.raises(final.StoreLocked, match=rf"process {child.pid}"):
+                final.JobQueue(config)
+            assert _lmdb.owner_pid(path) == child.pid
+        finally:
+            child.communicate(input="", timeout=30)
+        assert child.returncode == 0
+        assert _lmdb.owner_pid(path) is None
+
+    def test_store_can_be_read_while_owned(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        leave_jobs_stored(path, [final.Job("waiting", b"w")])
+        runlog = str(tmp_path / "runs.log")
+        child = subprocess.Popen(
+            [sys.executable, CHILD, "hold", path, runlog],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stdout is not None and child.stdout.readline() == "ready\n"
+            with StoreReader(path) as reader:
+                assert reader.owner_pid() == child.pid
+                assert {r.id for r in reader.records()} == {"waiting"}
+        finally:
+            child.communicate(input="", timeout=30)
+
+
+class TestBadPath:
+    def test_regular_file(self, tmp_path: Path) -> None:
+        path = tmp_path / "file"
+        path.write_text("not a store")
+        with pytest.raises(final.StoreError, match="is not a directory"):
+            final.JobQueue(final.Config(handler=print, persist_path=path))
+
+    def test_cannot_be_created(self, tmp_path: Path) -> None:
+        (tmp_path / "file").write_text("x")
+        path = tmp_path / "file" / "jobs"
+        with pytest.raises(final.StoreError, match="cannot create store directory"):
+            final.JobQueue(final.Config(handler=print, persist_path=path))
+
+    def test_directory_with_other_files(self, tmp_path: Path) -> None:
+        (tmp_path / "notes.txt").write_text("mine")
+        with pytest.raises(final.StoreError, match="is not a jobqueue store"):
+            final.JobQueue(final.Config(handler=print, persist_path=tmp_path))
+        assert os.listdir(tmp_path) == ["notes.txt"]  # nothing written into it
+
+    def test_someone_elses_lmdb(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        env = lmdb.open(path)
+        with env.begin(write=True) as txn:
+            txn.put(b"their", b"data")
+        env.close()
+        with pytest.raises(final.StoreError, match="is not a jobqueue store"):
+            final.JobQueue(final.Config(handler=print, persist_path=path))
+        env = lmdb.open(path)
+        with env.begin() as txn:
+            assert list(txn.cursor()) == [(b"their", b"data")]  # left as it was
+        env.close()
+
+    def test_newer_format(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        with final.JobQueue(final.Config(handler=print, persist_path=path)):
+            pass
+        env = lmdb.open(path, max_dbs=8)
+        meta = env.open_db(b"meta")
+        with env.begin(write=True) as txn:
+            txn.put(b"format", b"99", db=meta)
+        env.close()
+        with pytest.raises(final.StoreError, match="written by a newer jobqueue"):
+            final.JobQueue(final.Config(handler=print, persist_path=path))
+
+    def test_not_a_path(self) -> None:
+        with pytest.raises(TypeError, match="persist_path"):
+            final.Config(persist_path=42)  # type: ignore[arg-type]
+
+
+class TestCorruptRecord:
+    def test_corrupt_record_is_set_aside_and_the_rest_run(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        path = store_path(tmp_path)
+        jobs = [final.Job(f"job-{i}", f"p{i}".encode()) for i in range(4)]
+        leave_jobs_stored(path, jobs)
+        env = lmdb.open(path, max_dbs=8)
+        jobs_db = env.open_db(b"jobs")
+        with env.begin(write=True) as txn:
+            txn.put(b"job-2", b"\x01garbage", db=jobs_db)
+        env.close()
+
+        ran: list[bytes] = []
+        config = final.Config(num_workers=1, handler=ran.append, persist_path=path)
+        with caplog.at_level(logging.ERROR, logger="jobqueue"):
+            with final.JobQueue(config) as queue:
+                assert queue.join(timeout=10)
+        assert sorted(ran) == [b"p0", b"p1", b"p3"]
+        assert any("job-2" in r.getMessage() and "set aside" in r.getMessage()
+                   for r in caplog.records)
+        env = lmdb.open(path, max_dbs=8)
+        with env.begin() as txn:
+            assert txn.get(b"job-2", db=env.open_db(b"corrupt", txn=txn)) == b"\x01garbage"
+        env.close()
+        # Set aside once: the next start neither runs nor logs it again.
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="jobqueue"):
+            with final.JobQueue(config) as queue:
+                assert queue.join(timeout=10)
+        assert not caplog.records
+
+
+class TestMapGrowth:
+    def test_map_grows_when_full(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(_lmdb, "_INITIAL_MAP_SIZE", 1 << 20)
+        path = store_path(tmp_path)
+        payload = os.urandom(64 << 10)
+        ran: list[int] = []
+        config = final.Config(num_workers=2, handler=lambda p: ran.append(len(p)),
+                              persist_path=path, queue_size=100)
+        with final.JobQueue(config) as queue:
+            queue.enqueue_many([final.Job(f"big-{i}", payload) for i in range(60)])
+            assert queue.join(timeout=30)
+        assert ran == [len(payload)] * 60
+        with StoreReader(path) as reader:
+            assert reader.map_size() > 1 << 20
+
+    def test_a_failed_commit_fails_enqueue_and_keeps_earlier_jobs(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        path = store_path(tmp_path)
+        release = threading.Event()
+        config = final.Config(num_workers=1, handler=lambda p: release.wait(10),
+                              persist_path=path)
+        queue = final.JobQueue(config)
+        try:
+            queue.enqueue(final.Job("accepted", b"a"))
+
+            def disk_full(*args: object) -> None:
+                raise lmdb.DiskError("mdb_txn_commit: No space left on device")
+
+            with monkeypatch.context() as patch:
+                patch.setattr(LmdbStore, "_write", disk_full)
+                with pytest.raises(final.StoreError, match="No space left on device"):
+                    queue.enqueue(final.Job("refused", b"r"))
+            assert queue.status("refused") is None
+            assert queue.status("accepted") in (final.Status.QUEUED, final.Status.PROCESSING)
+            queue.enqueue(final.Job("after", b"b"))  # the disk has room again
+        finally:
+            release.set()
+            queue.close()
+        with StoreReader(path) as reader:
+            assert {r.id: r.status for r in reader.records()} == {
+                "accepted": final.Status.COMPLETED,
+                "after": final.Status.COMPLETED,
+            }
+
+
+class TestRecoveredWithoutHandler:
+    def test_parked_until_registered(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        path = store_path(tmp_path)
+        jobs = [final.Job(f"resize-{i}", b"img", kind="resize") for i in range(3)]
+        leave_jobs_stored(path, jobs)
+
+        with caplog.at_level(logging.WARNING, logger="jobqueue"):
+            queue = final.JobQueue(final.Config(num_workers=1, persist_path=path))
+            try:
+                assert queue.join(timeout=10)  # nothing it can run
+                assert queue.status("resize-1") in (final.Status.QUEUED, final.Status.PROCESSING)
+                warnings = [r for r in caplog.records if "no handler" in r.getMessage()]
+                assert len(warnings) == 1
+                with pytest.raises(final.DuplicateJob):
+                    queue.enqueue_with_handler(jobs[0], lambda p: None)
+
+                ran: list[bytes] = []
+                queue.register("resize", ran.append)
+                for job in jobs:
+                    assert queue.wait(job.id, timeout=10) is final.Status.COMPLETED
+            finally:
+                queue.close()
+        assert ran == [b"img"] * 3
+
+    def test_parked_jobs_stay_stored_for_the_next_start(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        leave_jobs_stored(path, [final.Job("mail-1", b"m", kind="email")])
+        with final.JobQueue(final.Config(persist_path=path)) as queue:
+            assert queue.join(timeout=10)
+        ran: list[bytes] = []
+        config = final.Config(persist_path=path, handlers={"email": ran.append})
+        with final.JobQueue(config) as queue:
+            assert queue.wait("mail-1", timeout=10) is final.Status.COMPLETED
+        assert ran == [b"m"]
+
+
+class TestLargeBacklogRestart:
+    def test_backlog_is_streamed_into_bounded_memory(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        total = 50_000
+        store = LmdbStore(path)
+        try:
+            for start in range(0, total, 10_000):
+                store.add([
+                    JobRecord(f"job-{i}", b"x" * 16, final.Priority(i % 3), "", None, 0.0,
+                              final.Status.QUEUED, 0, None, None, None, None, i + 1)
+                    for i in range(start, start + 10_000)
+                ])
+        finally:
+            store.close()
+
+        queue_size = 50
+        samples: list[tuple[int, int]] = []
+        holder: list[final.JobQueue] = []
+        count = 0
+
+        def sample(payload: bytes) -> None:
+            nonlocal count
+            count += 1
+            if count % 997 == 0:
+                metrics = holder[0].metrics()
+                samples.append((metrics.queued, len(holder[0]._active)))
+
+        config = final.Config(num_workers=2, handler=sample, persist_path=path,
+                              queue_size=queue_size)
+        queue = final.JobQueue(config)
+        holder.append(queue)
+        try:
+            assert queue.join(timeout=50)
+            assert queue.metrics().completed == total
+        finally:
+            queue.close()
+        assert len(samples) >= 40
+        assert max(queued for queued, _ in samples) <= 3 * queue_size
+        assert max(active for _, active in samples) <= 3 * queue_size + 2
