@@ -8,6 +8,8 @@ Handlers take about a millisecond, as real ones do, so a backlog builds up to be
   while handlers append each run's id to RUNLOG; then wait for everything and exit.
 - ``drain``: recover the store, run what it holds, print "drained" and exit.
 - ``hold``: open the store, print "ready", and keep it until stdin closes.
+- ``finish-and-die``: like ``produce``, then make sure LMDB has every completion and die
+  without closing, leaving the write-ahead log behind.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def main() -> None:
 
     config = final.Config(num_workers=4, handler=record_run, persist_path=store, fsync=fsync)
     with final.JobQueue(config) as queue:
-        if mode == "produce":
+        if mode in ("produce", "finish-and-die"):
             prefix, count = sys.argv[5], int(sys.argv[6])
             for i in range(count):
                 job_id = f"{prefix}-{i}"
@@ -38,6 +40,9 @@ def main() -> None:
                 sys.stdout.write(job_id + "\n")
                 sys.stdout.flush()
             queue.join()
+            if mode == "finish-and-die":
+                queue._store.flush()  # type: ignore[attr-defined]
+                os._exit(0)
         elif mode == "drain":
             queue.join()
             print("drained", flush=True)

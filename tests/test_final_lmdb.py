@@ -6,6 +6,7 @@ file tests what only a persistent store promises.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -20,7 +21,7 @@ import lmdb
 import pytest
 
 from jobqueue import final
-from jobqueue.final import _lmdb
+from jobqueue.final import _lmdb, _wal
 from jobqueue.final._lmdb import LmdbStore, StoreReader
 from jobqueue.final._store import JobRecord
 
@@ -246,6 +247,60 @@ class TestCrash:
         assert duplicates <= self.KILLS * self.JOBS_PER_ROUND // 2
 
 
+class TestWriteAheadLog:
+    def test_completed_jobs_in_a_leftover_log_do_not_run_again(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        runlog = str(tmp_path / "runs.log")
+        died = run_child("finish-and-die", path, runlog, "nosync", "done", "500")
+        assert died.returncode == 0, died.stderr
+        assert _wal.segment_paths(path), "the child should have left its log behind"
+        drained = run_child("drain", path, runlog)
+        assert drained.returncode == 0, drained.stderr
+        assert _wal.segment_paths(path) == []  # replayed into LMDB, then removed
+        with open(runlog) as log:
+            runs = Counter(log.read().split())
+        assert len(runs) == 500
+        assert max(runs.values()) == 1
+
+    def test_jobs_only_in_the_log_are_readable_and_replayed(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        path = store_path(tmp_path)
+        record = JobRecord("logged-only", b"p", final.Priority.HIGH, "", None, 0.0,
+                           final.Status.QUEUED, 0, None, None, None, None, 1)
+
+        def lmdb_down(self: LmdbStore, *args: object) -> object:
+            raise lmdb.DiskError("mdb_txn_commit: Input/output error")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(LmdbStore, "_write_once", lmdb_down)
+            store = LmdbStore(path)
+            store.add([record])
+            with StoreReader(path) as reader:
+                assert reader.get("logged-only") == record
+                assert [r.id for r in reader.records()] == ["logged-only"]
+            store.close()  # cannot write LMDB: the log keeps the job
+        assert _wal.segment_paths(path)
+        ran: list[bytes] = []
+        with final.JobQueue(final.Config(handler=ran.append, persist_path=path)) as queue:
+            assert queue.wait("logged-only", timeout=10) is final.Status.COMPLETED
+        assert ran == [b"p"]
+
+    def test_torn_frame_ends_a_segment(self, tmp_path: Path) -> None:
+        segment = tmp_path / "wal-00000001.log"
+        first, second = b"first record", b"second record"
+        torn = _wal.frame(second)[:-3]
+        segment.write_bytes(_wal.frame(first) + torn + bytes(64))
+        assert list(_wal.read_segment(str(segment))) == [first]
+
+    def test_damaged_frame_ends_a_segment(self, tmp_path: Path) -> None:
+        segment = tmp_path / "wal-00000001.log"
+        good, bad = _wal.frame(b"good"), bytearray(_wal.frame(b"flipped bits"))
+        bad[-1] ^= 0xFF
+        segment.write_bytes(good + bytes(bad) + _wal.frame(b"after") + bytes(64))
+        assert list(_wal.read_segment(str(segment))) == [b"good"]
+
+
 class TestStoreLocked:
     def test_second_queue_in_the_same_process_is_refused(self, tmp_path: Path) -> None:
         path = store_path(tmp_path)
@@ -395,9 +450,10 @@ class TestMapGrowth:
         with StoreReader(path) as reader:
             assert reader.map_size() > 1 << 20
 
-    def test_a_failed_commit_fails_enqueue_and_keeps_earlier_jobs(
+    def test_full_disk_fails_enqueue_and_keeps_accepted_jobs(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        monkeypatch.setattr(_wal, "SEGMENT_SIZE", 4096)
         path = store_path(tmp_path)
         release = threading.Event()
         config = final.Config(num_workers=1, handler=lambda p: release.wait(10),
@@ -406,16 +462,17 @@ class TestMapGrowth:
         try:
             queue.enqueue(final.Job("accepted", b"a"))
 
-            def disk_full(*args: object) -> None:
-                raise lmdb.DiskError("mdb_txn_commit: No space left on device")
+            def no_space(fd: int, offset: int, length: int) -> None:
+                raise OSError(errno.ENOSPC, "No space left on device")
 
             with monkeypatch.context() as patch:
-                patch.setattr(LmdbStore, "_write", disk_full)
+                patch.setattr(os, "posix_fallocate", no_space)
+                # Too big for the current log segment: a new one must be allocated.
                 with pytest.raises(final.StoreError, match="No space left on device"):
-                    queue.enqueue(final.Job("refused", b"r"))
+                    queue.enqueue(final.Job("refused", b"r" * 8192))
             assert queue.status("refused") is None
             assert queue.status("accepted") in (final.Status.QUEUED, final.Status.PROCESSING)
-            queue.enqueue(final.Job("after", b"b"))  # the disk has room again
+            queue.enqueue(final.Job("after", b"r" * 8192))  # the disk has room again
         finally:
             release.set()
             queue.close()
@@ -423,6 +480,33 @@ class TestMapGrowth:
             assert {r.id: r.status for r in reader.records()} == {
                 "accepted": final.Status.COMPLETED,
                 "after": final.Status.COMPLETED,
+            }
+
+    def test_failing_lmdb_writes_are_retried_from_the_log(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        monkeypatch.setattr(_lmdb, "_RETRY_AFTER_ERROR", 0.01)
+        path = store_path(tmp_path)
+        failed = threading.Event()
+        real_write_once = LmdbStore._write_once
+
+        def disk_error(self: LmdbStore, *args: object) -> object:
+            failed.set()
+            raise lmdb.DiskError("mdb_txn_commit: No space left on device")
+
+        ran: list[bytes] = []
+        config = final.Config(num_workers=1, handler=ran.append, persist_path=path)
+        with caplog.at_level(logging.ERROR, logger="jobqueue"), final.JobQueue(config) as queue:
+            monkeypatch.setattr(LmdbStore, "_write_once", disk_error)
+            queue.enqueue(final.Job("logged", b"l"))  # durable in the log all the same
+            assert failed.wait(5)
+            monkeypatch.setattr(LmdbStore, "_write_once", real_write_once)
+            assert queue.wait("logged", timeout=10) is final.Status.COMPLETED
+        assert ran == [b"l"]
+        assert any("No space left on device" in r.getMessage() for r in caplog.records)
+        with StoreReader(path) as reader:
+            assert {r.id: r.status for r in reader.records()} == {
+                "logged": final.Status.COMPLETED
             }
 
 
