@@ -55,6 +55,7 @@ _ACTIVE = (Status.QUEUED, Status.PROCESSING, Status.RETRYING)
 # After shutdown_timeout has passed and cancellation is signalled, handlers that honour it get
 # this long to return before close() reports them as refusing to.
 _CANCEL_GRACE = 1.0
+_IDS_LOGGED = 20  # a log line names at most this many job ids
 
 _local = threading.local()
 
@@ -841,9 +842,12 @@ class JobQueue:
                 self._abandoned = sorted(self._active)
         if gave_up:
             where = "stay stored for the next start" if self._durable else "are lost"
+            shown = ", ".join(self._abandoned[:_IDS_LOGGED])
+            more = len(self._abandoned) - _IDS_LOGGED
             logger.warning(
-                "close() gave up after %s s; %d unfinished jobs %s: %s",
-                timeout, len(self._abandoned), where, self._abandoned,
+                "close() gave up after %s s; %d unfinished jobs %s: %s%s",
+                timeout, len(self._abandoned), where, shown,
+                f" and {more} more" if more > 0 else "",
             )
         if stuck:
             logger.warning("handlers did not return; threads still running: %s", stuck)
