@@ -38,7 +38,9 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from typing import TypeVar
 
 import lmdb
 
@@ -59,6 +61,7 @@ from jobqueue.final._wal import WriteAheadLog, frame, read_segment, segment_path
 __all__ = ["LmdbStore", "StoreReader", "owner_pid"]
 
 logger = logging.getLogger("jobqueue")
+_T = TypeVar("_T")
 
 MAGIC = b"jobqueue-store"
 LOCK_FILE = "owner.lock"
@@ -250,6 +253,7 @@ class LmdbStore:
         self._failures: list[tuple[int, int, StoreError]] = []  # adds whose sync failed
         self._closing = False
         self._closed = False
+        self._resizing = False  # the flush thread is growing the map: reads must wait
         self._flusher_waiting = False
         self._flusher = threading.Thread(
             target=self._flush_loop, name="jobqueue-final-store-flush", daemon=True
@@ -375,8 +379,7 @@ class LmdbStore:
             key = job_id.encode()
         except UnicodeEncodeError:
             return None
-        with self._env.begin() as txn:
-            raw = txn.get(key, db=self._jobs)
+        raw = self._read(lambda txn: txn.get(key, db=self._jobs))
         if raw is None:
             return None
         try:
@@ -387,33 +390,27 @@ class LmdbStore:
 
     def dead_letters(self) -> list[JobRecord]:
         self.flush()
+        return self._read(self._read_dead_letters)
+
+    def _read_dead_letters(self, txn: lmdb.Transaction) -> list[JobRecord]:
         found = []
-        with self._env.begin() as txn:
-            for fseq_key, job_id in txn.cursor(db=self._dead):
-                raw = txn.get(job_id, db=self._jobs)
-                if raw is None:
-                    continue
-                try:
-                    record, fseq = decode(raw)
-                except RecordError:
-                    continue
-                if record.status is Status.FAILED and seq_key(fseq) == fseq_key:
-                    found.append(record)
+        for fseq_key, job_id in txn.cursor(db=self._dead):
+            raw = txn.get(job_id, db=self._jobs)
+            if raw is None:
+                continue
+            try:
+                record, fseq = decode(raw)
+            except RecordError:
+                continue
+            if record.status is Status.FAILED and seq_key(fseq) == fseq_key:
+                found.append(record)
         return found
 
     def recover(self, priority: Priority, after_seq: int) -> Iterator[JobRecord]:
         start = order_key(priority, after_seq + 1)
         while True:
-            chunk: list[tuple[bytes, bytes, bytes | None]] = []
             # Short read transactions, so a long recovery does not pin old pages.
-            with self._env.begin() as txn:
-                cursor = txn.cursor(db=self._order)
-                if not cursor.set_range(start):
-                    return
-                for key, job_id in cursor:
-                    if key[0] != priority or len(chunk) >= _RECOVER_CHUNK:
-                        break
-                    chunk.append((key, job_id, txn.get(job_id, db=self._jobs)))
+            chunk = self._read(partial(self._read_order_chunk, priority=priority, start=start))
             if not chunk:
                 return
             for key, job_id, raw in chunk:
@@ -423,6 +420,36 @@ class LmdbStore:
             if len(chunk) < _RECOVER_CHUNK:
                 return
             start = chunk[-1][0] + b"\x00"
+
+    def _read_order_chunk(
+        self, txn: lmdb.Transaction, priority: int, start: bytes
+    ) -> list[tuple[bytes, bytes, bytes | None]]:
+        chunk: list[tuple[bytes, bytes, bytes | None]] = []
+        cursor = txn.cursor(db=self._order)
+        if cursor.set_range(start):
+            for key, job_id in cursor:
+                if key[0] != priority or len(chunk) >= _RECOVER_CHUNK:
+                    break
+                chunk.append((key, job_id, txn.get(job_id, db=self._jobs)))
+        return chunk
+
+    def _read(self, read: Callable[[lmdb.Transaction], _T]) -> _T:
+        """Run ``read`` in a read transaction, waiting out a map resize if one gets in the way.
+
+        py-lmdb fails a call that starts while another thread grows the map, rather than
+        blocking; a resize is rare and short, so wait for it and try again.
+        """
+        for attempt in range(3):
+            try:
+                with self._env.begin() as txn:
+                    return read(txn)
+            except lmdb.Error as exc:
+                if attempt == 2:
+                    raise StoreError(f"cannot read store {self.path!r}: {exc}") from None
+                with self._cond:
+                    while self._resizing:
+                        self._cond.wait()
+        raise AssertionError("unreachable")
 
     def _live_record(self, key: bytes, job_id: bytes, raw: bytes | None) -> JobRecord | None:
         """The live job an ``order`` entry points to, or None if the entry is stale."""
@@ -540,7 +567,14 @@ class LmdbStore:
             except lmdb.MapFullError:
                 new_size = self._env.info()["map_size"] * 2
                 logger.info("store %r is full; growing its map to %d bytes", self.path, new_size)
-                self._env.set_mapsize(new_size)
+                with self._cond:
+                    self._resizing = True
+                try:
+                    self._env.set_mapsize(new_size)
+                finally:
+                    with self._cond:
+                        self._resizing = False
+                        self._cond.notify_all()
                 continue
             self._last_fseq, self._done_count, self._last_seq = fseq, done_count, last_seq
             return
