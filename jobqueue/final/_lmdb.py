@@ -244,6 +244,7 @@ class LmdbStore:
         # Lock order: the queue's mutex, then this lock; the store never calls the queue.
         self._cond = threading.Condition(threading.Lock())
         self._pending: dict[str, _Pending] = {}
+        self._writing: dict[str, _Pending] = {}  # the batch being committed
         self._quarantine: dict[str, tuple[bytes, bytes | None]] = {}
         self._committing = False
         self._commits = 0
@@ -372,7 +373,7 @@ class LmdbStore:
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._cond:
-            pending = self._pending.get(job_id)
+            pending = self._pending.get(job_id) or self._writing.get(job_id)
         if pending is not None:
             return pending.record
         try:
@@ -466,7 +467,7 @@ class LmdbStore:
                 self._quarantine[job_id.decode("utf-8", "replace")] = (raw, key)
             return None
         with self._cond:
-            pending = self._pending.get(record.id)
+            pending = self._pending.get(record.id) or self._writing.get(record.id)
         if pending is not None:
             record = pending.record
         if record.status not in _LIVE or order_key(record.priority, record.seq) != key:
@@ -529,6 +530,7 @@ class LmdbStore:
                 return
             self._committing = True
             batch, self._pending = self._pending, {}
+            self._writing = batch  # still the latest state until LMDB has it
             quarantine, self._quarantine = self._quarantine, {}
             position = self._wal.position()  # every logged job before it is in this batch
             self._cond.notify_all()  # producers held back by a full batch may go on
@@ -541,6 +543,7 @@ class LmdbStore:
             error = StoreError(f"cannot write to store {self.path!r}: {exc!r}")
         with self._cond:
             self._committing = False
+            self._writing = {}
             self._commits += 1
             if error is not None:
                 # Nothing is lost: the log still holds the adds, and the batched records

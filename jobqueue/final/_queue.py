@@ -383,20 +383,20 @@ class JobQueue:
     def _work(self) -> None:
         mutex = self._mutex
         entry: _Entry | None = None
-        outcome: BaseException | None = None
+        error: BaseException | None = None
+        delay: float | None = None
         elapsed = 0.0
         while True:
             with mutex:
                 if entry is not None:
-                    log = self._settle_locked(entry, outcome, elapsed)
-                else:
-                    log = None
+                    self._settle_locked(entry, error, delay, elapsed)
                 entry = self._take_locked()
-            if log is not None:
-                log()
             if entry is None:
                 return
-            outcome, elapsed = self._run(entry)
+            error, elapsed = self._run(entry)
+            # Logged before the outcome is visible, outside the mutex: a waiter woken by
+            # the failure finds it logged, and a slow log handler holds up no other thread.
+            delay = None if error is None else self._log_failure(entry, error)
 
     def _take_locked(self) -> _Entry | None:
         """Pick the next job, or return None when this worker should exit. Mutex held."""
@@ -454,55 +454,60 @@ class JobQueue:
             error = JobTimeout(f"timed out after {elapsed:.3f} s (job_timeout={job_timeout} s)")
         return error, elapsed
 
+    def _log_failure(self, entry: _Entry, error: BaseException) -> float | None:
+        """Log a failed attempt; return the delay before its retry, or None if it is over."""
+        job = entry.job
+        allowed = self._config.max_retries if job.max_retries is None else job.max_retries
+        if self._abandoning:
+            logger.warning("job %r failed as close() gave up on it: %s", job.id, error)
+            return None
+        if entry.attempts <= allowed:
+            delay = self._backoff(entry.attempts)
+            logger.warning(
+                "job %r failed (attempt %d of %d), retrying in %.3f s: %s",
+                job.id, entry.attempts, allowed + 1, delay, error,
+            )
+            return delay
+        logger.error("job %r failed after %d attempts", job.id, entry.attempts, exc_info=error)
+        return None
+
     def _settle_locked(
-        self, entry: _Entry, error: BaseException | None, elapsed: float
-    ) -> object | None:
-        """Record an attempt's outcome. Mutex held; returns a logging call to make after."""
+        self, entry: _Entry, error: BaseException | None, delay: float | None, elapsed: float
+    ) -> None:
+        """Record an attempt's outcome; ``delay`` is when to retry a failure. Mutex held."""
         job = entry.job
         priority = job.priority
         self._processing[priority] -= 1
         self._busy_seconds += elapsed
         now = time.monotonic()
-        log = None
         if error is None:
             entry.status = Status.COMPLETED
             self._completed[priority] += 1
             del self._active[job.id]
             self._store.finish(self._record(entry, Status.COMPLETED, finished=now, payload=b""))
+        elif self._abandoning:
+            # Shutdown gave up on this job: it is not finished, so it is not failed either.
+            entry.last_error = f"{type(error).__name__}: {error}"
+            self._requeue_abandoned_locked(entry)
+        elif delay is not None:
+            entry.last_error = f"{type(error).__name__}: {error}"
+            entry.status = Status.RETRYING
+            entry.due = now + delay
+            self._retrying[priority] += 1
+            self._retried[priority] += 1
+            self._occupied[priority] += 1
+            heapq.heappush(self._retry_heap, (entry.due, entry.seq, entry))
+            if self._retry_heap[0][2] is entry:
+                self._retry_due.notify()
+            if self._durable:
+                self._store.update(self._record(entry, Status.RETRYING))
         else:
             entry.last_error = f"{type(error).__name__}: {error}"
-            allowed = self._config.max_retries if job.max_retries is None else job.max_retries
-            if self._abandoning:
-                # Shutdown gave up on this job: it is not finished, so it is not failed either.
-                self._requeue_abandoned_locked(entry)
-            elif entry.attempts <= allowed:
-                delay = self._backoff(entry.attempts)
-                entry.status = Status.RETRYING
-                entry.due = now + delay
-                self._retrying[priority] += 1
-                self._retried[priority] += 1
-                self._occupied[priority] += 1
-                heapq.heappush(self._retry_heap, (entry.due, entry.seq, entry))
-                if self._retry_heap[0][2] is entry:
-                    self._retry_due.notify()
-                if self._durable:
-                    self._store.update(self._record(entry, Status.RETRYING))
-                attempts = entry.attempts
-                log = lambda: logger.warning(  # noqa: E731
-                    "job %r failed (attempt %d of %d), retrying in %.3f s: %s",
-                    job.id, attempts, allowed + 1, delay, error,
-                )
-            else:
-                entry.status = Status.FAILED
-                self._failed[priority] += 1
-                del self._active[job.id]
-                self._store.finish(self._record(entry, Status.FAILED, finished=now))
-                attempts = entry.attempts
-                log = lambda: logger.error(  # noqa: E731
-                    "job %r failed after %d attempts", job.id, attempts, exc_info=error
-                )
+            entry.status = Status.FAILED
+            self._failed[priority] += 1
+            del self._active[job.id]
+            self._store.finish(self._record(entry, Status.FAILED, finished=now))
         self._notify_changed_locked()
-        return log
 
     def _backoff(self, attempt: int) -> float:
         config = self._config

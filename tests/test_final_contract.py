@@ -1,0 +1,648 @@
+"""The final stage's contract, run over both stores: in memory and LMDB.
+
+Like huey's one StorageTests suite over every back end: each test gets a ``make`` fixture that
+builds a queue with the store under test, and closes it afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from jobqueue import final
+from jobqueue.final import Priority, Status
+from jobqueue.final._picker import DEFAULT_WEIGHTS, WeightedPicker
+
+HIGH, MEDIUM, LOW = Priority.HIGH, Priority.MEDIUM, Priority.LOW
+Make = Callable[..., final.JobQueue]
+
+
+def until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Wait for a state no event announces (a status change inside the queue)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def library_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("jobqueue-")]
+
+
+@pytest.fixture(params=["memory", "lmdb"])
+def store(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make(store: str, tmp_path: Path) -> Iterator[Make]:
+    """Build queues with the store under test; close them all afterwards."""
+    queues: list[final.JobQueue] = []
+
+    def build(**fields: object) -> final.JobQueue:
+        if store == "lmdb":
+            fields.setdefault("persist_path", str(tmp_path / f"jobs-{len(queues)}"))
+        queue = final.JobQueue(final.Config(**fields))  # type: ignore[arg-type]
+        queues.append(queue)
+        return queue
+
+    yield build
+    for queue in queues:
+        queue.close(timeout=5)
+
+
+class Gate:
+    """A handler that blocks until released, and says when it has started."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.payloads: list[bytes] = []
+
+    def __call__(self, payload: bytes) -> None:
+        self.payloads.append(payload)
+        self.started.set()
+        self.release.wait(10)
+
+
+def hold_worker(queue: final.JobQueue, job_id: str = "blocker") -> Gate:
+    gate = Gate()
+    queue.enqueue_with_handler(final.Job(job_id, priority=HIGH), gate)
+    assert gate.started.wait(5)
+    return gate
+
+
+class TestEnqueue:
+    def test_runs_with_the_default_handler(self, make: Make) -> None:
+        ran: list[bytes] = []
+        queue = make(handler=ran.append)
+        queue.enqueue(final.Job("a", b"payload"))
+        assert queue.wait("a", timeout=10) is Status.COMPLETED
+        assert ran == [b"payload"]
+
+    def test_handler_resolution(self, make: Make) -> None:
+        ran: list[str] = []
+        queue = make(
+            handler=lambda p: ran.append("default"),
+            handlers={"email": lambda p: ran.append("email")},
+        )
+        queue.enqueue(final.Job("plain"))
+        queue.enqueue(final.Job("mail", kind="email"))
+        queue.enqueue_with_handler(final.Job("own", kind="email"), lambda p: ran.append("own"))
+        assert queue.join(timeout=10)
+        assert sorted(ran) == ["default", "email", "own"]
+
+    def test_no_handler_at_all(self, make: Make) -> None:
+        queue = make(handlers={"email": print})
+        with pytest.raises(ValueError, match="no handler for job 'x': kind 'sms'"):
+            queue.enqueue(final.Job("x", kind="sms"))
+        assert queue.status("x") is None
+
+    def test_enqueue_many(self, make: Make) -> None:
+        ran: list[bytes] = []
+        queue = make(handler=ran.append)
+        queue.enqueue_many(final.Job(f"j{i}", b"%d" % i) for i in range(50))
+        assert queue.join(timeout=10)
+        assert sorted(ran) == sorted(b"%d" % i for i in range(50))
+
+    def test_enqueue_many_is_all_or_nothing(self, make: Make) -> None:
+        queue = make(handler=print, queue_size=5)
+        with pytest.raises(final.DuplicateJob, match="twice"):
+            queue.enqueue_many([final.Job("a"), final.Job("a")])
+        with pytest.raises(ValueError, match="more than queue_size=5"):
+            queue.enqueue_many(final.Job(f"j{i}") for i in range(6))
+        assert queue.status("a") is None and queue.status("j0") is None
+
+    def test_not_a_job(self, make: Make) -> None:
+        queue = make(handler=print)
+        with pytest.raises(TypeError, match="job must be a jobqueue.final.Job"):
+            queue.enqueue("job")  # type: ignore[arg-type]
+
+
+class TestPriority:
+    def test_all_high_before_any_low_with_one_worker(self, make: Make) -> None:
+        ran: list[str] = []
+        queue = make(num_workers=1, handler=lambda p: ran.append(p.decode()))
+        gate = hold_worker(queue)
+        for i in range(5):
+            queue.enqueue(final.Job(f"low-{i}", f"low-{i}".encode(), priority=LOW))
+        for i in range(5):
+            queue.enqueue(final.Job(f"high-{i}", f"high-{i}".encode(), priority=HIGH))
+        gate.release.set()
+        assert queue.join(timeout=10)
+        assert ran == [f"high-{i}" for i in range(5)] + [f"low-{i}" for i in range(5)]
+
+
+class TestFairness:
+    def test_default_weights(self) -> None:
+        assert dict(DEFAULT_WEIGHTS) == {HIGH: 8, MEDIUM: 3, LOW: 1}
+
+    def test_high_first_when_mixed(self) -> None:
+        picker = WeightedPicker()
+        assert picker.pick([True, True, True]) is HIGH
+
+    def test_nothing_to_pick(self) -> None:
+        assert WeightedPicker().pick([False, False, False]) is None
+
+    def test_low_at_least_once_in_every_eleven_picks_under_a_high_flood(self) -> None:
+        picker = WeightedPicker()
+        picks = [picker.pick([True, False, True]) for _ in range(1000)]
+        gaps = [i for i, p in enumerate(picks) if p is LOW]
+        assert gaps[0] < 11
+        assert max(b - a for a, b in zip(gaps, gaps[1:], strict=False)) <= 11
+
+    def test_round_shares_follow_the_weights(self) -> None:
+        picker = WeightedPicker({HIGH: 4, MEDIUM: 2, LOW: 1})
+        picks = [picker.pick([True, True, True]) for _ in range(70)]
+        assert (picks.count(HIGH), picks.count(MEDIUM), picks.count(LOW)) == (40, 20, 10)
+        assert picks[:7] == [HIGH] * 4 + [MEDIUM] * 2 + [LOW]
+
+    def test_an_empty_priority_never_blocks_another(self) -> None:
+        picker = WeightedPicker()
+        for has_work, expected in [
+            ([False, False, True], LOW),
+            ([False, True, False], MEDIUM),
+            ([False, False, True], LOW),
+            ([True, False, False], HIGH),
+        ]:
+            for _ in range(20):
+                assert picker.pick(has_work) is expected
+
+    def test_priorities_coming_and_going(self) -> None:
+        picker = WeightedPicker()
+        since_low = 0
+        worst = 0
+        pattern = [[True, True, True], [True, False, True], [True, True, True], [False, True, True]]
+        for step in range(4000):
+            if picker.pick(pattern[(step // 7) % 4]) is LOW:
+                worst = max(worst, since_low)
+                since_low = 0
+            else:
+                since_low += 1
+        assert worst <= sum(DEFAULT_WEIGHTS.values())
+
+    def test_low_runs_under_a_live_high_flood(self, make: Make) -> None:
+        ran: list[str] = []
+        low_done = threading.Event()
+        queue = make(num_workers=1, queue_size=50)
+        gate = hold_worker(queue)
+
+        def high(payload: bytes) -> None:
+            ran.append("high")
+            n = int(payload)
+            if n < 200:  # every HIGH job adds another: a sustained flood
+                queue.enqueue_with_handler(
+                    final.Job(f"high-{n + 1}", b"%d" % (n + 1), priority=HIGH), high
+                )
+
+        def low(payload: bytes) -> None:
+            ran.append("low")
+            if ran.count("low") == 3:
+                low_done.set()
+
+        for i in range(3):
+            queue.enqueue_with_handler(final.Job(f"low-{i}", priority=LOW), low)
+        queue.enqueue_with_handler(final.Job("high-0", b"0", priority=HIGH), high)
+        gate.release.set()
+        assert low_done.wait(10)
+        assert queue.join(timeout=10)
+        positions = [i for i, name in enumerate(ran) if name == "low"]
+        assert positions[-1] < 3 * 11  # the LOW jobs ran early in the flood, not after it
+
+
+class TestRetry:
+    def test_attempts_and_spacing(self, make: Make, caplog: pytest.LogCaptureFixture) -> None:
+        runs: list[float] = []
+
+        def fails(payload: bytes) -> None:
+            runs.append(time.monotonic())
+            raise ConnectionError("smtp down")
+
+        queue = make(handler=fails, max_retries=3, base_delay=0.02, jitter=0.5)
+        with caplog.at_level(logging.WARNING, logger="jobqueue"):
+            queue.enqueue(final.Job("mail"))
+            assert queue.wait("mail", timeout=10) is Status.FAILED
+        assert len(runs) == 4
+        gaps = [b - a for a, b in zip(runs, runs[1:], strict=False)]
+        assert all(gap >= d for gap, d in zip(gaps, (0.02, 0.04, 0.08), strict=True))
+        info = queue.info("mail")
+        assert info is not None
+        assert (info.status, info.attempts) == (Status.FAILED, 4)
+        assert info.last_error is not None and "smtp down" in info.last_error
+        metrics = queue.metrics()
+        assert (metrics.failed, metrics.retried, metrics.completed) == (1, 3, 0)
+        levels = [r.levelno for r in caplog.records if "'mail'" in r.getMessage()]
+        assert levels == [logging.WARNING] * 3 + [logging.ERROR]
+        assert caplog.records[-1].exc_info is not None
+
+    def test_max_delay_caps_the_backoff(self, make: Make) -> None:
+        runs: list[float] = []
+
+        def fails(payload: bytes) -> None:
+            runs.append(time.monotonic())
+            raise RuntimeError("no")
+
+        queue = make(handler=fails, max_retries=2, base_delay=5.0, max_delay=0.01, jitter=0.0)
+        queue.enqueue(final.Job("capped"))
+        assert queue.wait("capped", timeout=10) is Status.FAILED
+        assert len(runs) == 3
+
+    def test_job_max_retries_overrides_config(self, make: Make) -> None:
+        runs: list[int] = []
+
+        def fails(payload: bytes) -> None:
+            runs.append(1)
+            raise RuntimeError("no")
+
+        queue = make(handler=fails, max_retries=5, base_delay=0.0)
+        queue.enqueue(final.Job("once", max_retries=0))
+        assert queue.wait("once", timeout=10) is Status.FAILED
+        assert runs == [1]
+
+    def test_retry_then_success(self, make: Make) -> None:
+        def flaky(payload: bytes) -> None:
+            if final.current_job().attempt < 3:
+                raise TimeoutError("slow upstream")
+
+        queue = make(handler=flaky, base_delay=0.0)
+        queue.enqueue(final.Job("flaky"))
+        assert queue.wait("flaky", timeout=10) is Status.COMPLETED
+        info = queue.info("flaky")
+        assert info is not None and info.attempts == 3
+
+
+class TestTimeout:
+    def test_overrunning_attempt_fails_and_is_retried(self, make: Make) -> None:
+        seen: list[tuple[int, bool]] = []
+
+        def slow_first(payload: bytes) -> None:
+            context = final.current_job()
+            if context.attempt == 1:
+                cancelled = context.wait(10)  # wakes at the 0.05 s deadline
+                seen.append((1, cancelled))
+            else:
+                seen.append((context.attempt, context.cancelled()))
+
+        queue = make(handler=slow_first, job_timeout=0.05, base_delay=0.0)
+        queue.enqueue(final.Job("slow"))
+        assert queue.wait("slow", timeout=10) is Status.COMPLETED
+        assert seen == [(1, True), (2, False)]
+        info = queue.info("slow")
+        assert info is not None and info.last_error is not None
+        assert "timed out" in info.last_error
+
+    def test_current_job_outside_a_handler(self) -> None:
+        with pytest.raises(RuntimeError, match="outside a jobqueue handler"):
+            final.current_job()
+
+
+class TestGracefulShutdown:
+    def test_in_flight_and_queued_jobs_finish(self, make: Make) -> None:
+        ran: list[bytes] = []
+        queue = make(num_workers=1, handler=ran.append)
+        gate = hold_worker(queue)
+        for i in range(5):
+            queue.enqueue(final.Job(f"j{i}", b"%d" % i))
+        closer = threading.Thread(target=queue.close)
+        closer.start()
+        accepted = 0
+        with pytest.raises(final.QueueClosed, match="after close"):
+            for i in range(100_000):  # until close() has started refusing jobs
+                queue.enqueue(final.Job(f"late-{i}", b"late"), block=False)
+                accepted += 1
+        gate.release.set()  # the in-flight handler may now finish
+        closer.join(10)
+        assert not closer.is_alive()
+        # Everything accepted before close() started ran, including the in-flight job.
+        assert sorted(p for p in ran if p != b"late") == [b"%d" % i for i in range(5)]
+        assert ran.count(b"late") == accepted
+        assert gate.payloads == [b""]
+        assert library_threads() == []
+        assert queue.close() == []  # twice is harmless
+
+    def test_memory_retries_finish_before_close_returns(self) -> None:
+        runs: list[int] = []
+
+        def flaky(payload: bytes) -> None:
+            runs.append(1)
+            if len(runs) == 1:
+                raise RuntimeError("once")
+
+        queue = final.JobQueue(final.Config(handler=flaky, base_delay=0.05))
+        queue.enqueue(final.Job("retry"))
+        queue.close()
+        assert runs == [1, 1]
+        assert queue.status("retry") is Status.COMPLETED
+
+    def test_gives_up_after_shutdown_timeout(
+        self, make: Make, store: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        cancelled = threading.Event()
+
+        def stubborn(payload: bytes) -> None:
+            if final.current_job().wait(10):
+                cancelled.set()
+                raise RuntimeError("cancelled")
+
+        queue = make(num_workers=1, handler=stubborn, shutdown_timeout=0.05)
+        queue.enqueue(final.Job("running"))
+        queue.enqueue(final.Job("waiting"))
+        with caplog.at_level(logging.WARNING, logger="jobqueue"):
+            abandoned = queue.close()
+        assert cancelled.is_set()
+        assert abandoned == ["running", "waiting"]
+        assert any("gave up" in r.getMessage() for r in caplog.records)
+        if store == "memory":
+            assert queue.metrics().abandoned == 2
+        assert library_threads() == []
+
+    def test_enqueue_after_close(self, make: Make) -> None:
+        queue = make(handler=print)
+        queue.close()
+        message = r"^cannot enqueue after close\(\) has started$"
+        with pytest.raises(final.QueueClosed, match=message):
+            queue.enqueue(final.Job("late"))
+
+
+class TestBackpressure:
+    def test_blocks_when_full_then_proceeds(self, make: Make) -> None:
+        queue = make(num_workers=1, queue_size=2, handler=lambda p: None)
+        gate = hold_worker(queue)
+        queue.enqueue(final.Job("a"))
+        queue.enqueue(final.Job("b"))
+        returned = threading.Event()
+
+        def produce() -> None:
+            queue.enqueue(final.Job("c"))
+            returned.set()
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        assert not returned.wait(0.2)  # really blocked
+        assert queue.status("c") is None
+        gate.release.set()
+        assert returned.wait(5)
+        producer.join(5)
+        assert queue.join(timeout=10)
+
+    def test_queue_full_after_timeout_or_without_blocking(self, make: Make) -> None:
+        queue = make(num_workers=1, queue_size=1, handler=lambda p: None)
+        gate = hold_worker(queue)
+        queue.enqueue(final.Job("fill"))
+        with pytest.raises(final.QueueFull, match="MEDIUM queue is full"):
+            queue.enqueue(final.Job("x"), block=False)
+        with pytest.raises(final.QueueFull, match="stayed full"):
+            queue.enqueue(final.Job("y"), timeout=0.05)
+        queue.enqueue(final.Job("z", priority=LOW), block=False)  # LOW has its own room
+        gate.release.set()
+        assert queue.join(timeout=10)
+
+
+class TestMetrics:
+    def test_exact_after_100k_jobs_from_10_producers(self, make: Make) -> None:
+        producers, per_producer = 10, 10_000
+        queue = make(num_workers=4, handler=lambda p: None)
+        barrier = threading.Barrier(producers)
+
+        def produce(n: int) -> None:
+            barrier.wait(10)
+            for i in range(per_producer):
+                queue.enqueue(final.Job(f"{n}-{i}", priority=Priority(i % 3)))
+
+        threads = [threading.Thread(target=produce, args=(n,)) for n in range(producers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert queue.join(timeout=60)
+        metrics = queue.metrics()
+        total = producers * per_producer
+        assert (metrics.completed, metrics.failed, metrics.retried) == (total, 0, 0)
+        assert (metrics.queued, metrics.processing, metrics.retrying) == (0, 0, 0)
+        assert sum(m.completed for m in metrics.per_priority.values()) == total
+        assert metrics.per_priority[LOW].completed == producers * (per_producer // 3)
+        latency = metrics.queue_latency
+        assert 0 < latency.p50 <= latency.p90 <= latency.p99 <= latency.max
+        assert 0 < metrics.utilization <= 1
+        assert (metrics.num_workers, metrics.busy_workers) == (4, 0)
+
+    def test_snapshot_while_busy(self, make: Make) -> None:
+        queue = make(num_workers=2)
+        gate = hold_worker(queue)
+        metrics = queue.metrics()
+        assert (metrics.processing, metrics.busy_workers) == (1, 1)
+        assert metrics.per_priority[HIGH].processing == 1
+        with pytest.raises(AttributeError):
+            metrics.completed = 3  # type: ignore[misc]
+        gate.release.set()
+
+
+class TestStatus:
+    def test_every_transition(self, make: Make) -> None:
+        entered = [threading.Event() for _ in range(2)]
+        proceed = [threading.Event() for _ in range(2)]
+
+        def handler(payload: bytes) -> None:
+            attempt = final.current_job().attempt
+            entered[attempt - 1].set()
+            proceed[attempt - 1].wait(10)
+            if attempt == 1:
+                raise RuntimeError("first try fails")
+
+        queue = make(num_workers=1, handler=handler, base_delay=1.0, jitter=0.0)
+        gate = hold_worker(queue)
+        queue.enqueue(final.Job("job"))
+        seen = [queue.status("job")]
+        gate.release.set()
+        assert entered[0].wait(5)
+        seen.append(queue.status("job"))
+        proceed[0].set()
+        # The failure is recorded as the handler returns; the retry waits a whole second.
+        assert until(lambda: queue.status("job") is not Status.PROCESSING)
+        seen.append(queue.status("job"))
+        assert entered[1].wait(5)
+        seen.append(queue.status("job"))
+        proceed[1].set()
+        assert queue.wait("job", timeout=5) is Status.COMPLETED
+        seen.append(queue.status("job"))
+        assert seen == [
+            Status.QUEUED, Status.PROCESSING, Status.RETRYING, Status.PROCESSING,
+            Status.COMPLETED,
+        ]
+        info = queue.info("job")
+        assert info is not None and info.attempts == 2
+        assert info.created_at <= info.started_at <= info.finished_at  # type: ignore[operator]
+
+    def test_unknown_id(self, make: Make) -> None:
+        queue = make(handler=print)
+        assert queue.status("nope") is None
+        assert queue.info("nope") is None
+        with pytest.raises(KeyError):
+            queue.wait("nope")
+
+    def test_retention_forgets_the_oldest(self, make: Make) -> None:
+        queue = make(num_workers=1, handler=lambda p: None, status_retention=2)
+        for i in range(4):
+            queue.enqueue(final.Job(f"j{i}"))
+            assert queue.wait(f"j{i}", timeout=10) is Status.COMPLETED
+        queue.dead_letters()  # (with LMDB, writes the batched records first)
+        assert [queue.status(f"j{i}") for i in range(4)] == [
+            None, None, Status.COMPLETED, Status.COMPLETED
+        ]
+
+    def test_wait_times_out(self, make: Make) -> None:
+        queue = make(num_workers=1, handler=lambda p: None)
+        gate = hold_worker(queue)
+        queue.enqueue(final.Job("stuck"))
+        with pytest.raises(TimeoutError, match="did not finish"):
+            queue.wait("stuck", timeout=0.05)
+        assert queue.join(timeout=0.05) is False
+        gate.release.set()
+        assert queue.join(timeout=10) is True
+
+
+class TestDuplicate:
+    def test_active_id_is_refused(self, make: Make) -> None:
+        queue = make(num_workers=1, handler=lambda p: None)
+        gate = hold_worker(queue)
+        queue.enqueue(final.Job("dup"))
+        with pytest.raises(final.DuplicateJob, match="'dup' is already queued"):
+            queue.enqueue(final.Job("dup"))
+        with pytest.raises(final.DuplicateJob, match="already processing"):
+            queue.enqueue(final.Job("blocker"))
+        gate.release.set()
+        assert queue.wait("dup", timeout=10) is Status.COMPLETED
+
+    def test_finished_id_starts_fresh(self, make: Make) -> None:
+        ran: list[bytes] = []
+        queue = make(handler=ran.append)
+        queue.enqueue(final.Job("again", b"1"))
+        assert queue.wait("again", timeout=10) is Status.COMPLETED
+        queue.enqueue(final.Job("again", b"2"))
+        assert queue.wait("again", timeout=10) is Status.COMPLETED
+        assert ran == [b"1", b"2"]
+
+
+class TestDeadLetters:
+    def test_failed_jobs_listed_and_requeued(self, make: Make) -> None:
+        broken = {"a", "b"}
+
+        def handler(payload: bytes) -> None:
+            if payload.decode() in broken:
+                raise ValueError(f"bad {payload.decode()}")
+
+        queue = make(handler=handler, max_retries=0)
+        for name in "abc":
+            queue.enqueue(final.Job(name, name.encode()))
+        assert queue.join(timeout=10)
+        dead = queue.dead_letters()
+        assert sorted(info.id for info in dead) == ["a", "b"]
+        assert all(info.status is Status.FAILED for info in dead)
+        broken.clear()
+        queue.requeue("a")
+        assert queue.wait("a", timeout=10) is Status.COMPLETED
+        assert [info.id for info in queue.dead_letters()] == ["b"]
+        info = queue.info("a")
+        assert info is not None and info.attempts == 1
+
+    def test_requeue_errors(self, make: Make) -> None:
+        queue = make(handler=lambda p: None)
+        with pytest.raises(KeyError):
+            queue.requeue("unknown")
+        queue.enqueue(final.Job("ok"))
+        assert queue.wait("ok", timeout=10) is Status.COMPLETED
+        with pytest.raises(ValueError, match="'ok' is completed, not failed"):
+            queue.requeue("ok")
+
+
+class TestRegister:
+    def test_register_while_running(self, make: Make) -> None:
+        ran: list[str] = []
+        queue = make(handlers={"a": lambda p: ran.append("a-old")})
+        queue.enqueue(final.Job("1", kind="a"))
+        assert queue.wait("1", timeout=10) is Status.COMPLETED
+        queue.register("a", lambda p: ran.append("a-new"))
+        queue.register("b", lambda p: ran.append("b"))
+        queue.enqueue(final.Job("2", kind="a"))
+        queue.enqueue(final.Job("3", kind="b"))
+        assert queue.join(timeout=10)
+        assert sorted(ran) == ["a-new", "a-old", "b"]
+
+    def test_register_checks_its_arguments(self, make: Make) -> None:
+        queue = make(handler=print)
+        with pytest.raises(TypeError, match="kind must be a str"):
+            queue.register(1, print)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="handler must be callable"):
+            queue.register("a", None)  # type: ignore[arg-type]
+
+
+class TestBadInput:
+    @pytest.mark.parametrize(
+        ("fields", "error", "message"),
+        [
+            ({"num_workers": 0}, ValueError, "^num_workers must be >= 1, got 0$"),
+            ({"num_workers": True}, TypeError, "num_workers must be an int"),
+            ({"queue_size": 0}, ValueError, "queue_size must be >= 1"),
+            ({"queue_size": 1.5}, TypeError, "queue_size must be an int"),
+            ({"max_retries": -1}, ValueError, "max_retries must be >= 0"),
+            ({"base_delay": -1}, ValueError, "base_delay must be >= 0"),
+            ({"base_delay": "1"}, TypeError, "base_delay must be a number"),
+            ({"max_delay": float("nan")}, ValueError, "max_delay must be >= 0"),
+            ({"jitter": 1.5}, ValueError, "jitter must be a fraction"),
+            ({"jitter": -0.1}, ValueError, "jitter must be >= 0"),
+            ({"weights": {HIGH: 1}}, ValueError, "weights must give every priority"),
+            ({"weights": {HIGH: 1, MEDIUM: 1, LOW: 0}}, ValueError, r"weights\[LOW\] must be"),
+            ({"weights": {0: 1, 1: 1, 2: 1}}, TypeError, "weights keys must be Priority"),
+            ({"weights": [1, 2, 3]}, TypeError, "weights must be a mapping"),
+            ({"job_timeout": 0}, ValueError, "job_timeout must be > 0"),
+            ({"shutdown_timeout": -1}, ValueError, "shutdown_timeout must be >= 0"),
+            ({"persist_path": 3}, TypeError, "persist_path must be a path"),
+            ({"fsync": "yes"}, TypeError, "fsync must be a bool"),
+            ({"handler": "print"}, TypeError, "handler must be callable"),
+            ({"handlers": {"a": 1}}, TypeError, r"handlers\['a'\] must be callable"),
+            ({"handlers": {1: print}}, TypeError, "handlers keys must be str"),
+            ({"status_retention": -1}, ValueError, "status_retention must be >= 0"),
+        ],
+    )
+    def test_config(self, fields: dict[str, object], error: type[Exception], message: str) -> None:
+        with pytest.raises(error, match=message):
+            final.Config(**fields)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize(
+        ("fields", "error", "message"),
+        [
+            ({"id": ""}, ValueError, "id must be a non-empty str"),
+            ({"id": 5}, TypeError, "id must be a str"),
+            ({"id": "é" * 129}, ValueError, "id must be at most 256 UTF-8 bytes"),
+            ({"payload": "text"}, TypeError, "payload must be bytes"),
+            ({"priority": 0}, TypeError, "priority must be a Priority"),
+            ({"kind": None}, TypeError, "kind must be a str"),
+            ({"max_retries": -1}, ValueError, "max_retries must be >= 0"),
+            ({"max_retries": False}, TypeError, "max_retries must be an int"),
+        ],
+    )
+    def test_job(self, fields: dict[str, object], error: type[Exception], message: str) -> None:
+        fields.setdefault("id", "ok")
+        with pytest.raises(error, match=message):
+            final.Job(**fields)  # type: ignore[arg-type]
+
+    def test_job_is_immutable(self) -> None:
+        job = final.Job("x")
+        with pytest.raises(AttributeError):
+            job.id = "y"  # type: ignore[misc]
+
+    def test_config_must_be_a_config(self) -> None:
+        with pytest.raises(TypeError, match="config must be a jobqueue.final.Config"):
+            final.JobQueue({"num_workers": 1})  # type: ignore[arg-type]
+
+    def test_negative_timeout(self, make: Make) -> None:
+        queue = make(handler=print)
+        with pytest.raises(ValueError, match="timeout must be"):
+            queue.enqueue(final.Job("x"), timeout=-1)
