@@ -1,5 +1,287 @@
-"""Placeholder until the benchmark lands: checks the package imports."""
+"""``python -m bench``: jobqueue's three stages and their peers, side by side.
 
-import jobqueue
+Runs every scenario on every system, shows progress, prints one table per scenario, checks the
+speed targets as ratios from this one run, and writes everything to bench/results/latest.json.
 
-print(f"jobqueue {jobqueue.__version__}: stages naive, improved, final")
+    python -m bench                      # the full run, under 2 minutes on 2 cores
+    python -m bench --quick              # a few seconds: does the harness still work?
+    python -m bench --only throughput --systems final-memory,threadpool
+    python -m bench --plot               # also PNG charts (needs the 'bench' extra)
+    python -m bench --check              # exit 1 if a target is missed
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import scenarios
+from bench.scenarios import Size
+from bench.systems import SYSTEMS, available
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+MAIN = ["naive", "improved", "final-memory", "final-lmdb", "final-lmdb-fsync", "threadpool",
+        "queue-floor", "persist-queue", "huey"]
+FSYNC_PEERS = ["persist-queue-fsync", "huey-fsync"]
+
+# scenario -> [(variant, systems, run(name, size) -> row)]
+Plan = dict[str, list[tuple[str, list[str], Callable[[str, Size], dict[str, Any]]]]]
+PLAN: Plan = {
+    "throughput": [
+        ("1 producer", MAIN, lambda n, s: scenarios.throughput(n, s, producers=1)),
+        ("4 producers", MAIN + FSYNC_PEERS, lambda n, s: scenarios.throughput(n, s, producers=4)),
+        ("enqueue_many", ["final-memory", "final-lmdb", "final-lmdb-fsync"],
+         lambda n, s: scenarios.throughput(n, s, producers=1, batch=True)),
+    ],
+    "latency": [("10,000/s offered", MAIN, scenarios.latency)],
+    "memory": [("1,000,000 offered", ["naive", "improved", "final-memory", "final-lmdb",
+                                      "threadpool", "queue-floor"], scenarios.memory)],
+    "starvation": [("HIGH flood", ["improved", "final-memory", "final-lmdb"],
+                    scenarios.starvation)],
+    "crash": [("SIGKILL halfway", ["final-memory", "final-lmdb", "final-lmdb-fsync",
+                                   "threadpool", "persist-queue"], scenarios.crash)],
+    "shutdown": [("close()", ["naive", "improved", "final-memory", "final-lmdb", "threadpool",
+                              "queue-floor"], scenarios.shutdown)],
+    "workers": [("1-32 workers", ["final-memory", "threadpool"], scenarios.workers)],
+}
+
+
+class Progress:
+    """One line per scenario and system, rewritten in place on a terminal."""
+
+    def __init__(self) -> None:
+        self._tty = sys.stderr.isatty()
+
+    def start(self, label: str) -> None:
+        if self._tty:
+            sys.stderr.write(f"\r\033[K{label} ...")
+        else:
+            sys.stderr.write(f"{label} ...\n")
+        sys.stderr.flush()
+
+    def done(self, label: str, seconds: float, note: str = "") -> None:
+        end = f"{label}: {note or 'done'} ({seconds:.1f} s)"
+        sys.stderr.write(f"\r\033[K{end}\n" if self._tty else f"{end}\n")
+        sys.stderr.flush()
+
+
+def run(only: list[str], systems: list[str] | None, size: Size) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    progress = Progress()
+    for scenario in only:
+        results[scenario] = {}
+        for variant, names, runner in PLAN[scenario]:
+            rows: dict[str, Any] = {}
+            for name in names:
+                if systems is not None and name not in systems:
+                    continue
+                label = f"{scenario} / {variant} / {name}"
+                missing = available(name)
+                if missing:
+                    rows[name] = {"skipped": missing}
+                    progress.done(label, 0.0, f"skipped: {missing}")
+                    continue
+                progress.start(label)
+                started = time.perf_counter()
+                try:
+                    rows[name] = runner(name, size)
+                except Exception as exc:  # one broken system must not hide the others
+                    rows[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                rows[name]["durability"] = SYSTEMS[name].durability
+                progress.done(label, time.perf_counter() - started,
+                              rows[name].get("error", ""))
+            results[scenario][variant] = rows
+    return results
+
+
+def _figure(results: dict[str, Any], scenario: str, variant: str, name: str,
+            key: str) -> float | None:
+    row = results.get(scenario, {}).get(variant, {}).get(name, {})
+    value = row.get(key)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The speed goals, as ratios from this run; a goal whose figures are missing is skipped."""
+    def tp(name: str, variant: str = "1 producer") -> float | None:
+        return _figure(results, "throughput", variant, name, "jobs_per_s")
+
+    checks: list[dict[str, Any]] = []
+
+    def ratio(goal: str, value: float | None, base: float | None, at_least: float) -> None:
+        if value is None or base is None or base == 0:
+            return
+        measured = value / base
+        checks.append({"target": goal, "measured": round(measured, 2), "required": at_least,
+                       "pass": measured >= at_least})
+
+    def bound(goal: str, value: float | None, at_most: float, unit: str) -> None:
+        if value is None:
+            return
+        checks.append({"target": goal, "measured": round(value, 3), "required": at_most,
+                       "unit": unit, "pass": value <= at_most})
+
+    ratio("final-memory >= 1.5x threadpool (1 producer)", tp("final-memory"), tp("threadpool"),
+          1.5)
+    ratio("final-lmdb >= 0.9x final-memory (1 producer)", tp("final-lmdb"), tp("final-memory"),
+          0.9)
+    ratio("final-lmdb enqueue_many >= 0.9x final-memory", tp("final-lmdb", "enqueue_many"),
+          tp("final-memory"), 0.9)
+    ratio("final-lmdb >= 10x persist-queue (no fsync)", tp("final-lmdb"), tp("persist-queue"),
+          10)
+    ratio("final-lmdb >= 10x huey (no fsync)", tp("final-lmdb"), tp("huey"), 10)
+    peers = [tp(n, "4 producers") for n in FSYNC_PEERS]
+    best_peer = max((p for p in peers if p is not None), default=None)
+    ratio("final-lmdb-fsync >= 3x best fsync peer (4 producers)",
+          tp("final-lmdb-fsync", "4 producers"), best_peer, 3)
+    bound("final-lmdb latency p50 <= 1 ms",
+          _figure(results, "latency", "10,000/s offered", "final-lmdb", "p50_ms"), 1.0, "ms")
+    bound("final-lmdb latency p99 <= 10 ms",
+          _figure(results, "latency", "10,000/s offered", "final-lmdb", "p99_ms"), 10.0, "ms")
+    for name in ("final-memory", "final-lmdb"):
+        bound(f"{name} peak RSS growth <= 50 MB",
+              _figure(results, "memory", "1,000,000 offered", name, "rss_growth_mb"), 50, "MB")
+    bound("final-lmdb loses 0 jobs in a crash",
+          _figure(results, "crash", "SIGKILL halfway", "final-lmdb", "lost"), 0, "jobs")
+    return checks
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "-" if value is None else str(value)
+
+
+def print_tables(results: dict[str, Any], checks: list[dict[str, Any]]) -> None:
+    for scenario, variants in results.items():
+        for variant, rows in variants.items():
+            print(f"\n## {scenario}: {variant}\n")
+            columns: list[str] = []
+            for row in rows.values():
+                for key in row:
+                    if key not in columns and key != "durability":
+                        columns.append(key)
+            columns.append("durability")
+            header = ["system", *columns]
+            table = [header] + [[name, *(_cell(row.get(c)) for c in columns)]
+                                for name, row in rows.items()]
+            widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+            for number, line in enumerate(table):
+                print("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))
+                      + " |")
+                if number == 0:
+                    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    if checks:
+        print("\n## targets\n")
+        for check in checks:
+            verdict = "PASS" if check["pass"] else "FAIL"
+            unit = check.get("unit", "x")
+            print(f"{verdict}  {check['target']}: measured {check['measured']} {unit}")
+
+
+def plot(results: dict[str, Any]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    key_for = {"throughput": ("jobs_per_s", "jobs/s"), "latency": ("p99_ms", "p99 latency, ms"),
+               "memory": ("rss_growth_mb", "peak RSS growth, MB"),
+               "starvation": ("low_finished", "LOW jobs finished in the window"),
+               "crash": ("lost", "acknowledged jobs lost"), "shutdown": ("lost", "jobs lost")}
+    for scenario, variants in results.items():
+        fig, axes = plt.subplots(1, len(variants), figsize=(6 * len(variants), 4), squeeze=False)
+        for axis, (variant, rows) in zip(axes[0], variants.items(), strict=True):
+            if scenario == "workers":
+                for name, row in rows.items():
+                    for kind in ("cpu", "io"):
+                        counts = [c for c in (1, 2, 4, 8, 16, 32) if f"{kind}_{c}" in row]
+                        axis.plot(counts, [row[f"{kind}_{c}"] for c in counts], marker="o",
+                                  label=f"{name} ({kind}-bound)")
+                axis.set_xscale("log", base=2)
+                axis.set_xlabel("workers")
+                axis.set_ylabel("jobs/s")
+                axis.legend(fontsize=7)
+            else:
+                key, label = key_for[scenario]
+                names = [n for n, r in rows.items() if isinstance(r.get(key), (int, float))]
+                axis.barh(names, [rows[n][key] for n in names])
+                axis.set_xlabel(label)
+            axis.set_title(f"{scenario}: {variant}")
+        fig.tight_layout()
+        path = RESULTS / f"{scenario}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for package in ("jobqueue", "lmdb", "persist-queue", "huey", "matplotlib"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few seconds, for a smoke test")
+    parser.add_argument("--only", help=f"comma-separated scenarios: {', '.join(PLAN)}")
+    parser.add_argument("--systems", help=f"comma-separated systems: {', '.join(SYSTEMS)}")
+    parser.add_argument("--plot", action="store_true", help="write PNG charts to bench/results")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--output", type=Path, default=RESULTS / "latest.json",
+                        help="where to write the figures (default: bench/results/latest.json)")
+    args = parser.parse_args(argv)
+    only = args.only.split(",") if args.only else list(PLAN)
+    unknown = [s for s in only if s not in PLAN]
+    systems = args.systems.split(",") if args.systems else None
+    unknown += [s for s in systems or [] if s not in SYSTEMS]
+    if unknown:
+        parser.error(f"unknown scenario or system: {', '.join(unknown)}")
+
+    size = Size.quick() if args.quick else Size()
+    started = time.perf_counter()
+    results = run(only, systems, size)
+    checks = targets(results)
+    elapsed = time.perf_counter() - started
+    print_tables(results, checks)
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform(), "processor": platform.machine()},
+        "packages": _versions(), "quick": args.quick, "seconds": round(elapsed, 1),
+        "results": results, "targets": checks,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\n{elapsed:.0f} s; figures written to {args.output}")
+    if args.plot:
+        for path in plot(results):
+            print(f"chart: {path}")
+    if args.check and not all(c["pass"] for c in checks):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -441,10 +441,18 @@ class TestMapGrowth:
         path = store_path(tmp_path)
         payload = os.urandom(64 << 10)
         ran: list[int] = []
-        config = final.Config(num_workers=2, handler=lambda p: ran.append(len(p)),
-                              persist_path=path, queue_size=100)
+        release = threading.Event()
+
+        def handler(data: bytes) -> None:
+            release.wait(10)
+            ran.append(len(data))
+
+        config = final.Config(num_workers=1, handler=handler, persist_path=path,
+                              queue_size=100)
         with final.JobQueue(config) as queue:
             queue.enqueue_many([final.Job(f"big-{i}", payload) for i in range(60)])
+            queue.dead_letters()  # writes the 60 queued jobs, payloads and all, to LMDB now
+            release.set()
             assert queue.join(timeout=30)
         assert ran == [len(payload)] * 60
         with StoreReader(path) as reader:

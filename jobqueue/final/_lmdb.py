@@ -228,6 +228,7 @@ class LmdbStore:
                 self._last_fseq = self._last_key(txn, self._done)
                 self._last_seq = int(txn.get(b"seq", b"0", db=self._meta))
             self._replay_log()
+            self._note_map_size()
             self._wal = WriteAheadLog(path, fsync=fsync)
         except lmdb.Error as exc:
             self._release()
@@ -289,6 +290,11 @@ class LmdbStore:
         logger.info("store %r: recovered %d logged jobs", self.path, len(batch))
         self._write(batch, quarantine)
         WriteAheadLog.remove(segments)
+
+    def _note_map_size(self) -> None:
+        """Record the map size where a read-only reader can see it (LMDB does not say)."""
+        with self._env.begin(write=True) as txn:
+            txn.put(b"map_size", str(self._env.info()["map_size"]).encode(), db=self._meta)
 
     def _release(self) -> None:
         env = getattr(self, "_env", None)
@@ -500,6 +506,92 @@ class LmdbStore:
                 self._closed = True
             self._release()
 
+    # -- repairs, for the command line: each one LMDB transaction, all or nothing ---------
+
+    def requeue_failed(self, job_ids: Sequence[str] | None) -> list[str]:
+        """Make FAILED jobs QUEUED again from attempt 0; ``None`` means every FAILED job.
+
+        Raises ``KeyError`` for an unknown id and ``ValueError`` for one that is not FAILED,
+        before anything is written.
+        """
+        self.flush()
+
+        def requeue(txn: lmdb.Transaction) -> list[str]:
+            if job_ids is None:
+                chosen = self._read_dead_letters(txn)
+            else:
+                chosen = [self._stored(txn, job_id) for job_id in job_ids]
+                for record in chosen:
+                    if record.status is not Status.FAILED:
+                        raise ValueError(f"job {record.id!r} is {record.status.value}, not failed")
+            seq = self._last_seq
+            for record in chosen:
+                _, fseq = decode(txn.get(record.id.encode(), db=self._jobs))
+                seq += 1
+                fresh = record._replace(
+                    status=Status.QUEUED, attempts=0, last_error=None, started_at=None,
+                    finished_at=None, due_at=None, seq=seq,
+                )
+                txn.put(record.id.encode(), encode(fresh), db=self._jobs)
+                txn.put(order_key(fresh.priority, seq), record.id.encode(), db=self._order)
+                txn.delete(seq_key(fseq), db=self._dead)
+            txn.put(b"seq", str(seq).encode(), db=self._meta)
+            self._last_seq = seq
+            return [record.id for record in chosen]
+
+        return self._repair(requeue)
+
+    def purge(self, job_ids: Sequence[str] | None, statuses: Sequence[Status] = ()) -> list[str]:
+        """Delete jobs and their index entries: the given ids, or every job in ``statuses``.
+
+        Raises ``KeyError`` for an unknown id before anything is written.
+        """
+        self.flush()
+
+        def purge(txn: lmdb.Transaction) -> list[str]:
+            if job_ids is not None:
+                chosen = [self._stored(txn, job_id) for job_id in job_ids]
+            else:
+                chosen = []
+                for _, raw in txn.cursor(db=self._jobs):
+                    try:
+                        record = decode(raw)[0]
+                    except RecordError:
+                        continue
+                    if record.status in statuses:
+                        chosen.append(record)
+            for record in chosen:
+                key = record.id.encode()
+                _, fseq = decode(txn.get(key, db=self._jobs))
+                txn.delete(key, db=self._jobs)
+                if record.status in _LIVE:
+                    txn.delete(order_key(record.priority, record.seq), db=self._order)
+                elif txn.delete(seq_key(fseq), db=self._done):
+                    self._done_count -= 1
+                    txn.delete(seq_key(fseq), db=self._dead)
+            return [record.id for record in chosen]
+
+        return self._repair(purge)
+
+    def _stored(self, txn: lmdb.Transaction, job_id: str) -> JobRecord:
+        raw = txn.get(job_id.encode(), db=self._jobs)
+        if raw is None:
+            raise KeyError(job_id)
+        return decode(raw)[0]
+
+    def _repair(self, change: Callable[[lmdb.Transaction], list[str]]) -> list[str]:
+        with self._cond:
+            while self._committing:
+                self._cond.wait()
+            self._committing = True  # keeps the flush thread out
+        try:
+            with self._env.begin(write=True) as txn:  # an exception aborts it: all or nothing
+                return change(txn)
+        finally:
+            with self._cond:
+                self._committing = False
+                self._cond.notify_all()
+
     # -- writing ---------------------------------------------------------------------------
 
     def _flush_loop(self) -> None:
@@ -578,6 +670,7 @@ class LmdbStore:
                     with self._cond:
                         self._resizing = False
                         self._cond.notify_all()
+                self._note_map_size()
                 continue
             self._last_fseq, self._done_count, self._last_seq = fseq, done_count, last_seq
             return
@@ -700,7 +793,10 @@ class StoreReader:
         return None if raw is None else decode(raw)[0]
 
     def map_size(self) -> int:
-        return int(self._env.info()["map_size"])
+        meta = self._env.open_db(b"meta", create=False)
+        with self._env.begin() as txn:
+            noted = txn.get(b"map_size", db=meta)
+        return int(noted) if noted is not None else int(self._env.info()["map_size"])
 
     def disk_bytes(self) -> int:
         return sum(

@@ -290,27 +290,27 @@ class JobQueue:
         if self._durable and (any(self._backlog) or self._parked_kinds):
             self._check_not_stored(ids)
 
+        # Built before taking the mutex, which every producer and worker shares: the less
+        # work done holding it, the less they queue up behind each other.
+        now = time.monotonic()
+        entries = [_Entry(job, handler, next(self._seq), now) for job in jobs]
         with self._mutex:
             self._wait_for_room(jobs, needed, block, timeout)
-            now = time.monotonic()
-            entries = []
-            for job in jobs:
-                entry = _Entry(job, handler, next(self._seq), now)
-                self._active[job.id] = entry
-                entries.append(entry)
+            active = self._active
+            for entry in entries:
+                active[entry.job.id] = entry
             for priority in _PRIORITIES:
-                self._occupied[priority] += needed[priority]
-                self._queued[priority] += needed[priority]
-            records = [self._record(entry, Status.QUEUED) for entry in entries]
+                if needed[priority]:
+                    self._occupied[priority] += needed[priority]
+                    self._queued[priority] += needed[priority]
             if not self._durable:
-                self._store.add(records)  # instant: forgets an old finished job of this id
                 self._make_ready_locked(entries)
                 return
 
         # Durable: the entries hold their slots and ids while the store commits, outside the
         # mutex so workers keep running; only then can a worker see them.
         try:
-            self._store.add(records)
+            self._store.add([self._record(entry, Status.QUEUED) for entry in entries])
         except BaseException as exc:
             with self._mutex:
                 for entry in entries:
@@ -739,7 +739,9 @@ class JobQueue:
 
     def dead_letters(self) -> list[JobInfo]:
         """Return the FAILED jobs still kept (see ``status_retention``), oldest first."""
-        return [record.info() for record in self._store.dead_letters()]
+        records = self._store.dead_letters()
+        with self._mutex:  # an id enqueued again since is live, not dead
+            return [record.info() for record in records if record.id not in self._active]
 
     def requeue(self, job_id: str) -> None:
         """Run a FAILED job again from attempt 0.

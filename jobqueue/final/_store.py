@@ -105,10 +105,11 @@ class MemoryStore:
         self._finished: OrderedDict[str, JobRecord] = OrderedDict()
 
     def add(self, records: Sequence[JobRecord]) -> None:
-        # A finished id enqueued again starts fresh: it is no longer a dead letter.
-        with self._lock:
-            for record in records:
-                self._finished.pop(record.id, None)
+        """Nothing to keep: the queue holds live jobs itself, and does not call this.
+
+        A finished id enqueued again stays here until it finishes anew; the queue answers
+        for live ids before asking the store.
+        """
 
     def update(self, record: JobRecord) -> None:
         with self._lock:

@@ -1,0 +1,350 @@
+"""``jobqueue``: inspect and repair a persisted queue, while its owner runs or after it died.
+
+Read commands (stats, list, show) open the LMDB store read-only: they never write, and LMDB
+readers never block the owning process. Repairs (requeue, purge) need the store to be free:
+they take it over like a queue would, change it in one transaction, and give it back.
+
+Exit status: 0 done; 1 refused because a process owns the store; 2 bad input (a missing path,
+not a store, an unknown id, a store from a newer jobqueue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from jobqueue import __version__
+from jobqueue.errors import StoreError, StoreLocked
+from jobqueue.final._lmdb import LmdbStore, StoreReader
+from jobqueue.final._model import Status
+from jobqueue.final._store import JobRecord
+
+__all__ = ["main"]
+
+EXIT_OWNED = 1
+EXIT_USAGE = 2
+
+_STATUSES = [status.value for status in Status]
+_PRIORITIES = ["high", "medium", "low"]
+_LIVE = (Status.QUEUED, Status.PROCESSING, Status.RETRYING)
+
+
+class CommandError(Exception):
+    """One line for stderr, and the exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- reading -------------------------------------------------------------------------------
+
+def _open(path: str) -> StoreReader:
+    try:
+        return StoreReader(path)
+    except StoreError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _job_json(record: JobRecord, payload: bool = False) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": record.id,
+        "status": record.status.value,
+        "priority": record.priority.name.lower(),
+        "kind": record.kind,
+        "attempts": record.attempts,
+        "last_error": record.last_error,
+        "created_at": record.created_at,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "payload_size": len(record.payload),
+    }
+    if payload:
+        try:
+            data["payload"] = record.payload.decode("utf-8")
+            data["payload_encoding"] = "utf-8"
+        except UnicodeDecodeError:
+            data["payload"] = record.payload.hex()
+            data["payload_encoding"] = "hex"
+    return data
+
+
+def stats(path: str) -> dict[str, Any]:
+    """The ``stats --json`` shape, documented in the README."""
+    with _open(path) as reader:
+        by_status: Counter[str] = Counter()
+        by_priority: Counter[str] = Counter()
+        oldest: float | None = None
+        for record in reader.records():
+            by_status[record.status.value] += 1
+            if record.status in _LIVE:
+                by_priority[record.priority.name.lower()] += 1
+            if record.status is Status.QUEUED and (oldest is None or record.created_at < oldest):
+                oldest = record.created_at
+        return {
+            "by_status": {status: by_status[status] for status in _STATUSES},
+            "by_priority": {priority: by_priority[priority] for priority in _PRIORITIES},
+            "dead_letters": by_status[Status.FAILED.value],
+            "oldest_queued_age": None if oldest is None else max(0.0, time.time() - oldest),
+            "disk_bytes": reader.disk_bytes(),
+            "map_size": reader.map_size(),
+            "owner_pid": reader.owner_pid(),
+        }
+
+
+def select(path: str, status: str | None, priority: str | None, kind: str | None,
+           limit: int | None) -> list[JobRecord]:
+    with _open(path) as reader:
+        found = []
+        for record in reader.records():
+            if status is not None and record.status.value != status:
+                continue
+            if priority is not None and record.priority.name.lower() != priority:
+                continue
+            if kind is not None and record.kind != kind:
+                continue
+            found.append(record)
+    found.sort(key=lambda r: (r.created_at, r.id))
+    return found if limit is None else found[:limit]
+
+
+def show(path: str, job_id: str) -> JobRecord:
+    with _open(path) as reader:
+        record = reader.get(job_id)
+    if record is None:
+        raise CommandError(f"no job {job_id!r} in {path!r}")
+    return record
+
+
+# -- printing ------------------------------------------------------------------------------
+
+def _age(since: float | None) -> str:
+    if since is None:
+        return "-"
+    seconds = max(0.0, time.time() - since)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.1f}s"
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return str(count)
+
+
+def _table(rows: Sequence[Sequence[str]], width: int) -> str:
+    """Columns as wide as their widest cell; the last one cut to fit the terminal."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    fixed = sum(widths[:-1]) + 2 * (len(widths) - 1)
+    last = max(10, width - fixed)
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths[:-1], strict=True)]
+        tail = row[-1] if len(row[-1]) <= last else row[-1][: last - 1] + "…"
+        lines.append("  ".join([*cells, tail]).rstrip())
+    return "\n".join(lines)
+
+
+def _print_stats(data: dict[str, Any]) -> None:
+    statuses = "  ".join(f"{k} {v}" for k, v in data["by_status"].items())
+    priorities = "  ".join(f"{k} {v}" for k, v in data["by_priority"].items())
+    owner = data["owner_pid"]
+    age = data["oldest_queued_age"]
+    print(f"jobs by status    {statuses}")
+    print(f"live by priority  {priorities}")
+    print(f"dead letters      {data['dead_letters']}")
+    print(f"oldest queued     {'-' if age is None else _age(time.time() - age)}")
+    print(f"store size        {_size(data['disk_bytes'])} on disk, map {_size(data['map_size'])}")
+    print(f"owner             {'none' if owner is None else f'process {owner}'}")
+
+
+def _print_list(records: Iterable[JobRecord]) -> None:
+    rows = [["ID", "STATUS", "PRIORITY", "KIND", "ATTEMPTS", "AGE", "LAST ERROR"]]
+    for r in records:
+        rows.append([r.id, r.status.value, r.priority.name.lower(), r.kind or "-",
+                     str(r.attempts), _age(r.created_at), r.last_error or ""])
+    if len(rows) == 1:
+        print("no jobs match")
+        return
+    print(_table(rows, shutil.get_terminal_size().columns))
+
+
+def _stamp(epoch: float | None) -> str:
+    return "-" if epoch is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def _print_show(record: JobRecord) -> None:
+    data = _job_json(record)
+    for key in ("id", "status", "priority", "kind", "attempts", "last_error"):
+        print(f"{key:<12} {data[key] if data[key] not in (None, '') else '-'}")
+    for key in ("created_at", "started_at", "finished_at"):
+        print(f"{key:<12} {_stamp(data[key])}")
+    if record.status is Status.RETRYING:
+        print(f"{'retry_at':<12} {_stamp(record.due_at)}")
+    payload = record.payload
+    if record.status is Status.COMPLETED:
+        print(f"{'payload':<12} not kept once a job completes")
+        return
+    try:
+        text = payload.decode("utf-8")
+        print(f"{'payload':<12} {len(payload)} bytes, UTF-8: {text}")
+    except UnicodeDecodeError:
+        preview = payload[:32].hex(" ")
+        more = " …" if len(payload) > 32 else ""
+        print(f"{'payload':<12} {len(payload)} bytes, hex: {preview}{more}")
+
+
+# -- repairing -----------------------------------------------------------------------------
+
+def _repair(path: str, change: str, ids: list[str] | None, statuses: list[Status]) -> list[str]:
+    _open(path).close()  # a clear error for a missing path or a foreign directory
+    try:
+        store = LmdbStore(path)
+    except StoreLocked as exc:
+        raise CommandError(
+            f"{exc}; stop it first: repairs change the store only when no process owns it",
+            EXIT_OWNED,
+        ) from None
+    except StoreError as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        if change == "requeue":
+            return store.requeue_failed(ids)
+        return store.purge(ids, statuses)
+    except KeyError as exc:
+        raise CommandError(f"no job {exc.args[0]!r} in {path!r}; nothing changed") from None
+    except ValueError as exc:
+        raise CommandError(f"{exc}; nothing changed") from None
+    finally:
+        store.close()
+
+
+# -- the command line ----------------------------------------------------------------------
+
+EXAMPLES = """examples:
+  jobqueue stats ./jobs.db                 counts, oldest queued job, owner
+  jobqueue stats ./jobs.db --watch 2       refresh every 2 seconds
+  jobqueue list ./jobs.db --status failed  the dead letters, with their last error
+  jobqueue show ./jobs.db welcome-42       everything stored about one job
+  jobqueue requeue ./jobs.db --all-failed  after the outage: run the failed jobs again
+  jobqueue purge ./jobs.db --completed     forget finished jobs
+
+exit status: 0 done, 1 refused (a process owns the store), 2 bad input"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobqueue",
+        description="Inspect and repair a jobqueue store (Config(persist_path=...)).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"jobqueue {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.add_argument("path", metavar="PATH", help="the store directory (persist_path)")
+        return sub
+
+    sub = command("stats", "counts by status and priority, dead letters, size, owner",
+                  "jobqueue stats ./jobs.db --json")
+    sub.add_argument("--json", action="store_true", help="print JSON for scripts")
+    sub.add_argument("--watch", type=float, metavar="SECONDS", help="refresh until Ctrl-C")
+
+    sub = command("list", "one line a job, oldest first",
+                  "jobqueue list ./jobs.db --status failed --kind email --limit 20")
+    sub.add_argument("--status", choices=_STATUSES)
+    sub.add_argument("--priority", choices=_PRIORITIES)
+    sub.add_argument("--kind", help="only jobs of this kind")
+    sub.add_argument("--limit", type=int, default=100, help="at most N jobs (default 100)")
+    sub.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    sub = command("show", "everything stored about one job", "jobqueue show ./jobs.db job-42")
+    sub.add_argument("id", metavar="ID")
+    sub.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    sub = command("requeue", "run FAILED jobs again from attempt 0 (store must be free)",
+                  "jobqueue requeue ./jobs.db --all-failed")
+    sub.add_argument("ids", metavar="ID", nargs="*", help="the jobs to run again")
+    sub.add_argument("--all-failed", action="store_true", help="every FAILED job")
+
+    sub = command("purge", "delete finished jobs or given ids (store must be free)",
+                  "jobqueue purge ./jobs.db --completed")
+    sub.add_argument("ids", metavar="ID", nargs="*", help="the jobs to delete")
+    sub.add_argument("--completed", action="store_true", help="every COMPLETED job")
+    sub.add_argument("--failed", action="store_true", help="every FAILED job")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "stats":
+        while True:
+            data = stats(args.path)
+            if args.json:
+                print(json.dumps(data), flush=True)
+            else:
+                _print_stats(data)
+            if not args.watch:
+                return
+            time.sleep(args.watch)
+            if not args.json and sys.stdout.isatty():
+                print("\033[2J\033[H", end="")
+            else:
+                print()
+    elif args.command == "list":
+        records = select(args.path, args.status, args.priority, args.kind, args.limit)
+        if args.json:
+            print(json.dumps([_job_json(r) for r in records]))
+        else:
+            _print_list(records)
+    elif args.command == "show":
+        record = show(args.path, args.id)
+        if args.json:
+            print(json.dumps(_job_json(record, payload=True)))
+        else:
+            _print_show(record)
+    elif args.command == "requeue":
+        if bool(args.ids) == args.all_failed:
+            raise CommandError("requeue takes job ids or --all-failed, not both or neither")
+        done = _repair(args.path, "requeue", None if args.all_failed else args.ids, [])
+        print(f"requeued {len(done)} jobs" + (f": {', '.join(done[:20])}" if done else ""))
+    elif args.command == "purge":
+        statuses = [s for s, on in ((Status.COMPLETED, args.completed),
+                                    (Status.FAILED, args.failed)) if on]
+        if bool(args.ids) == bool(statuses):
+            raise CommandError("purge takes job ids, or --completed and/or --failed")
+        done = _repair(args.path, "purge", None if statuses else args.ids, statuses)
+        print(f"purged {len(done)} jobs")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        _run(args)
+    except CommandError as exc:
+        print(f"jobqueue: error: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
