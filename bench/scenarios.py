@@ -31,18 +31,20 @@ class Size:
     jobs: int = 100_000
     latency_seconds: float = 3.0
     latency_rate: int = 10_000
-    memory_seconds: float = 4.0
+    memory_seconds: float = 3.0
     memory_offer: int = 1_000_000
     starvation_seconds: float = 5.0
     crash_jobs: int = 10_000
     shutdown_jobs: int = 1_000
     worker_jobs: int = 400
+    repeat: int = 2
 
     @classmethod
     def quick(cls) -> Size:
         return cls(
             jobs=3_000, latency_seconds=0.3, memory_seconds=0.5, memory_offer=50_000,
             starvation_seconds=0.5, crash_jobs=600, shutdown_jobs=100, worker_jobs=40,
+            repeat=1,
         )
 
 
@@ -53,7 +55,18 @@ def _jobs_for(name: str, size: Size) -> int:
 # -- throughput ------------------------------------------------------------------------------
 
 def throughput(name: str, size: Size, producers: int = 1, batch: bool = False) -> Row:
-    """No-op jobs, first enqueue to last completion."""
+    """No-op jobs, first enqueue to last completion; the best of ``size.repeat`` runs.
+
+    Threads under the GIL make single runs noisy (10-30 % here); the best run is the one
+    least disturbed, as ``timeit`` reports its minimum.
+    """
+    runs = [_throughput_once(name, size, producers, batch) for _ in range(size.repeat)]
+    best = max(runs, key=lambda row: row["jobs_per_s"])
+    best["runs_jobs_per_s"] = [round(row["jobs_per_s"]) for row in runs]
+    return best
+
+
+def _throughput_once(name: str, size: Size, producers: int, batch: bool) -> Row:
     total = _jobs_for(name, size)
     per_producer = total // producers
     total = per_producer * producers
