@@ -193,6 +193,67 @@ def print_tables(results: dict[str, Any], checks: list[dict[str, Any]]) -> None:
             print(f"{verdict}  {check['target']}: measured {check['measured']} {unit}")
 
 
+def summary(report: dict[str, Any]) -> str:
+    """One Markdown table of every system across scenarios, as the README shows it."""
+    res = report["results"]
+
+    def row_of(scenario: str, variant: str, name: str) -> dict[str, Any]:
+        row = res.get(scenario, {}).get(variant, {}).get(name, {})
+        return row if "error" not in row and "skipped" not in row else {}
+
+    def rate(variant: str, name: str) -> str:
+        value = row_of("throughput", variant, name).get("jobs_per_s")
+        return "-" if value is None else f"{value:,.0f}"
+
+    machine = report["machine"]
+    lines = [
+        f"Measured {report['date'][:10]} on {machine['cpu_count']} cores, Python "
+        f"{machine['python']}, {machine['platform']}; the run took {report['seconds']:.0f} s.",
+        "",
+        "| system | durability | jobs/s, 1 producer | jobs/s, 4 producers | jobs/s, "
+        "`enqueue_many` | latency p50 / p99 | RSS growth, 1M offered | LOW done in 5 s of "
+        "HIGH flood | lost in crash | lost at close |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in SYSTEMS:
+        if not any(name in variants for scenario in res.values() for variants in
+                   scenario.values()):
+            continue
+        latency = row_of("latency", "10,000/s offered", name)
+        memory = row_of("memory", "1,000,000 offered", name)
+        starved = row_of("starvation", "HIGH flood", name)
+        crashed = row_of("crash", "SIGKILL halfway", name)
+        closed = row_of("shutdown", "close()", name)
+        cells = [
+            name, SYSTEMS[name].durability, rate("1 producer", name), rate("4 producers", name),
+            rate("enqueue_many", name),
+            f"{latency['p50_ms']:.3f} / {latency['p99_ms']:.3f} ms at "
+            f"{latency['offered_per_s']:,}/s" if latency else "-",
+            f"{memory['rss_growth_mb']:.1f} MB" if memory else "-",
+            f"{starved['low_finished']}/100" if starved else "-",
+            f"{crashed['lost']:,} of {crashed['acknowledged']:,}" if crashed else "-",
+            f"{closed['lost']:,} of {closed['accepted']:,}" if closed else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    workers = res.get("workers", {}).get("1-32 workers", {})
+    if workers:
+        lines += ["", "| workers | 1 | 2 | 4 | 8 | 16 | 32 |", "|---|---|---|---|---|---|---|"]
+        for name, row in workers.items():
+            for kind, label in (("cpu", "CPU-bound, 0.2 ms of Python"),
+                                ("io", "I/O-bound, 1 ms sleep")):
+                counts = [row.get(f"{kind}_{c}") for c in (1, 2, 4, 8, 16, 32)]
+                lines.append(f"| {name}, {label} | "
+                             + " | ".join("-" if c is None else f"{c:,.0f}" for c in counts)
+                             + " |")
+    if report["targets"]:
+        lines += ["", "| target | measured | |", "|---|---|---|"]
+        for check in report["targets"]:
+            verdict = "met" if check["pass"] else "**missed**"
+            lines.append(f"| {check['target']} | {check['measured']} {check.get('unit', 'x')}"
+                         f" | {verdict} |")
+    return "\n".join(lines)
+
+
 def plot(results: dict[str, Any]) -> list[Path]:
     import matplotlib
 
@@ -272,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         "packages": _versions(), "quick": args.quick, "seconds": round(elapsed, 1),
         "results": results, "targets": checks,
     }
+    print("\n## summary\n")
+    print(summary(report))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\n{elapsed:.0f} s; figures written to {args.output}")
