@@ -508,6 +508,18 @@ class TestStatus:
         assert queue.join(timeout=10) is True
 
 
+class TestHandlerEscapes:
+    def test_system_exit_in_a_handler_fails_the_attempt_not_the_worker(self, make: Make) -> None:
+        def leaves(payload: bytes) -> None:
+            raise SystemExit(3)
+
+        queue = make(num_workers=1, handler=leaves, max_retries=0)
+        queue.enqueue(final.Job("exit"))
+        assert queue.wait("exit", timeout=10) is Status.FAILED
+        queue.enqueue_with_handler(final.Job("after"), lambda p: None)
+        assert queue.wait("after", timeout=10) is Status.COMPLETED  # the worker lived on
+
+
 class TestDuplicate:
     def test_active_id_is_refused(self, make: Make) -> None:
         queue = make(num_workers=1, handler=lambda p: None)

@@ -301,6 +301,14 @@ class TestWriteAheadLog:
         assert list(_wal.read_segment(str(segment))) == [b"good"]
 
 
+class TestClosedStore:
+    def test_status_after_close_says_the_store_is_closed(self, tmp_path: Path) -> None:
+        queue = final.JobQueue(final.Config(handler=print, persist_path=store_path(tmp_path)))
+        queue.close()
+        with pytest.raises(final.StoreError, match="is closed"):
+            queue.status("anything")
+
+
 class TestStoreLocked:
     def test_second_queue_in_the_same_process_is_refused(self, tmp_path: Path) -> None:
         path = store_path(tmp_path)

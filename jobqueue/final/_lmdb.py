@@ -379,6 +379,8 @@ class LmdbStore:
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._cond:
+            if self._closed:
+                raise StoreError(f"store {self.path!r} is closed")
             pending = self._pending.get(job_id) or self._writing.get(job_id)
         if pending is not None:
             return pending.record

@@ -445,7 +445,7 @@ class JobQueue:
             if handler is None:  # its handler was replaced away; keep the job, fail the try
                 raise LookupError(f"no handler for kind {job.kind!r}")
             handler(job.payload)
-        except Exception as exc:
+        except BaseException as exc:  # even SystemExit: the worker must live to settle it
             error = exc
         finally:
             _local.context = None
