@@ -14,7 +14,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
@@ -51,6 +53,16 @@ def leave_jobs_stored(path: str, jobs: list[final.Job], **config: object) -> Non
     finally:
         abandoned = queue.close(timeout=0.05)
     assert sorted(abandoned) == sorted(job.id for job in jobs)
+
+
+def until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Wait for a state no event announces (a status change inside the queue)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
 
 
 def run_child(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -108,9 +120,8 @@ class TestPersistence:
         with final.JobQueue(config) as queue:
             queue.enqueue(final.Job("retry-me", b"x"))
             assert failed.wait(5)
-            queue.join(timeout=0)  # the job now waits 30 s for its retry
-            info = queue.info("retry-me")
-            assert info is not None and info.status is final.Status.RETRYING
+            # The failure is recorded as the handler returns; the retry then waits 30 s.
+            assert until(lambda: queue.status("retry-me") is final.Status.RETRYING)
         # close() leaves a retrying job stored instead of waiting 30 s for it.
         with StoreReader(path) as reader:
             stored = reader.get("retry-me")
