@@ -43,7 +43,7 @@ class Size:
     def quick(cls) -> Size:
         return cls(
             jobs=3_000, latency_seconds=0.3, memory_seconds=0.5, memory_offer=50_000,
-            starvation_seconds=0.5, crash_jobs=600, shutdown_jobs=100, worker_jobs=40,
+            starvation_seconds=1.5, crash_jobs=600, shutdown_jobs=100, worker_jobs=40,
             repeat=1,
         )
 
@@ -217,7 +217,7 @@ def starvation(name: str, size: Size) -> Row:
             time.sleep(0.0005)  # slower than the flood comes in: HIGH never runs dry
 
     with make(name, 1, handler) as system:
-        for i in range(20):
+        for i in range(200):  # 100 ms of HIGH work before the flood thread must keep up
             system.submit(f"high-seed-{i}", Priority.HIGH)
 
         def flood() -> None:

@@ -52,7 +52,9 @@ def test_quick_mode(tmp_path: Path) -> None:
     results = report["results"]
     row = results["throughput"]["1 producer"]["final-lmdb"]
     assert row["completed"] == row["jobs"] > 0
-    assert results["starvation"]["HIGH flood"]["final-memory"]["low_finished"] == 100
+    starvation = results["starvation"]["HIGH flood"]
+    assert starvation["improved"]["low_finished"] == 0  # strict priority starves LOW
+    assert starvation["final-memory"]["low_finished"] > 0  # the weighted picker does not
     assert results["crash"]["SIGKILL halfway"]["final-lmdb"]["lost"] == 0
     assert results["shutdown"]["close()"]["naive"]["lost"] > 0
     assert "## throughput: 1 producer" in done.stdout
