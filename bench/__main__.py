@@ -281,7 +281,13 @@ def plot(results: dict[str, Any]) -> list[Path]:
             else:
                 key, label = key_for[scenario]
                 names = [n for n, r in rows.items() if isinstance(r.get(key), (int, float))]
-                axis.barh(names, [rows[n][key] for n in names])
+                values = [rows[n][key] for n in names]
+                bars = axis.barh(names, values)
+                axis.bar_label(bars, labels=[_cell(float(v)) for v in values], fontsize=7,
+                               padding=2)
+                if values and min(values) > 0 and max(values) / min(values) > 20:
+                    axis.set_xscale("log")  # rates span three orders of magnitude
+                    label += " (log scale)"
                 axis.set_xlabel(label)
             axis.set_title(f"{scenario}: {variant}")
         fig.tight_layout()
