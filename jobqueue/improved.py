@@ -33,8 +33,6 @@ __all__ = ["Job", "JobQueue", "Metrics", "Priority", "QueueClosed", "QueueFull"]
 
 logger = logging.getLogger("jobqueue")
 
-_RETRY_PUT_WAIT = 0.1  # seconds a due retry waits for room before checking for close()
-
 
 @dataclass(frozen=True)
 class Job:
@@ -252,22 +250,13 @@ class JobQueue:
                 self._retry_due.wait(timeout)
 
     def _requeue(self, attempt: _Attempt) -> None:
-        """Put a due retry back in its queue, waiting for room like any producer."""
-        jobs = self._queues[attempt.job.priority]
-        while True:
-            try:
-                # A timeout, so that a close() that gave up is noticed while the queue
-                # stays full; only a full queue makes this loop go round.
-                jobs.put(attempt, timeout=_RETRY_PUT_WAIT)
-            except queue.Full:
-                with self._lock:
-                    if self._stopping:
-                        self._queued -= 1
-                        self._finish_locked()
-                        return
-                continue
-            self._available.release()
-            return
+        """Put a due retry back in its queue, waiting for room like any producer.
+
+        It cannot wait forever: workers keep emptying the queues, and after a close() that
+        gave up they drain them without running anything before they stop.
+        """
+        self._queues[attempt.job.priority].put(attempt)
+        self._available.release()
 
     def close(self, timeout: float | None = None) -> None:
         """Refuse new jobs, wait for every accepted one to finish, then stop the threads.
