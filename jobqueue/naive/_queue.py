@@ -1,6 +1,6 @@
 """The naive stage: one unbounded FIFO and a few threads. Its problems are deliberate.
 
-Read it next to ``jobqueue.improved``, which fixes them one by one:
+Read it next to ``jobqueue/improved/_queue.py``, which fixes them one by one:
 
 - no backpressure: ``enqueue`` never blocks, so a fast producer grows the backlog without
   limit (memory is the only bound);

@@ -1,6 +1,6 @@
 """The improved stage: bounded priorities, retries with backoff, a graceful close.
 
-Read it next to ``jobqueue.naive``; what changed, and why:
+Read it next to ``jobqueue/naive/_queue.py``; what changed, and why:
 
 - backpressure: one bounded ``queue.Queue`` per priority, so ``enqueue`` blocks (or raises
   ``QueueFull``) instead of growing memory without limit;
