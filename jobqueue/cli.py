@@ -2,7 +2,7 @@
 
 Read commands (stats, list, show) open the LMDB store read-only: they never write, and LMDB
 readers never block the owning process. Repairs (requeue, purge) need the store to be free:
-they take it over like a queue would, change it in one transaction, and give it back.
+each is one transaction. All of it goes through the public :mod:`jobqueue.final.admin`.
 
 Exit status: 0 done; 1 refused because a process owns the store; 2 bad input (a missing path,
 not a store, an unknown id, a store from a newer jobqueue).
@@ -21,9 +21,8 @@ from typing import Any
 
 from jobqueue import __version__
 from jobqueue.errors import StoreError, StoreLocked
-from jobqueue.final._lmdb import LmdbStore, StoreReader
-from jobqueue.final._model import Status
-from jobqueue.final._store import JobRecord
+from jobqueue.final import JobRecord, Status, admin
+from jobqueue.final.admin import StoreReader
 
 __all__ = ["main"]
 
@@ -116,7 +115,10 @@ def select(path: str, status: str | None, priority: str | None, kind: str | None
 
 def show(path: str, job_id: str) -> JobRecord:
     with _open(path) as reader:
-        record = reader.get(job_id)
+        try:
+            record = reader.get(job_id)
+        except StoreError as exc:
+            raise CommandError(str(exc)) from None
     if record is None:
         raise CommandError(f"no job {job_id!r} in {path!r}")
     return record
@@ -207,9 +209,10 @@ def _print_show(record: JobRecord) -> None:
 # -- repairing -----------------------------------------------------------------------------
 
 def _repair(path: str, change: str, ids: list[str] | None, statuses: list[Status]) -> list[str]:
-    _open(path).close()  # a clear error for a missing path or a foreign directory
     try:
-        store = LmdbStore(path)
+        if change == "requeue":
+            return admin.requeue(path, ids)
+        return admin.purge(path, ids, statuses)
     except StoreLocked as exc:
         raise CommandError(
             f"{exc}; stop it first: repairs change the store only when no process owns it",
@@ -217,16 +220,10 @@ def _repair(path: str, change: str, ids: list[str] | None, statuses: list[Status
         ) from None
     except StoreError as exc:
         raise CommandError(str(exc)) from None
-    try:
-        if change == "requeue":
-            return store.requeue_failed(ids)
-        return store.purge(ids, statuses)
     except KeyError as exc:
         raise CommandError(f"no job {exc.args[0]!r} in {path!r}; nothing changed") from None
     except ValueError as exc:
         raise CommandError(f"{exc}; nothing changed") from None
-    finally:
-        store.close()
 
 
 # -- the command line ----------------------------------------------------------------------

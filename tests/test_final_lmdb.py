@@ -23,9 +23,10 @@ import lmdb
 import pytest
 
 from jobqueue import final
-from jobqueue.final import _lmdb, _wal
-from jobqueue.final._lmdb import LmdbStore, StoreReader
+from jobqueue.final import _lmdb, _lmdb_files, _wal, admin
+from jobqueue.final._lmdb import LmdbStore
 from jobqueue.final._store import JobRecord
+from jobqueue.final.admin import StoreReader
 
 CHILD = str(Path(__file__).with_name("lmdb_child.py"))
 
@@ -53,6 +54,13 @@ def leave_jobs_stored(path: str, jobs: list[final.Job], **config: object) -> Non
     finally:
         abandoned = queue.close(timeout=0.05)
     assert sorted(abandoned) == sorted(job.id for job in jobs)
+
+
+def add(store: LmdbStore, records: list[JobRecord]) -> None:
+    """Give a store new jobs as a queue does: add(), then commit() if it asks for one."""
+    ticket = store.add(store.prepare(records))
+    if ticket is not None:
+        store.commit(ticket)
 
 
 def until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
@@ -286,7 +294,7 @@ class TestWriteAheadLog:
         with monkeypatch.context() as patch:
             patch.setattr(LmdbStore, "_write_once", lmdb_down)
             store = LmdbStore(path)
-            store.add([record])
+            add(store, [record])
             store.close()  # cannot write LMDB: the log keeps the job
         assert _wal.segment_paths(path)
         with StoreReader(path) as reader:  # (one process cannot open an env twice)
@@ -302,14 +310,14 @@ class TestWriteAheadLog:
         first, second = b"first record", b"second record"
         torn = _wal.frame(second)[:-3]
         segment.write_bytes(_wal.frame(first) + torn + bytes(64))
-        assert list(_wal.read_segment(str(segment))) == [first]
+        assert [r for _, r in _wal.read_segment(str(segment))] == [first]
 
     def test_damaged_frame_ends_a_segment(self, tmp_path: Path) -> None:
         segment = tmp_path / "wal-00000001.log"
         good, bad = _wal.frame(b"good"), bytearray(_wal.frame(b"flipped bits"))
         bad[-1] ^= 0xFF
         segment.write_bytes(good + bytes(bad) + _wal.frame(b"after") + bytes(64))
-        assert list(_wal.read_segment(str(segment))) == [b"good"]
+        assert [r for _, r in _wal.read_segment(str(segment))] == [b"good"]
 
 
 class TestClosedStore:
@@ -347,11 +355,11 @@ class TestStoreLocked:
             config = final.Config(handler=lambda p: None, persist_path=path)
             with pytest.raises(final.StoreLocked, match=rf"process {child.pid}"):
                 final.JobQueue(config)
-            assert _lmdb.owner_pid(path) == child.pid
+            assert admin.owner_pid(path) == child.pid
         finally:
             child.communicate(input="", timeout=30)
         assert child.returncode == 0
-        assert _lmdb.owner_pid(path) is None
+        assert admin.owner_pid(path) is None
 
     def test_store_can_be_read_while_owned(self, tmp_path: Path) -> None:
         path = store_path(tmp_path)
@@ -456,7 +464,7 @@ class TestCorruptRecord:
 
 class TestMapGrowth:
     def test_map_grows_when_full(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(_lmdb, "_INITIAL_MAP_SIZE", 1 << 20)
+        monkeypatch.setattr(_lmdb_files, "INITIAL_MAP_SIZE", 1 << 20)
         path = store_path(tmp_path)
         payload = os.urandom(64 << 10)
         ran: list[int] = []
@@ -582,7 +590,7 @@ class TestLargeBacklogRestart:
         store = LmdbStore(path)
         try:
             for start in range(0, total, 10_000):
-                store.add([
+                add(store, [
                     JobRecord(f"job-{i}", b"x" * 16, final.Priority(i % 3), "", None, 0.0,
                               final.Status.QUEUED, 0, None, None, None, None, i + 1)
                     for i in range(start, start + 10_000)
@@ -600,7 +608,7 @@ class TestLargeBacklogRestart:
             count += 1
             if count % 997 == 0:
                 metrics = holder[0].metrics()
-                samples.append((metrics.queued, len(holder[0]._active)))
+                samples.append((metrics.queued, len(holder[0]._table)))
 
         config = final.Config(num_workers=2, handler=sample, persist_path=path,
                               queue_size=queue_size)

@@ -1,6 +1,6 @@
 """The production stage: fair, observable, retrying, and durable across crashes with LMDB.
 
-See :class:`JobQueue` and :class:`Config`; the README has examples.
+See :class:`JobQueue` and :class:`Config`; the README has examples and a map of the modules.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from jobqueue.errors import (
     StoreError,
     StoreLocked,
 )
+from jobqueue.final._context import JobContext, current_job
 from jobqueue.final._model import (
     Config,
     Handler,
@@ -23,10 +24,10 @@ from jobqueue.final._model import (
     LatencySummary,
     Metrics,
     PriorityMetrics,
-    Status,
 )
 from jobqueue.final._picker import DEFAULT_WEIGHTS, WeightedPicker
-from jobqueue.final._queue import JobContext, JobQueue, current_job
+from jobqueue.final._queue import JobQueue
+from jobqueue.final._states import InvalidTransition, Status
 from jobqueue.final._store import JobRecord, MemoryStore, Store
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "Config",
     "DuplicateJob",
     "Handler",
+    "InvalidTransition",
     "Job",
     "JobContext",
     "JobInfo",

@@ -1,173 +1,63 @@
-"""The LMDB store: jobs survive a crash, logged first and written to LMDB in batches.
+"""The LMDB store at work: jobs logged first, written to LMDB in batches, claimed back.
 
-Layout, in one LMDB environment directory (``persist_path``):
+The :class:`~jobqueue.final._store.Store` contract on the files of
+:mod:`jobqueue.final._lmdb_files`. New jobs go to the write-ahead log (:mod:`jobqueue.final._wal`)
+and are then as durable as the ``fsync`` level promises; one flush thread moves everything
+pending (new jobs, and the batched records of jobs starting, finishing and waiting for retries,
+coalesced by id) into LMDB in one transaction every few milliseconds, with the log checkpoint.
+Measured with 4 workers and one producer, one LMDB transaction per ``enqueue()`` ran about
+21,000 jobs/s and the log about 83,000 (py-lmdb releases the GIL on every call; a memory copy
+does not).
 
-- ``jobs``: job id -> record (:mod:`jobqueue.final._records`), live and finished alike;
-- ``order``: priority byte + arrival seq -> job id, for live jobs: recovery walks it in
-  priority and arrival order without loading everything;
-- ``done``: finish seq -> job id, oldest first, to prune finished jobs beyond the retention;
-- ``dead``: finish seq -> job id, for FAILED jobs (dead letters);
-- ``corrupt``: job id -> raw bytes of records that could not be decoded, set aside;
-- ``meta``: the store's magic, format version and highest arrival seq (never reused).
+Durability: ``fsync=False`` opens LMDB with ``sync=False, metasync=False`` and never flushes the
+log: a logged job or a commit is in the OS page cache, which survives the process being killed
+but not the machine losing power. ``fsync=True`` keeps LMDB's defaults (every commit flushed)
+and flushes the log before ``commit()`` returns, one ``fdatasync`` per group of concurrent
+callers. LMDB's ``writemap`` stays off: with it, a full disk would kill the process with SIGBUS
+instead of failing a write.
 
-Writes: :meth:`LmdbStore.add` appends the new jobs to a write-ahead log mapped into memory
-(:mod:`jobqueue.final._wal`) and returns: they are now as durable as the ``fsync`` level
-promises. A flush thread moves everything pending (new jobs and the batched records of jobs
-starting, finishing and waiting for retries, coalesced by id) into LMDB in one transaction
-every few milliseconds, then deletes the log segments LMDB now covers. Opening a store replays
-whatever log the last owner left, skipping jobs LMDB already has. Measured with 4 workers and
-one producer, one LMDB transaction per ``enqueue()`` ran about 21,000 jobs/s and the log
-about 83,000 (py-lmdb releases the GIL on every call; a memory copy does not).
-
-Durability: ``fsync=False`` opens LMDB with ``sync=False, metasync=False``, and the log is
-never flushed: a logged job or a commit is in the OS page cache, which survives the process
-being killed but not the machine losing power. ``fsync=True`` keeps LMDB's defaults (every
-commit flushed) and flushes the log before ``add()`` returns, one ``fdatasync`` per group of
-concurrent callers. LMDB's ``writemap`` stays off: with it, a full disk would kill the process
-with SIGBUS instead of failing a write (the log avoids that by preallocating its segments).
-
-Ownership: an exclusive ``flock`` on ``owner.lock`` (holding the owner's pid) lets one queue at
-a time own the store, in this process or another; readers need no lock (LMDB readers never
-block its writer).
+Claims: the jobs live in LMDB when the store opened (the backlog) are handed out by
+:meth:`LmdbStore.claim`, a cursor per priority, in arrival order; jobs of kinds the queue cannot
+run are skipped ("parked") and found again when it can. While a backlog remains, a new job goes
+through ``commit()``, which refuses an id the backlog holds.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from functools import partial
-from typing import TypeVar
+from collections import deque
+from collections.abc import Collection, Sequence
 
 import lmdb
 
 from jobqueue._priority import Priority
-from jobqueue.errors import StoreError, StoreLocked
-from jobqueue.final._model import Status
-from jobqueue.final._records import (
-    FORMAT_VERSION,
-    RecordError,
-    decode,
-    encode,
-    order_key,
-    seq_key,
+from jobqueue.errors import DuplicateJob, StoreError
+from jobqueue.final._lmdb_files import (
+    MapGate,
+    Tables,
+    check_directory,
+    replay_log,
+    take_ownership,
 )
+from jobqueue.final._records import RecordError, decode, encode, order_key
+from jobqueue.final._states import LIVE
 from jobqueue.final._store import JobRecord
-from jobqueue.final._wal import WriteAheadLog, frame, read_segment, segment_paths
+from jobqueue.final._wal import WriteAheadLog, frame
 
-__all__ = ["LmdbStore", "StoreReader", "owner_pid"]
+__all__ = ["LmdbStore"]
 
 logger = logging.getLogger("jobqueue")
-_T = TypeVar("_T")
 
-MAGIC = b"jobqueue-store"
-LOCK_FILE = "owner.lock"
-_INITIAL_MAP_SIZE = 64 << 20
-_MAX_DBS = 8
-_RECOVER_CHUNK = 512
-_LIVE = (Status.QUEUED, Status.PROCESSING, Status.RETRYING)
+_PRIORITIES = tuple(Priority)
+_CLAIM_CHUNK = 512
 # The flush thread waits this long after the first batched record, so one commit carries many.
 _FLUSH_LINGER = 0.002
-# Records waiting for LMDB before add() holds producers back: bounds memory if LMDB is slow.
+# Records waiting for LMDB before commit() holds producers back: bounds memory if LMDB is slow.
 _MAX_PENDING = 50_000
 _RETRY_AFTER_ERROR = 1.0
-
-
-def _check_directory(path: str, *, create: bool) -> None:
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise StoreError(f"store path {path!r} is not a directory")
-    if not os.path.exists(path):
-        if not create:
-            raise StoreError(f"store path {path!r} does not exist")
-        try:
-            os.makedirs(path)
-        except OSError as exc:
-            raise StoreError(f"cannot create store directory {path!r}: {exc}") from None
-    if create and not os.access(path, os.W_OK | os.X_OK):
-        raise StoreError(f"store directory {path!r} is not writable")
-    names = set(os.listdir(path))
-    if names and "data.mdb" not in names:
-        raise StoreError(f"{path!r} is not a jobqueue store: it holds other files")
-
-
-def _check_meta(env: lmdb.Environment, path: str, *, initialise: bool) -> None:
-    """Check the magic and format; write them into a new, empty environment."""
-    if env.stat()["entries"] == 0:
-        if not initialise:
-            raise StoreError(f"{path!r} is not a jobqueue store: it is empty")
-        meta = env.open_db(b"meta")
-        with env.begin(write=True) as txn:
-            txn.put(b"magic", MAGIC, db=meta)
-            txn.put(b"format", str(FORMAT_VERSION).encode(), db=meta)
-        return
-    try:
-        meta = env.open_db(b"meta", create=False)
-        with env.begin() as txn:
-            magic = txn.get(b"magic", db=meta)
-            version = int(txn.get(b"format", b"0", db=meta))
-    except (lmdb.Error, ValueError):
-        magic = None
-    if magic != MAGIC:
-        raise StoreError(f"{path!r} is not a jobqueue store")
-    if version > FORMAT_VERSION:
-        raise StoreError(
-            f"store {path!r} was written by a newer jobqueue (format {version}; "
-            f"this version reads format {FORMAT_VERSION})"
-        )
-
-
-def owner_pid(path: str) -> int | None:
-    """Return the pid of the process owning the store at ``path``, or None if it is free.
-
-    Reads ``/proc/locks`` so that asking never takes the lock (which could make an owner that
-    is starting up fail); elsewhere, falls back to the pid file and a liveness check.
-    """
-    lock_path = os.path.join(path, LOCK_FILE)
-    try:
-        inode = os.stat(lock_path).st_ino
-    except FileNotFoundError:
-        return None
-    try:
-        with open("/proc/locks") as locks:
-            for line in locks:
-                fields = line.split()
-                # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:567 0 EOF"
-                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}"):
-                    return int(fields[4])
-        return None
-    except OSError:
-        pass
-    try:
-        with open(lock_path) as f:
-            pid = int(f.read().strip() or 0)
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError):
-        return None
-
-
-def _take_ownership(path: str) -> int:
-    """Lock the store for this process and return the lock file's descriptor."""
-    lock_path = os.path.join(path, LOCK_FILE)
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise StoreError(f"cannot open {lock_path!r}: {exc}") from None
-    try:
-        # flock, not fcntl locks: two opens in one process conflict, so a second queue in
-        # the same process is refused too.
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise StoreError(f"cannot lock {lock_path!r}: {exc}") from None
-        raise StoreLocked(path, owner_pid(path)) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
+_SYNC_FAILURES_KEPT = 16
 
 
 class _Pending:
@@ -180,56 +70,45 @@ class _Pending:
         self.new = new
 
 
-def _newer_add(existing: bytes | None, record: JobRecord) -> bool:
-    """Whether a logged add must still be applied over what LMDB holds for that id."""
-    if existing is None:
-        return True
-    try:
-        stored, _ = decode(existing)
-    except RecordError:
-        return True
-    return stored.seq < record.seq  # equal: applied already, and maybe run since
+class _Ticket:
+    """New jobs, encoded outside the queue's mutex by ``prepare()``; ``add()`` returns it
+    when it could not take them at once, and ``commit()`` finishes the work."""
+
+    __slots__ = ("records", "frames", "number", "start")
+
+    def __init__(self, records: Sequence[JobRecord], frames: bytes) -> None:
+        self.records = records
+        self.frames = frames
+        self.number = 0  # its place in the log, once appended
+        self.start = 0  # the log position of its first frame
 
 
 class LmdbStore:
-    """The :class:`~jobqueue.final._store.Store` on LMDB. Owns the store until closed.
+    """The Store contract on LMDB. Owns the store directory until closed.
 
     Raises ``StoreError`` naming the path if it cannot be used, ``StoreLocked`` if another
     queue owns it.
     """
 
-    durable = True
+    persistent = True
 
     def __init__(self, path: str, *, fsync: bool = False, retention: int = 100_000) -> None:
         self.path = path
         self._fsync = fsync
         self._retention = retention
-        self._lock_fd: int | None = None
-        _check_directory(path, create=True)
-        self._lock_fd = _take_ownership(path)
+        check_directory(path, create=True)
+        self._lock_fd: int | None = take_ownership(path)
+        self._tables: Tables | None = None
         try:
-            self._env = lmdb.open(
-                path,
-                map_size=_INITIAL_MAP_SIZE,
-                max_dbs=_MAX_DBS,
-                sync=fsync,
-                metasync=fsync,
-                writemap=False,
-            )
-            _check_meta(self._env, path, initialise=True)
-            self._meta = self._env.open_db(b"meta")
-            self._jobs = self._env.open_db(b"jobs")
-            self._order = self._env.open_db(b"order")
-            self._done = self._env.open_db(b"done")
-            self._dead = self._env.open_db(b"dead")
-            self._corrupt = self._env.open_db(b"corrupt")
-            with self._env.begin() as txn:
-                self._done_count = txn.stat(self._done)["entries"]
-                self._last_fseq = self._last_key(txn, self._done)
-                self._last_seq = int(txn.get(b"seq", b"0", db=self._meta))
-            self._replay_log()
-            self._note_map_size()
-            self._wal = WriteAheadLog(path, fsync=fsync)
+            self._tables = tables = Tables(path, create=True, sync=fsync)
+            first_segment = replay_log(tables)
+            tables.note_map_size()
+            with tables.env.begin() as txn:
+                self._last_seq = tables.meta_int(txn, b"seq")
+                self._last_fseq = Tables.last_key(txn, tables.done)
+                self._done_count = txn.stat(tables.done)["entries"]
+                backlog = txn.stat(tables.order)["entries"] > 0
+            self._wal = WriteAheadLog(path, first_segment)
         except lmdb.Error as exc:
             self._release()
             raise StoreError(f"cannot open store {path!r}: {exc}") from None
@@ -239,156 +118,207 @@ class LmdbStore:
         except BaseException:
             self._release()
             raise
+        self._env = tables.env
+        self._gate = MapGate()
+        self._open_seq = self._last_seq  # jobs up to this seq are the backlog to claim
 
-        # _cond's lock guards every field below and the log. add() waits on it for room and
-        # for a group sync, the flush thread for records to write, flush() for a commit.
-        # Lock order: the queue's mutex, then this lock; the store never calls the queue.
+        # _cond's lock guards every field below, and the log. Lock order: the queue's mutex,
+        # then this lock, then the gate's; the store never calls the queue. Conditions on it:
+        # the flush thread waits for records, commit() for a group sync and for room, flush()
+        # and close() for a commit.
         self._cond = threading.Condition(threading.Lock())
         self._pending: dict[str, _Pending] = {}
+        # Moves of held jobs, in call order, not yet in _pending (see _event).
+        self._events: deque[tuple[JobRecord, bool]] = deque()
         self._writing: dict[str, _Pending] = {}  # the batch being committed
-        self._quarantine: dict[str, tuple[bytes, bytes | None]] = {}
-        self._committing = False
-        self._commits = 0
-        self._appended = 0  # add() calls written to the log
-        self._synced = 0  # with fsync, every add() up to this one is on the disk
+        self._quarantine: dict[str, tuple[bytes, bytes | None]] = {}  # name -> raw, order key
+        self._unsettled: dict[int, int] = {}  # tickets logged, not yet pending: number -> start
+        self._appended = 0  # tickets appended to the log
+        self._synced = 0  # with fsync, every ticket up to this one has been flushed
         self._syncing = False
-        self._failures: list[tuple[int, int, StoreError]] = []  # adds whose sync failed
+        self._sync_failures: list[tuple[int, int, StoreError]] = []
+        self._swaps = 0  # batches taken by the flush thread
+        self._committed_swap = 0  # the last batch LMDB has
+        self._failed_swap = 0  # the last batch LMDB refused (it went back to pending)
+        self._flush_wanted = False
+        self._flusher_idle = False
         self._closing = False
         self._closed = False
-        self._resizing = False  # the flush thread is growing the map: reads must wait
-        self._flusher_waiting = False
+        # The backlog, per priority: the next order key to read, whether it is used up, and
+        # the kinds skipped for want of a handler with the first key of each.
+        self._cursor = [order_key(p, 0) for p in _PRIORITIES]
+        self._exhausted = [not backlog] * len(_PRIORITIES)
+        self._parked: list[dict[str, bytes]] = [{} for _ in _PRIORITIES]
+        self._claimed: set[str] = set()  # backlog ids handed out and not finished
         self._flusher = threading.Thread(
             target=self._flush_loop, name="jobqueue-final-store-flush", daemon=True
         )
         self._flusher.start()
 
-    @staticmethod
-    def _last_key(txn: lmdb.Transaction, db: object) -> int:
-        cursor = txn.cursor(db=db)
-        return int.from_bytes(cursor.key(), "big") if cursor.last() else 0
-
-    def _replay_log(self) -> None:
-        """Move jobs the last owner logged but never wrote to LMDB, then drop the log."""
-        segments = segment_paths(self.path)
-        if not segments:
-            return
-        batch: dict[str, _Pending] = {}
-        quarantine: dict[str, tuple[bytes, bytes | None]] = {}
-        with self._env.begin() as txn:
-            for segment in segments:
-                for number, raw in enumerate(read_segment(segment)):
-                    try:
-                        record, _ = decode(raw)
-                    except RecordError as exc:
-                        name = f"{os.path.basename(segment)}#{number}"
-                        logger.error("logged record %s cannot be read (%s); set aside in "
-                                     "the 'corrupt' table", name, exc)
-                        quarantine[name] = (raw, None)
-                        continue
-                    if _newer_add(txn.get(record.id.encode(), db=self._jobs), record):
-                        batch[record.id] = _Pending(record, True)
-        logger.info("store %r: recovered %d logged jobs", self.path, len(batch))
-        self._write(batch, quarantine)
-        WriteAheadLog.remove(segments)
-
-    def _note_map_size(self) -> None:
-        """Record the map size where a read-only reader can see it (LMDB does not say)."""
-        with self._env.begin(write=True) as txn:
-            txn.put(b"map_size", str(self._env.info()["map_size"]).encode(), db=self._meta)
-
     def _release(self) -> None:
-        env = getattr(self, "_env", None)
-        if env is not None:
-            env.close()
+        if self._tables is not None:
+            self._tables.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor releases the flock
             self._lock_fd = None
 
-    # -- the Store protocol ---------------------------------------------------------------
+    def _backlog_left(self) -> bool:
+        return not all(self._exhausted) or any(self._parked)
+
+    # -- new jobs ---------------------------------------------------------------------------
 
     def last_seq(self) -> int:
         return self._last_seq
 
-    def add(self, records: Sequence[JobRecord]) -> None:
-        frames = b"".join([frame(encode(record)) for record in records])
+    def prepare(self, records: Sequence[JobRecord]) -> _Ticket:
+        return _Ticket(records, b"".join([frame(encode(record)) for record in records]))
+
+    def add(self, prepared: object) -> _Ticket | None:
+        assert isinstance(prepared, _Ticket)
         with self._cond:
-            while len(self._pending) >= _MAX_PENDING and not self._closing:
-                self._cond.wait()  # LMDB is behind: hold producers, keep memory bounded
+            if self._closing:
+                raise StoreError(f"store {self.path!r} is closed")
+            if self._fsync or self._backlog_left() or self._behind_locked():
+                return prepared  # commit() finishes, outside the queue's mutex
+            try:
+                self._wal.append(prepared.frames)
+            except OSError as exc:
+                raise StoreError(f"cannot write to store {self.path!r}: {exc}") from None
+            self._settle_locked(prepared.records)
+            return None
+
+    def _behind_locked(self) -> bool:
+        return len(self._pending) + len(self._events) >= _MAX_PENDING
+
+    def commit(self, ticket: object) -> None:
+        assert isinstance(ticket, _Ticket)
+        with self._cond:
+            check = self._backlog_left()
+        if check:
+            for record in ticket.records:
+                stored = self._latest(record.id)
+                if stored is not None and stored.status in LIVE and stored.seq <= self._open_seq:
+                    raise DuplicateJob(
+                        f"job {record.id!r} is already {stored.status.value} in the store"
+                    )
+        with self._cond:
             if self._closing:
                 raise StoreError(f"store {self.path!r} is closed")
             try:
-                self._wal.append(frames)
+                ticket.start = self._wal.append(ticket.frames)
             except OSError as exc:
                 raise StoreError(f"cannot write to store {self.path!r}: {exc}") from None
-            pending = self._pending
-            for record in records:
-                pending[record.id] = _Pending(record, True)
-            if self._flusher_waiting:
-                self._flusher_waiting = False
-                self._cond.notify_all()
             self._appended += 1
-            ticket = self._appended
-            if not self._fsync:
-                return  # in the page cache: survives the process, which is the promise
-            while self._synced < ticket:
+            ticket.number = self._appended
+            self._unsettled[ticket.number] = ticket.start
+        if self._fsync:
+            self._group_sync(ticket)
+        with self._cond:
+            del self._unsettled[ticket.number]
+            self._settle_locked(ticket.records)
+            while self._behind_locked() and not self._closing:
+                self._cond.wait()  # LMDB is behind: hold producers, keep memory bounded
+
+    def _settle_locked(self, records: Sequence[JobRecord]) -> None:
+        pending = self._pending
+        for record in records:
+            pending[record.id] = _Pending(record, True)
+        self._wake_flusher_locked()
+
+    def _group_sync(self, ticket: _Ticket) -> None:
+        """Flush the log for this ticket and every one appended before it: one caller syncs
+        for the group. On failure the ticket's frames are revoked and StoreError raised."""
+        with self._cond:
+            while self._synced < ticket.number:
                 if not self._syncing:
                     self._syncing = True
                     first, last = self._synced + 1, self._appended
-                    descriptor = self._wal.sync_descriptor()
+                    descriptors = self._wal.take_unsynced()
                     break
                 self._cond.wait()
             else:
-                self._raise_if_failed(ticket)
+                self._raise_if_sync_failed_locked(ticket)
                 return
-        # Group sync: this caller flushes the log for every add written so far.
         error = None
         try:
-            os.fdatasync(descriptor)
+            for descriptor in descriptors:
+                os.fdatasync(descriptor)
         except OSError as exc:
             error = StoreError(f"cannot flush store {self.path!r} to disk: {exc}")
         with self._cond:
             self._syncing = False
             self._synced = last
             if error is not None:
-                self._failures = [*self._failures[-15:], (first, last, error)]
+                failures = self._sync_failures[-(_SYNC_FAILURES_KEPT - 1):]
+                self._sync_failures = [*failures, (first, last, error)]
             self._cond.notify_all()
-            self._raise_if_failed(ticket)
+            self._raise_if_sync_failed_locked(ticket)
 
-    def _raise_if_failed(self, ticket: int) -> None:
-        for first, last, error in self._failures:
-            if first <= ticket <= last:
+    def _raise_if_sync_failed_locked(self, ticket: _Ticket) -> None:
+        for first, last, error in self._sync_failures:
+            if first <= ticket.number <= last:
+                # enqueue() will raise: leave no trace, in memory or at the next start.
+                self._wal.revoke(ticket.start, len(ticket.frames))
+                del self._unsettled[ticket.number]
                 raise error
 
-    def update(self, record: JobRecord) -> None:
-        self._batch(record)
+    # -- moves of held jobs: batched --------------------------------------------------------
 
-    def finish(self, record: JobRecord) -> None:
-        self._batch(record)
+    def started(self, record: JobRecord) -> None:
+        self._event(record, False)
 
-    def _batch(self, record: JobRecord) -> None:
-        with self._cond:
+    def retrying(self, record: JobRecord) -> None:
+        self._event(record, False)
+
+    def finished(self, record: JobRecord) -> None:
+        self._event(record, True)
+
+    def released(self, record: JobRecord) -> None:
+        self._event(record, True)
+
+    def _event(self, record: JobRecord, unclaim: bool) -> None:
+        # No lock: a deque append is atomic, and the queue's mutex orders these calls. The
+        # flush thread (or a reader) moves them into _pending, under the lock.
+        self._events.append((record, unclaim))
+        if self._flusher_idle:
+            with self._cond:
+                self._wake_flusher_locked()
+
+    def _drain_events_locked(self) -> None:
+        events, pending = self._events, self._pending
+        while events:
+            record, unclaim = events.popleft()
             if self._closed:
-                # A handler that outlived close(): its job stays as last stored and runs
+                # A handler that outlived close(): its job stays as last written and runs
                 # again at the next start (at least once).
-                return
-            previous = self._pending.get(record.id)
-            self._pending[record.id] = _Pending(record, previous is not None and previous.new)
-            if self._flusher_waiting:
-                self._flusher_waiting = False
-                self._cond.notify_all()
+                continue
+            if unclaim and self._claimed:
+                self._claimed.discard(record.id)
+            previous = pending.get(record.id)
+            if previous is not None and previous.record.seq > record.seq:
+                continue  # the id was enqueued again since: a new life, already told
+            pending[record.id] = _Pending(record, previous is not None and previous.new)
 
-    def get(self, job_id: str) -> JobRecord | None:
+    def _wake_flusher_locked(self) -> None:
+        if self._flusher_idle:
+            self._flusher_idle = False
+            self._cond.notify_all()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _latest(self, job_id: str) -> JobRecord | None:
+        """The newest state of a job: batched, being written, or in LMDB."""
         with self._cond:
             if self._closed:
                 raise StoreError(f"store {self.path!r} is closed")
+            self._drain_events_locked()
             pending = self._pending.get(job_id) or self._writing.get(job_id)
         if pending is not None:
             return pending.record
-        try:
-            key = job_id.encode()
-        except UnicodeEncodeError:
-            return None
-        raw = self._read(lambda txn: txn.get(key, db=self._jobs))
+        tables = self._tables
+        assert tables is not None
+        with self._gate.reading(self._env) as txn:
+            raw = txn.get(job_id.encode(), db=tables.jobs)
         if raw is None:
             return None
         try:
@@ -397,68 +327,75 @@ class LmdbStore:
             logger.error("stored record of job %r cannot be read: %s", job_id, exc)
             return None
 
+    def get(self, job_id: str) -> JobRecord | None:
+        return self._latest(job_id)
+
     def dead_letters(self) -> list[JobRecord]:
         self.flush()
-        return self._read(self._read_dead_letters)
+        tables = self._tables
+        assert tables is not None
+        with self._gate.reading(self._env) as txn:
+            return tables.dead_letters(txn)
 
-    def _read_dead_letters(self, txn: lmdb.Transaction) -> list[JobRecord]:
-        found = []
-        for fseq_key, job_id in txn.cursor(db=self._dead):
-            raw = txn.get(job_id, db=self._jobs)
-            if raw is None:
-                continue
-            try:
-                record, fseq = decode(raw)
-            except RecordError:
-                continue
-            if record.status is Status.FAILED and seq_key(fseq) == fseq_key:
-                found.append(record)
-        return found
-
-    def recover(self, priority: Priority, after_seq: int) -> Iterator[JobRecord]:
-        start = order_key(priority, after_seq + 1)
-        while True:
-            # Short read transactions, so a long recovery does not pin old pages.
-            chunk = self._read(partial(self._read_order_chunk, priority=priority, start=start))
-            if not chunk:
-                return
+    def claim(
+        self, priority: Priority, limit: int, kinds: Collection[str] | None
+    ) -> list[JobRecord]:
+        with self._cond:
+            parked = self._parked[priority]
+            runnable = [kind for kind in parked if kinds is None or kind in kinds]
+            if runnable:  # read again from the first job of a kind that can run now
+                self._cursor[priority] = min(parked.pop(kind) for kind in runnable)
+                self._exhausted[priority] = False
+            if self._exhausted[priority] or limit <= 0:
+                return []
+            start = self._cursor[priority]
+            claimed = set(self._claimed)
+        taken: list[JobRecord] = []
+        newly_parked: dict[str, bytes] = {}
+        exhausted = False
+        while len(taken) < limit and not exhausted:
+            chunk = self._read_order(priority, start)
+            exhausted = len(chunk) < _CLAIM_CHUNK
             for key, job_id, raw in chunk:
-                record = self._live_record(key, job_id, raw)
-                if record is not None:
-                    yield record
-            if len(chunk) < _RECOVER_CHUNK:
-                return
-            start = chunk[-1][0] + b"\x00"
-
-    def _read_order_chunk(
-        self, txn: lmdb.Transaction, priority: int, start: bytes
-    ) -> list[tuple[bytes, bytes, bytes | None]]:
-        chunk: list[tuple[bytes, bytes, bytes | None]] = []
-        cursor = txn.cursor(db=self._order)
-        if cursor.set_range(start):
-            for key, job_id in cursor:
-                if key[0] != priority or len(chunk) >= _RECOVER_CHUNK:
+                start = key + b"\x00"
+                if int.from_bytes(key[1:], "big") > self._open_seq:
+                    exhausted = True  # added since the store opened: held already
                     break
-                chunk.append((key, job_id, txn.get(job_id, db=self._jobs)))
+                record = self._live_record(key, job_id, raw)
+                if record is None or record.id in claimed:
+                    continue
+                if kinds is not None and record.kind not in kinds:
+                    newly_parked.setdefault(record.kind, key)
+                    continue
+                taken.append(record)
+                if len(taken) == limit:
+                    break
+        with self._cond:
+            self._cursor[priority] = start
+            self._exhausted[priority] = exhausted and len(taken) < limit
+            parked = self._parked[priority]
+            for kind, key in newly_parked.items():
+                if kind not in parked:
+                    logger.warning(
+                        "store %r holds jobs of kind %r with no handler; they stay queued "
+                        "in the store until one is registered", self.path, kind,
+                    )
+                parked[kind] = min(key, parked.get(kind, key))
+            self._claimed.update(record.id for record in taken)
+        return taken
+
+    def _read_order(self, priority: int, start: bytes) -> list[tuple[bytes, bytes, bytes | None]]:
+        tables = self._tables
+        assert tables is not None
+        chunk: list[tuple[bytes, bytes, bytes | None]] = []
+        with self._gate.reading(self._env) as txn:  # short, so a long claim pins no pages
+            cursor = txn.cursor(db=tables.order)
+            if cursor.set_range(start):
+                for key, job_id in cursor:
+                    if key[0] != priority or len(chunk) >= _CLAIM_CHUNK:
+                        break
+                    chunk.append((key, job_id, txn.get(job_id, db=tables.jobs)))
         return chunk
-
-    def _read(self, read: Callable[[lmdb.Transaction], _T]) -> _T:
-        """Run ``read`` in a read transaction, waiting out a map resize if one gets in the way.
-
-        py-lmdb fails a call that starts while another thread grows the map, rather than
-        blocking; a resize is rare and short, so wait for it and try again.
-        """
-        for attempt in range(3):
-            try:
-                with self._env.begin() as txn:
-                    return read(txn)
-            except lmdb.Error as exc:
-                if attempt == 2:
-                    raise StoreError(f"cannot read store {self.path!r}: {exc}") from None
-                with self._cond:
-                    while self._resizing:
-                        self._cond.wait()
-        raise AssertionError("unreachable")
 
     def _live_record(self, key: bytes, job_id: bytes, raw: bytes | None) -> JobRecord | None:
         """The live job an ``order`` entry points to, or None if the entry is stale."""
@@ -473,348 +410,164 @@ class LmdbStore:
             )
             with self._cond:
                 self._quarantine[job_id.decode("utf-8", "replace")] = (raw, key)
+                self._wake_flusher_locked()
             return None
         with self._cond:
+            self._drain_events_locked()
             pending = self._pending.get(record.id) or self._writing.get(record.id)
         if pending is not None:
             record = pending.record
-        if record.status not in _LIVE or order_key(record.priority, record.seq) != key:
+        if record.status not in LIVE or order_key(record.priority, record.seq) != key:
             return None  # finished, or enqueued again since: the entry is stale
         return record
 
+    # -- writing ----------------------------------------------------------------------------
+
     def flush(self) -> None:
-        """Write every batched record to LMDB now. Blocks until committed."""
-        self._commit()
-
-    def close(self) -> None:
+        """Write every record told so far to LMDB. Blocks until committed; raises
+        StoreError if LMDB refuses them."""
         with self._cond:
-            if self._closing:
+            self._drain_events_locked()
+            if not self._pending and not self._writing:
                 return
-            self._closing = True
+            target = self._swaps + 1 if self._pending else self._swaps
+            self._flush_wanted = True
             self._cond.notify_all()
-        self._flusher.join()
-        try:
-            self._commit()
-            with self._cond:
-                self._closed = True
-                clean = not self._pending
-                segments = self._wal.close()
-            if clean:
-                WriteAheadLog.remove(segments)
-        except StoreError as exc:
-            logger.error("%s; the log keeps the jobs for the next start", exc)
-        finally:
-            with self._cond:
-                self._closed = True
-            self._release()
-
-    # -- repairs, for the command line: each one LMDB transaction, all or nothing ---------
-
-    def requeue_failed(self, job_ids: Sequence[str] | None) -> list[str]:
-        """Make FAILED jobs QUEUED again from attempt 0; ``None`` means every FAILED job.
-
-        Raises ``KeyError`` for an unknown id and ``ValueError`` for one that is not FAILED,
-        before anything is written.
-        """
-        self.flush()
-
-        def requeue(txn: lmdb.Transaction) -> list[str]:
-            if job_ids is None:
-                chosen = self._read_dead_letters(txn)
-            else:
-                chosen = [self._stored(txn, job_id) for job_id in job_ids]
-                for record in chosen:
-                    if record.status is not Status.FAILED:
-                        raise ValueError(f"job {record.id!r} is {record.status.value}, not failed")
-            seq = self._last_seq
-            for record in chosen:
-                _, fseq = decode(txn.get(record.id.encode(), db=self._jobs))
-                seq += 1
-                fresh = record._replace(
-                    status=Status.QUEUED, attempts=0, last_error=None, started_at=None,
-                    finished_at=None, due_at=None, seq=seq,
-                )
-                txn.put(record.id.encode(), encode(fresh), db=self._jobs)
-                txn.put(order_key(fresh.priority, seq), record.id.encode(), db=self._order)
-                txn.delete(seq_key(fseq), db=self._dead)
-            txn.put(b"seq", str(seq).encode(), db=self._meta)
-            self._last_seq = seq
-            return [record.id for record in chosen]
-
-        return self._repair(requeue)
-
-    def purge(self, job_ids: Sequence[str] | None, statuses: Sequence[Status] = ()) -> list[str]:
-        """Delete jobs and their index entries: the given ids, or every job in ``statuses``.
-
-        Raises ``KeyError`` for an unknown id before anything is written.
-        """
-        self.flush()
-
-        def purge(txn: lmdb.Transaction) -> list[str]:
-            if job_ids is not None:
-                chosen = [self._stored(txn, job_id) for job_id in job_ids]
-            else:
-                chosen = []
-                for _, raw in txn.cursor(db=self._jobs):
-                    try:
-                        record = decode(raw)[0]
-                    except RecordError:
-                        continue
-                    if record.status in statuses:
-                        chosen.append(record)
-            for record in chosen:
-                key = record.id.encode()
-                _, fseq = decode(txn.get(key, db=self._jobs))
-                txn.delete(key, db=self._jobs)
-                if record.status in _LIVE:
-                    txn.delete(order_key(record.priority, record.seq), db=self._order)
-                elif txn.delete(seq_key(fseq), db=self._done):
-                    self._done_count -= 1
-                    txn.delete(seq_key(fseq), db=self._dead)
-            return [record.id for record in chosen]
-
-        return self._repair(purge)
-
-    def _stored(self, txn: lmdb.Transaction, job_id: str) -> JobRecord:
-        raw = txn.get(job_id.encode(), db=self._jobs)
-        if raw is None:
-            raise KeyError(job_id)
-        return decode(raw)[0]
-
-    def _repair(self, change: Callable[[lmdb.Transaction], list[str]]) -> list[str]:
-        with self._cond:
-            while self._committing:
+            while self._committed_swap < target:
+                if self._failed_swap >= target or self._closed:
+                    raise StoreError(f"cannot write to store {self.path!r}; see the log")
                 self._cond.wait()
-            self._committing = True  # keeps the flush thread out
-        try:
-            with self._env.begin(write=True) as txn:  # an exception aborts it: all or nothing
-                return change(txn)
-        finally:
-            with self._cond:
-                self._committing = False
-                self._cond.notify_all()
-
-    # -- writing ---------------------------------------------------------------------------
 
     def _flush_loop(self) -> None:
         cond = self._cond
         while True:
             with cond:
-                while not self._closing and not self._pending and not self._quarantine:
-                    self._flusher_waiting = True
+                while True:
+                    # Idle first, then look: an _event() that misses the flag left its record
+                    # where this looks (see _event).
+                    self._flusher_idle = True
+                    if (self._pending or self._events or self._quarantine or self._closing
+                            or self._flush_wanted):
+                        break
                     cond.wait()
-                if self._closing:
-                    return  # close() writes what is left
-                if len(self._pending) < _MAX_PENDING // 2:
+                self._flusher_idle = False
+                urgent = self._closing or self._flush_wanted
+                if not urgent and len(self._pending) + len(self._events) < _MAX_PENDING // 2:
                     cond.wait(_FLUSH_LINGER)  # let more records join this transaction
-            try:
-                self._commit()
-            except StoreError as exc:
-                logger.error("%s; will try again", exc)
+                self._flush_wanted = False
+                self._drain_events_locked()
+                closing = self._closing
+                batch, self._pending = self._pending, {}
+                self._writing = batch  # still the latest state until LMDB has it
+                quarantine, self._quarantine = self._quarantine, {}
+                # Every logged frame before this is in the batch or an earlier one.
+                checkpoint = min(self._unsettled.values(), default=self._wal.position())
+                self._swaps += 1
+                swap = self._swaps
+                cond.notify_all()  # producers held back by a full batch may go on
+            error = self._write(batch, quarantine, checkpoint)
+            with cond:
+                self._writing = {}
+                if error is None:
+                    self._committed_swap = swap
+                    self._wal.retire_through(checkpoint)
+                else:
+                    # Nothing is lost: the log still holds the adds, and the batched records
+                    # go back in front of anything newer.
+                    self._failed_swap = swap
+                    for job_id, pending in batch.items():
+                        newer = self._pending.get(job_id)
+                        if newer is None:
+                            self._pending[job_id] = pending
+                        elif pending.new:
+                            newer.new = True
+                    self._quarantine.update(quarantine)
+                cond.notify_all()
+                if closing:
+                    return  # close() decides what the outcome means
+            if error is not None:
+                logger.error("%s; will try again", error)
                 with cond:
                     if not self._closing:
                         cond.wait(_RETRY_AFTER_ERROR)
 
-    def _commit(self) -> None:
-        """Write everything pending in one LMDB transaction, then drop the log it came from."""
-        with self._cond:
-            while self._committing or self._syncing:
-                self._cond.wait()
-            if not self._pending and not self._quarantine:
-                return
-            self._committing = True
-            batch, self._pending = self._pending, {}
-            self._writing = batch  # still the latest state until LMDB has it
-            quarantine, self._quarantine = self._quarantine, {}
-            position = self._wal.position()  # every logged job before it is in this batch
-            self._cond.notify_all()  # producers held back by a full batch may go on
-        error: StoreError | None = None
-        try:
-            self._write(batch, quarantine)
-        except lmdb.Error as exc:
-            error = StoreError(f"cannot write to store {self.path!r}: {exc}")
-        except BaseException as exc:  # keep the protocol: waiters must wake
-            error = StoreError(f"cannot write to store {self.path!r}: {exc!r}")
-        with self._cond:
-            self._committing = False
-            self._writing = {}
-            self._commits += 1
-            if error is not None:
-                # Nothing is lost: the log still holds the adds, and the batched records
-                # of accepted jobs go back in front of anything newer.
-                for job_id, pending in batch.items():
-                    newer = self._pending.get(job_id)
-                    if newer is None:
-                        self._pending[job_id] = pending
-                    elif pending.new:
-                        newer.new = True
-                self._quarantine.update(quarantine)
-            else:
-                self._wal.retire_through(position)
-            self._cond.notify_all()
-        if error is not None:
-            raise error
-
     def _write(
-        self, batch: dict[str, _Pending], quarantine: dict[str, tuple[bytes, bytes | None]]
-    ) -> None:
-        while True:
-            try:
-                fseq, done_count, last_seq = self._write_once(batch, quarantine)
-            except lmdb.MapFullError:
-                new_size = self._env.info()["map_size"] * 2
-                logger.info("store %r is full; growing its map to %d bytes", self.path, new_size)
-                with self._cond:
-                    self._resizing = True
+        self,
+        batch: dict[str, _Pending],
+        quarantine: dict[str, tuple[bytes, bytes | None]],
+        checkpoint: int,
+    ) -> StoreError | None:
+        """Write a batch in one transaction, growing the map as needed; the error, if any."""
+        try:
+            while True:
                 try:
-                    self._env.set_mapsize(new_size)
-                finally:
-                    with self._cond:
-                        self._resizing = False
-                        self._cond.notify_all()
-                self._note_map_size()
-                continue
-            self._last_fseq, self._done_count, self._last_seq = fseq, done_count, last_seq
-            return
+                    self._write_once(batch, quarantine, checkpoint)
+                    return None
+                except lmdb.MapFullError:
+                    size = self._gate.resize(self._env)
+                    logger.info("store %r was full; its map is now %d bytes", self.path, size)
+                    assert self._tables is not None
+                    self._tables.note_map_size()
+        except lmdb.Error as exc:
+            return StoreError(f"cannot write to store {self.path!r}: {exc}")
+        except BaseException as exc:  # keep the protocol: waiters must wake
+            return StoreError(f"cannot write to store {self.path!r}: {exc!r}")
 
     def _write_once(
-        self, batch: dict[str, _Pending], quarantine: dict[str, tuple[bytes, bytes | None]]
-    ) -> tuple[int, int, int]:
-        jobs, order, done, dead = self._jobs, self._order, self._done, self._dead
-        fseq = self._last_fseq
-        done_count = self._done_count
-        last_seq = self._last_seq
+        self,
+        batch: dict[str, _Pending],
+        quarantine: dict[str, tuple[bytes, bytes | None]],
+        checkpoint: int,
+    ) -> None:
+        tables = self._tables
+        assert tables is not None
+        fseq, done_count, last_seq = self._last_fseq, self._done_count, self._last_seq
         with self._env.begin(write=True) as txn:
-            put = txn.put
             for pending in batch.values():
                 record = pending.record
-                job_id = record.id.encode()
                 if pending.new and record.seq > last_seq:
                     last_seq = record.seq
-                if record.status in _LIVE:
-                    put(job_id, encode(record), db=jobs)
-                    if pending.new:
-                        put(order_key(record.priority, record.seq), job_id, db=order)
-                    continue
-                fseq += 1
-                put(job_id, encode(record, fseq), db=jobs)
-                if not pending.new:
-                    txn.delete(order_key(record.priority, record.seq), db=order)
-                key = seq_key(fseq)
-                put(key, job_id, db=done)
-                done_count += 1
-                if record.status is Status.FAILED:
-                    put(key, job_id, db=dead)
-            for job_id_text, (raw, key) in quarantine.items():
-                put(job_id_text.encode(), raw, db=self._corrupt)
+                if record.status in LIVE:
+                    tables.put_live(txn, record, pending.new)
+                else:
+                    fseq += 1
+                    done_count += 1
+                    tables.put_finished(txn, record, fseq, pending.new)
+            for name, (raw, key) in quarantine.items():
+                txn.put(name.encode(), raw, db=tables.corrupt)
                 if key is not None:
-                    txn.delete(job_id_text.encode(), db=jobs)
-                    txn.delete(key, db=order)
+                    txn.delete(name.encode(), db=tables.jobs)
+                    txn.delete(key, db=tables.order)
             if last_seq != self._last_seq:
-                # Arrival seqs never repeat, even after every live job finished.
-                put(b"seq", str(last_seq).encode(), db=self._meta)
+                tables.put_meta_int(txn, b"seq", last_seq)  # arrival seqs never repeat
+            tables.put_meta_int(txn, b"checkpoint", checkpoint)
             if done_count > self._retention:
-                done_count = self._prune(txn, done_count)
-        return fseq, done_count, last_seq
+                done_count = tables.prune(txn, done_count, self._retention)
+        self._last_fseq, self._done_count, self._last_seq = fseq, done_count, last_seq
 
-    def _prune(self, txn: lmdb.Transaction, done_count: int) -> int:
-        """Forget the oldest finished jobs beyond the retention, in the same transaction."""
-        cursor = txn.cursor(db=self._done)
-        cursor.first()
-        while done_count > self._retention:
-            key, job_id = cursor.item()
-            raw = txn.get(job_id, db=self._jobs)
-            if raw is not None:
-                try:
-                    record, fseq = decode(raw)
-                except RecordError:
-                    record, fseq = None, -1
-                if record is not None and record.status not in _LIVE and seq_key(fseq) == key:
-                    txn.delete(job_id, db=self._jobs)
-                    if record.status is Status.FAILED:
-                        txn.delete(key, db=self._dead)
-            if not cursor.delete():
-                break
-            done_count -= 1
-        return done_count
-
-
-class StoreReader:
-    """Read-only access to a store another process may own, for inspection tools.
-
-    Raises ``StoreError`` naming the path if it is missing or not a jobqueue store. Never
-    writes and never blocks the owner: LMDB readers do not take the writer's lock. Jobs the
-    owner has logged but not yet moved into LMDB (a few milliseconds' worth, or all of them
-    after a crash) are read from the log, so what it shows is a snapshot of both.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        _check_directory(path, create=False)
-        if not os.path.exists(os.path.join(path, "data.mdb")):
-            raise StoreError(f"{path!r} is not a jobqueue store")
-        try:
-            self._env = lmdb.open(path, readonly=True, max_dbs=_MAX_DBS, lock=True)
-            _check_meta(self._env, path, initialise=False)
-            self._jobs = self._env.open_db(b"jobs", create=False)
-            self._logged = self._read_log()
-        except lmdb.Error as exc:
-            raise StoreError(f"cannot read store {path!r}: {exc}") from None
-
-    def _read_log(self) -> dict[str, JobRecord]:
-        logged: dict[str, JobRecord] = {}
-        with self._env.begin() as txn:
-            for segment in segment_paths(self.path):
-                try:
-                    for raw in read_segment(segment):
-                        record, _ = decode(raw)
-                        if _newer_add(txn.get(record.id.encode(), db=self._jobs), record):
-                            logged[record.id] = record
-                except (OSError, RecordError):
-                    continue  # deleted by the owner meanwhile: LMDB has its jobs now
-        return logged
-
-    def records(self) -> Iterator[JobRecord]:
-        """Every readable job record, in id order; unreadable ones are logged and skipped."""
-        logged = dict(self._logged)
-        with self._env.begin() as txn:
-            for key, raw in txn.cursor(db=self._jobs):
-                try:
-                    record = decode(raw)[0]
-                except RecordError as exc:
-                    logger.warning("record %r cannot be read: %s", key, exc)
-                    continue
-                yield logged.pop(record.id, record)
-        yield from sorted(logged.values(), key=lambda record: record.id)
-
-    def get(self, job_id: str) -> JobRecord | None:
-        if job_id in self._logged:
-            return self._logged[job_id]
-        with self._env.begin() as txn:
-            raw = txn.get(job_id.encode(), db=self._jobs)
-        return None if raw is None else decode(raw)[0]
-
-    def map_size(self) -> int:
-        meta = self._env.open_db(b"meta", create=False)
-        with self._env.begin() as txn:
-            noted = txn.get(b"map_size", db=meta)
-        return int(noted) if noted is not None else int(self._env.info()["map_size"])
-
-    def disk_bytes(self) -> int:
-        return sum(
-            os.path.getsize(os.path.join(self.path, name))
-            for name in os.listdir(self.path)
-            if name.endswith(".mdb")
-        )
-
-    def owner_pid(self) -> int | None:
-        return owner_pid(self.path)
-
-    def close(self) -> None:
-        self._env.close()
-
-    def __enter__(self) -> StoreReader:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def close(self, timeout: float | None = None) -> None:
+        """Write what is pending and give the store up, waiting up to ``timeout`` seconds for
+        the last commit. A commit still running then keeps the store until it ends."""
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            self._cond.notify_all()
+        self._flusher.join(timeout)
+        if self._flusher.is_alive():
+            logger.warning(
+                "store %r: the last commit is still running; the log keeps its jobs, and "
+                "the store stays owned until it ends", self.path,
+            )
+            return
+        with self._cond:
+            self._closed = True
+            clean = not (self._pending or self._events or self._quarantine or self._unsettled)
+            segments = self._wal.close()
+            self._cond.notify_all()
+        if clean:
+            WriteAheadLog.remove(segments)
+        else:
+            logger.error("store %r: not everything reached LMDB at close; the log keeps the "
+                         "new jobs, and jobs whose outcome was lost run again", self.path)
+        self._release()

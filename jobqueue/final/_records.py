@@ -18,7 +18,7 @@ import math
 import struct
 
 from jobqueue._priority import Priority
-from jobqueue.final._model import Status
+from jobqueue.final._states import Status
 from jobqueue.final._store import JobRecord
 
 __all__ = ["FORMAT_VERSION", "RecordError", "decode", "encode", "order_key", "seq_key"]

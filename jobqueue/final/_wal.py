@@ -6,15 +6,20 @@ microseconds to get it back, so one LMDB transaction, or even one ``write()``, p
 ``enqueue()`` capped a single producer near 20,000 jobs/s. The log is a file mapped into
 memory: appending a job is a copy into the page cache, with no system call and no GIL
 release, and it survives the process being killed like any written page. The store's flush
-thread moves thousands of logged jobs at a time into LMDB in one transaction, and deletes a
-segment once every job in it is in LMDB: a job is always in the log, in LMDB, or both.
+thread moves thousands of logged jobs at a time into LMDB in one transaction and records, in
+the same transaction, the log position it covers (the checkpoint): at the next start only
+frames from the checkpoint on are replayed, and segments wholly before it are deleted.
 
 Segments are preallocated with ``posix_fallocate``, so a full disk fails the allocation with
 an error instead of killing the process with SIGBUS when a page is first written.
 
 A segment ``wal-NNNNNNNN.log`` is a run of frames: ``<II`` (record length, CRC-32 of the
-record) followed by the record (:mod:`jobqueue.final._records`), then zeros. A frame that does
-not check out ends the segment: it was being written when the process died, unacknowledged.
+record) followed by the record (:mod:`jobqueue.final._records`), then zeros. The top bit of
+the length marks a revoked frame, one whose ``enqueue()`` raised after it was written (its
+group sync failed): replay skips it. Any other frame that does not check out ends the
+segment: it was being written when the process died, and was never acknowledged.
+
+A position is ``segment number << 40 | offset``: positions only grow, across segments.
 """
 
 from __future__ import annotations
@@ -26,19 +31,33 @@ import struct
 import zlib
 from collections.abc import Iterator, Sequence
 
-__all__ = ["SEGMENT_SIZE", "WriteAheadLog", "frame", "read_segment", "segment_paths"]
+__all__ = [
+    "SEGMENT_SIZE",
+    "WriteAheadLog",
+    "frame",
+    "position",
+    "read_segment",
+    "segment_number",
+    "segment_paths",
+]
 
 logger = logging.getLogger("jobqueue")
 
 _FRAME = struct.Struct("<II")
+_REVOKED = 1 << 31
 #: Bytes preallocated per segment: about 80,000 small jobs.
 SEGMENT_SIZE = 8 << 20
 _PREFIX = "wal-"
 _SUFFIX = ".log"
+_OFFSET_BITS = 40
 
 
 def frame(record: bytes) -> bytes:
     return _FRAME.pack(len(record), zlib.crc32(record)) + record
+
+
+def position(number: int, offset: int) -> int:
+    return (number << _OFFSET_BITS) | offset
 
 
 def segment_paths(directory: str) -> list[str]:
@@ -50,8 +69,13 @@ def segment_paths(directory: str) -> list[str]:
     return [os.path.join(directory, name) for name in sorted(names)]
 
 
-def read_segment(path: str) -> Iterator[bytes]:
-    """Yield the records of one segment, stopping at its end or at a torn frame."""
+def segment_number(path: str) -> int:
+    return int(os.path.basename(path)[len(_PREFIX) : -len(_SUFFIX)])
+
+
+def read_segment(path: str) -> Iterator[tuple[int, bytes]]:
+    """Yield (offset, record) for each frame of a segment, skipping revoked ones and stopping
+    at its end or at a torn frame."""
     with open(path, "rb") as segment:
         data = segment.read()
     offset = 0
@@ -60,6 +84,9 @@ def read_segment(path: str) -> Iterator[bytes]:
         if length == 0 and checksum == 0:
             return  # the preallocated zeros after the last frame
         start = offset + _FRAME.size
+        if length & _REVOKED:
+            offset = start + (length & ~_REVOKED)
+            continue
         record = data[start : start + length]
         if len(record) != length or zlib.crc32(record) != checksum:
             logger.warning(
@@ -67,97 +94,114 @@ def read_segment(path: str) -> Iterator[bytes]:
                 "and never acknowledged; the rest of the segment is ignored", path, offset,
             )
             return
-        yield record
+        yield offset, record
         offset = start + length
+
+
+class _Segment:
+    __slots__ = ("path", "number", "fd", "map")
+
+    def __init__(self, path: str, number: int, fd: int, mapped: mmap.mmap) -> None:
+        self.path = path
+        self.number = number
+        self.fd = fd
+        self.map = mapped
 
 
 class WriteAheadLog:
     """Appends frames to memory-mapped segments. Not thread-safe: the store's lock guards it.
 
-    :meth:`append` returns a position; :meth:`retire_through` deletes every full segment
-    whose frames all lie before a position that LMDB has committed.
+    ``first_number`` is the segment number to start at: above any the store has used, so
+    positions keep growing across restarts.
     """
 
-    def __init__(self, directory: str, *, fsync: bool, segment_size: int | None = None) -> None:
+    def __init__(self, directory: str, first_number: int, segment_size: int | None = None) -> None:
         self._directory = directory
-        self._fsync = fsync
         self._segment_size = SEGMENT_SIZE if segment_size is None else segment_size
-        existing = segment_paths(directory)
-        self._number = (
-            int(os.path.basename(existing[-1])[len(_PREFIX) : -len(_SUFFIX)]) if existing else 0
-        )
-        self._map: mmap.mmap | None = None
-        self._fd = -1
-        self._path = ""
+        self._full: list[_Segment] = []  # oldest first; kept open for sync, revoke, retire
+        self._unsynced: list[_Segment] = []  # segments appended to since the last sync
         self._offset = 0
-        self._full: list[tuple[str, int, int]] = []  # (path, number, descriptor), oldest first
-        self._open_next(self._segment_size)
+        self._current = self._allocate(first_number, self._segment_size)
 
-    def _open_next(self, size: int) -> None:
-        number = self._number + 1
+    def _allocate(self, number: int, size: int) -> _Segment:
         path = os.path.join(self._directory, f"{_PREFIX}{number:08d}{_SUFFIX}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.posix_fallocate(fd, 0, size)  # ENOSPC here, not SIGBUS on a later write
-            new_map = mmap.mmap(fd, size)
+            mapped = mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
             os.remove(path)
             raise
-        if self._map is not None:
-            if self._fsync:
-                os.fdatasync(self._fd)  # appends since the last group sync
-            self._map.close()
-            # The descriptor stays open until the segment is deleted: a group sync may
-            # still be flushing it.
-            self._full.append((self._path, self._number, self._fd))
-        self._number, self._path, self._map, self._fd = number, path, new_map, fd
-        self._offset = 0
+        return _Segment(path, number, fd, mapped)
 
     def append(self, frames: bytes) -> int:
-        """Copy frames into the log and return the log position after them.
+        """Copy frames into the log; return the position of the first.
 
         Raises ``OSError`` (a full disk, say) if a new segment cannot be allocated.
         """
-        assert self._map is not None
-        if self._offset + len(frames) > len(self._map):
-            self._open_next(max(self._segment_size, len(frames) + _FRAME.size))
-        end = self._offset + len(frames)
-        self._map[self._offset : end] = frames
+        current = self._current
+        if self._offset + len(frames) > len(current.map):
+            size = max(self._segment_size, len(frames) + _FRAME.size)
+            current = self._allocate(current.number + 1, size)
+            self._full.append(self._current)
+            self._current = current
+            self._offset = 0
+        start = self._offset
+        end = start + len(frames)
+        current.map[start:end] = frames
         self._offset = end
-        return self.position()
+        if not self._unsynced or self._unsynced[-1] is not current:
+            self._unsynced.append(current)
+        return position(current.number, start)
 
     def position(self) -> int:
-        """Where the next frame goes, comparable across segments."""
-        return (self._number << 40) | self._offset
+        """Where the next frame goes."""
+        return position(self._current.number, self._offset)
 
-    def sync_descriptor(self) -> int:
-        """The descriptor to ``fdatasync`` for every frame appended so far.
+    def take_unsynced(self) -> list[int]:
+        """The descriptors to ``fdatasync`` for every frame appended so far; forgets them.
 
-        Earlier segments were synced when the log moved past them.
+        Segments with unsynced frames are never retired before their sync: their frames'
+        jobs are not in LMDB yet, so the checkpoint has not passed them.
         """
-        return self._fd
+        descriptors = [segment.fd for segment in self._unsynced]
+        self._unsynced = []
+        return descriptors
 
-    def retire_through(self, position: int) -> None:
-        """Delete the full segments whose every frame lies before ``position``."""
-        committed_segment = position >> 40
-        while self._full and self._full[0][1] < committed_segment:
-            path, _, fd = self._full.pop(0)
-            os.close(fd)
-            self.remove([path])
+    def revoke(self, start: int, length: int) -> None:
+        """Mark the frames of one append, ``length`` bytes from position ``start``, revoked."""
+        number = start >> _OFFSET_BITS
+        segments = [self._current, *self._full]
+        mapped = next(segment.map for segment in segments if segment.number == number)
+        offset = start & ((1 << _OFFSET_BITS) - 1)
+        stop = offset + length
+        while offset < stop:
+            size, _ = _FRAME.unpack_from(mapped, offset)
+            struct.pack_into("<I", mapped, offset, size | _REVOKED)
+            offset += _FRAME.size + (size & ~_REVOKED)
+
+    def retire_through(self, checkpoint: int) -> None:
+        """Delete the full segments that lie wholly before ``checkpoint``."""
+        segment_of_checkpoint = checkpoint >> _OFFSET_BITS
+        while self._full and self._full[0].number < segment_of_checkpoint:
+            segment = self._full.pop(0)
+            self._forget(segment)
+            self.remove([segment.path])
 
     def close(self) -> list[str]:
         """Unmap the log; return every segment, to delete once LMDB holds their jobs."""
-        if self._map is not None:
-            if self._fsync:
-                os.fdatasync(self._fd)
-            self._map.close()
-            self._map = None
-            for _, _, fd in self._full:
-                os.close(fd)
-            os.close(self._fd)
-            self._full = []
+        for segment in [*self._full, self._current]:
+            self._forget(segment)
+        self._full = []
         return segment_paths(self._directory)
+
+    def _forget(self, segment: _Segment) -> None:
+        if segment in self._unsynced:
+            self._unsynced.remove(segment)
+        if not segment.map.closed:
+            segment.map.close()
+            os.close(segment.fd)
 
     @staticmethod
     def remove(paths: Sequence[str]) -> None:

@@ -1,0 +1,404 @@
+"""The LMDB store's files: the directory, who owns it, its tables, and the log left behind.
+
+Everything here works on a store without running one: the runtime store
+(:mod:`jobqueue.final._lmdb`) opens through it, and so do the read-only reader and the repairs
+of :mod:`jobqueue.final.admin`, which need no flush thread and no new log segment.
+
+Layout, in one LMDB environment directory (``persist_path``):
+
+- ``jobs``: job id -> record (:mod:`jobqueue.final._records`), live and finished alike;
+- ``order``: priority byte + arrival seq -> job id, for live jobs: claims walk it in priority
+  and arrival order without loading everything;
+- ``done``: finish seq -> job id, oldest first, to prune finished jobs beyond the retention;
+- ``dead``: finish seq -> job id, for FAILED jobs (dead letters);
+- ``corrupt``: job id -> raw bytes of records that could not be decoded, set aside;
+- ``meta``: magic, format version, highest arrival seq (never reused), the log checkpoint
+  (every logged frame before it is in LMDB), and the map size for read-only readers.
+
+Ownership: an exclusive ``flock`` on ``owner.lock`` (holding the owner's pid) lets one queue or
+repair at a time own the store, in this process or another; readers need no lock (LMDB readers
+never block its writer).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import lmdb
+
+from jobqueue.errors import StoreError, StoreLocked
+from jobqueue.final._records import FORMAT_VERSION, RecordError, decode, encode, order_key, seq_key
+from jobqueue.final._states import LIVE, Status
+from jobqueue.final._store import JobRecord
+from jobqueue.final._wal import WriteAheadLog, position, read_segment, segment_number, segment_paths
+
+__all__ = ["MapGate", "Tables", "check_directory", "owner_pid", "replay_log", "take_ownership"]
+
+logger = logging.getLogger("jobqueue")
+
+MAGIC = b"jobqueue-store"
+LOCK_FILE = "owner.lock"
+INITIAL_MAP_SIZE = 64 << 20
+_MAX_DBS = 8
+
+
+def check_directory(path: str, *, create: bool) -> None:
+    """Refuse a path that is not (and, with ``create``, cannot become) a store directory."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise StoreError(f"store path {path!r} is not a directory")
+    if not os.path.exists(path):
+        if not create:
+            raise StoreError(f"store path {path!r} does not exist")
+        try:
+            os.makedirs(path)
+        except OSError as exc:
+            raise StoreError(f"cannot create store directory {path!r}: {exc}") from None
+    if create and not os.access(path, os.W_OK | os.X_OK):
+        raise StoreError(f"store directory {path!r} is not writable")
+    names = set(os.listdir(path))
+    if names and "data.mdb" not in names:
+        raise StoreError(f"{path!r} is not a jobqueue store: it holds other files")
+
+
+def owner_pid(path: str) -> int | None:
+    """Return the pid of the process owning the store at ``path``, or None if it is free.
+
+    Reads ``/proc/locks`` so that asking never takes the lock (which could make an owner that
+    is starting up fail); elsewhere, falls back to the pid file and a liveness check.
+    """
+    lock_path = os.path.join(path, LOCK_FILE)
+    try:
+        inode = os.stat(lock_path).st_ino
+    except FileNotFoundError:
+        return None
+    try:
+        with open("/proc/locks") as locks:
+            for line in locks:
+                fields = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:567 0 EOF"
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}"):
+                    return int(fields[4])
+        return None
+    except OSError:
+        pass
+    try:
+        with open(lock_path) as f:
+            pid = int(f.read().strip() or 0)
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def take_ownership(path: str) -> int:
+    """Lock the store for this process and return the lock file's descriptor.
+
+    Raises ``StoreLocked`` naming the owner if another queue or repair holds it. Closing the
+    descriptor gives the store up.
+    """
+    lock_path = os.path.join(path, LOCK_FILE)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(f"cannot open {lock_path!r}: {exc}") from None
+    try:
+        # flock, not fcntl locks: two opens in one process conflict, so a second queue in
+        # the same process is refused too.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise StoreError(f"cannot lock {lock_path!r}: {exc}") from None
+        raise StoreLocked(path, owner_pid(path)) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+class MapGate:
+    """Read transactions run together; growing the map runs alone.
+
+    LMDB allows ``set_mapsize`` only while this process has no transaction open, and does not
+    check (older py-lmdb versions do not either). Every read goes through :meth:`reading`;
+    the one writer grows the map between its transactions with :meth:`resize`.
+    """
+
+    def __init__(self) -> None:
+        # _cond's lock guards _readers and _resizing.
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._resizing = False
+
+    @contextmanager
+    def reading(self, env: lmdb.Environment) -> Iterator[lmdb.Transaction]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            with env.begin() as txn:
+                yield txn
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    def resize(self, env: lmdb.Environment) -> int:
+        """Double the map once no read is open; return the new size."""
+        with self._cond:
+            self._resizing = True
+            while self._readers:
+                self._cond.wait()
+        try:
+            size = env.info()["map_size"] * 2
+            env.set_mapsize(size)
+            return size
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class Tables:
+    """An open environment and its tables, with the writes that keep the indexes in step."""
+
+    def __init__(
+        self, path: str, *, readonly: bool = False, create: bool = False, sync: bool = False
+    ) -> None:
+        """Open the store at ``path``: read-only, or for writing; ``create`` makes a new one
+        in an empty directory. Raises ``StoreError`` if it is not a jobqueue store."""
+        self.path = path
+        try:
+            if readonly:
+                self.env = lmdb.open(path, readonly=True, max_dbs=_MAX_DBS, lock=True)
+            else:
+                self.env = lmdb.open(
+                    path, map_size=INITIAL_MAP_SIZE, max_dbs=_MAX_DBS, sync=sync,
+                    metasync=sync, writemap=False,
+                )
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot open store {path!r}: {exc}") from None
+        try:
+            self._check_meta(initialise=create)
+            self.meta = self.env.open_db(b"meta", create=not readonly)
+            self.jobs = self.env.open_db(b"jobs", create=not readonly)
+            if not readonly:
+                self.order = self.env.open_db(b"order")
+                self.done = self.env.open_db(b"done")
+                self.dead = self.env.open_db(b"dead")
+                self.corrupt = self.env.open_db(b"corrupt")
+        except lmdb.Error as exc:
+            self.env.close()
+            raise StoreError(f"cannot open store {path!r}: {exc}") from None
+        except BaseException:
+            self.env.close()
+            raise
+
+    def _check_meta(self, *, initialise: bool) -> None:
+        """Check the magic and format; write them into a new, empty environment."""
+        env, path = self.env, self.path
+        if env.stat()["entries"] == 0:
+            if not initialise:
+                raise StoreError(f"{path!r} is not a jobqueue store: it is empty")
+            meta = env.open_db(b"meta")
+            with env.begin(write=True) as txn:
+                txn.put(b"magic", MAGIC, db=meta)
+                txn.put(b"format", str(FORMAT_VERSION).encode(), db=meta)
+            return
+        try:
+            meta = env.open_db(b"meta", create=False)
+            with env.begin() as txn:
+                magic = txn.get(b"magic", db=meta)
+                version = int(txn.get(b"format", b"0", db=meta))
+        except (lmdb.Error, ValueError):
+            magic = None
+        if magic != MAGIC:
+            raise StoreError(f"{path!r} is not a jobqueue store")
+        if version > FORMAT_VERSION:
+            raise StoreError(
+                f"store {path!r} was written by a newer jobqueue (format {version}; "
+                f"this version reads format {FORMAT_VERSION})"
+            )
+
+    def close(self) -> None:
+        self.env.close()
+
+    # -- meta -------------------------------------------------------------------------------
+
+    def meta_int(self, txn: lmdb.Transaction, key: bytes) -> int:
+        return int(txn.get(key, b"0", db=self.meta))
+
+    def put_meta_int(self, txn: lmdb.Transaction, key: bytes, value: int) -> None:
+        txn.put(key, str(value).encode(), db=self.meta)
+
+    def note_map_size(self) -> None:
+        """Record the map size where a read-only reader can see it (LMDB does not say)."""
+        with self.env.begin(write=True) as txn:
+            self.put_meta_int(txn, b"map_size", self.env.info()["map_size"])
+
+    @staticmethod
+    def last_key(txn: lmdb.Transaction, db: object) -> int:
+        cursor = txn.cursor(db=db)
+        return int.from_bytes(cursor.key(), "big") if cursor.last() else 0
+
+    # -- records ----------------------------------------------------------------------------
+
+    def stored(self, txn: lmdb.Transaction, job_id: str) -> tuple[JobRecord, int] | None:
+        """A job's record and finish seq; raises RecordError if it cannot be read."""
+        raw = txn.get(job_id.encode(), db=self.jobs)
+        return None if raw is None else decode(raw)
+
+    def put_live(self, txn: lmdb.Transaction, record: JobRecord, new: bool) -> None:
+        """Write a live job; ``new``: its ``order`` entry is not written yet."""
+        job_id = record.id.encode()
+        txn.put(job_id, encode(record), db=self.jobs)
+        if new:
+            txn.put(order_key(record.priority, record.seq), job_id, db=self.order)
+
+    def put_finished(self, txn: lmdb.Transaction, record: JobRecord, fseq: int, new: bool) -> None:
+        """Write a finished job as number ``fseq`` in finish order; ``new`` as in put_live."""
+        job_id = record.id.encode()
+        txn.put(job_id, encode(record, fseq), db=self.jobs)
+        if not new:
+            txn.delete(order_key(record.priority, record.seq), db=self.order)
+        key = seq_key(fseq)
+        txn.put(key, job_id, db=self.done)
+        if record.status is Status.FAILED:
+            txn.put(key, job_id, db=self.dead)
+
+    def delete(self, txn: lmdb.Transaction, record: JobRecord, fseq: int) -> None:
+        """Delete a job and its index entries."""
+        txn.delete(record.id.encode(), db=self.jobs)
+        if record.status in LIVE:
+            txn.delete(order_key(record.priority, record.seq), db=self.order)
+        else:
+            txn.delete(seq_key(fseq), db=self.done)
+            txn.delete(seq_key(fseq), db=self.dead)
+
+    def prune(self, txn: lmdb.Transaction, done_count: int, retention: int) -> int:
+        """Forget the oldest finished jobs beyond the retention; return the new count."""
+        cursor = txn.cursor(db=self.done)
+        cursor.first()
+        while done_count > retention:
+            key, job_id = cursor.item()
+            raw = txn.get(job_id, db=self.jobs)
+            if raw is not None:
+                try:
+                    record, fseq = decode(raw)
+                except RecordError:
+                    record, fseq = None, -1
+                # The entry may be stale: the id was enqueued again since it finished.
+                if record is not None and record.status not in LIVE and seq_key(fseq) == key:
+                    txn.delete(job_id, db=self.jobs)
+                    if record.status is Status.FAILED:
+                        txn.delete(key, db=self.dead)
+            if not cursor.delete():
+                break
+            done_count -= 1
+        return done_count
+
+    def dead_letters(self, txn: lmdb.Transaction) -> list[JobRecord]:
+        found = []
+        for key, job_id in txn.cursor(db=self.dead):
+            raw = txn.get(job_id, db=self.jobs)
+            if raw is None:
+                continue
+            try:
+                record, fseq = decode(raw)
+            except RecordError:
+                continue
+            if record.status is Status.FAILED and seq_key(fseq) == key:
+                found.append(record)
+        return found
+
+
+def _newer_add(existing: bytes | None, record: JobRecord) -> bool:
+    """Whether a logged add must still be applied over what LMDB holds for that id."""
+    if existing is None:
+        return True
+    try:
+        stored, _ = decode(existing)
+    except RecordError:
+        return True
+    return stored.seq < record.seq  # equal: applied already, and maybe run since
+
+
+def replay_log(tables: Tables) -> int:
+    """Move the jobs a dead owner logged but never wrote to LMDB, then delete the log.
+
+    Frames before the checkpoint are in LMDB already, and skipped: their jobs may have
+    finished and been pruned since. Grows the map as needed. Returns the segment number the
+    next log must start at, so positions keep growing.
+    """
+    env, path = tables.env, tables.path
+    segments = segment_paths(path)
+    with env.begin() as txn:
+        checkpoint = tables.meta_int(txn, b"checkpoint")
+    next_number = (checkpoint >> 40) + 1
+    if not segments:
+        return next_number
+    batch: dict[str, JobRecord] = {}
+    quarantine: dict[str, bytes] = {}
+    with env.begin() as txn:
+        for segment in segments:
+            number = segment_number(segment)
+            next_number = max(next_number, number + 1)
+            for offset, raw in read_segment(segment):
+                if position(number, offset) < checkpoint:
+                    continue
+                try:
+                    record, _ = decode(raw)
+                except RecordError as exc:
+                    name = f"{os.path.basename(segment)}#{offset}"
+                    logger.error("logged record %s cannot be read (%s); set aside in the "
+                                 "'corrupt' table", name, exc)
+                    quarantine[name] = raw
+                    continue
+                if _newer_add(txn.get(record.id.encode(), db=tables.jobs), record):
+                    batch[record.id] = record
+    while True:
+        try:
+            with env.begin(write=True) as txn:
+                last_seq = tables.meta_int(txn, b"seq")
+                for record in batch.values():
+                    tables.put_live(txn, record, new=True)
+                    last_seq = max(last_seq, record.seq)
+                for name, raw in quarantine.items():
+                    txn.put(name.encode(), raw, db=tables.corrupt)
+                tables.put_meta_int(txn, b"seq", last_seq)
+                tables.put_meta_int(txn, b"checkpoint", position(next_number, 0))
+            break
+        except lmdb.MapFullError:
+            size = env.info()["map_size"] * 2
+            logger.info("store %r is full; growing its map to %d bytes", path, size)
+            env.set_mapsize(size)  # no transaction is open: nothing else runs yet
+    if batch:
+        logger.info("store %r: recovered %d logged jobs", path, len(batch))
+    WriteAheadLog.remove(segments)
+    return next_number
+
+
+def read_logged(tables: Tables) -> dict[str, JobRecord]:
+    """Jobs in the log that LMDB does not have yet, without changing anything."""
+    logged: dict[str, JobRecord] = {}
+    with tables.env.begin() as txn:
+        checkpoint = tables.meta_int(txn, b"checkpoint")
+        for segment in segment_paths(tables.path):
+            try:
+                number = segment_number(segment)
+                for offset, raw in read_segment(segment):
+                    if position(number, offset) < checkpoint:
+                        continue
+                    record, _ = decode(raw)
+                    if _newer_add(txn.get(record.id.encode(), db=tables.jobs), record):
+                        logged[record.id] = record
+            except (OSError, RecordError):
+                continue  # deleted by the owner meanwhile: LMDB has its jobs now
+    return logged

@@ -1,0 +1,267 @@
+"""The jobs a queue holds: their states, the ready and retry queues, and the counts.
+
+Every change of state goes through :meth:`JobTable.transition`, which checks the move against
+:data:`~jobqueue.final._states.MOVES` and, in one step, updates the job, the per-priority
+counts, the ready or retry queue the job belongs in, the latency and busy-time figures, and
+tells the store. Metrics and admission are views of those counts, so they cannot drift apart.
+
+Not thread-safe: the queue's mutex guards a table, and calls it with ``now`` from its clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+
+from jobqueue._priority import Priority
+from jobqueue.final._latency import LatencyHistogram
+from jobqueue.final._model import Handler, Job, Metrics, PriorityMetrics
+from jobqueue.final._picker import WeightedPicker
+from jobqueue.final._retry import RetrySchedule
+from jobqueue.final._states import (
+    COMPLETED,
+    FAILED,
+    GONE,
+    MOVES,
+    NEW,
+    PROCESSING,
+    QUEUED,
+    RETRYING,
+    STORED,
+    InvalidTransition,
+    State,
+)
+from jobqueue.final._store import JobRecord, Store
+
+__all__ = ["Entry", "JobTable"]
+
+_PRIORITIES = tuple(Priority)
+_COUNTED = (NEW, QUEUED, PROCESSING, RETRYING, COMPLETED, FAILED)
+
+
+# Where each field of a JobRecord sits in Entry.fields.
+_PAYLOAD, _STATUS, _ATTEMPTS, _LAST_ERROR = 1, 6, 7, 8
+_STARTED_AT, _FINISHED_AT, _DUE_AT, _SEQ = 9, 10, 11, 12
+_new_record = tuple.__new__
+
+
+class Entry:
+    """One job this queue holds. Times are monotonic seconds, except in ``fields``."""
+
+    __slots__ = ("job", "handler", "state", "fields", "ready_since", "started", "due")
+
+    def __init__(self, job: Job, handler: Handler | None, seq: int, now: float) -> None:
+        self.job = job
+        self.handler = handler  # a closure from enqueue_with_handler, else None: look it up
+        self.state: State = NEW
+        # The job's record as the store is told it, in JobRecord's order, kept up to date by
+        # the table: a record is then one tuple copy, on the hot path.
+        self.fields: list = [
+            job.id, job.payload, job.priority, job.kind, job.max_retries, job.created,
+            QUEUED, 0, None, None, None, None, seq,
+        ]
+        self.ready_since = now  # when it last became runnable, for queue latency
+        self.started: float | None = None  # when its latest attempt started
+        self.due: float | None = None  # when a RETRYING job runs again
+
+    @property
+    def attempts(self) -> int:
+        return self.fields[_ATTEMPTS]  # type: ignore[no-any-return]
+
+    @property
+    def last_error(self) -> str | None:
+        return self.fields[_LAST_ERROR]  # type: ignore[no-any-return]
+
+    @last_error.setter
+    def last_error(self, message: str | None) -> None:
+        self.fields[_LAST_ERROR] = message
+
+    def record(self) -> JobRecord:
+        """What the store keeps about the job as it stands."""
+        return _new_record(JobRecord, self.fields)  # type: ignore[no-any-return]
+
+
+class JobTable:
+    """Entries by id, the ready queue of each priority, the retry schedule, and counts."""
+
+    def __init__(
+        self,
+        store: Store,
+        weights: Mapping[Priority, int],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._entries: dict[str, Entry] = {}
+        self._counts: dict[State, list[int]] = {state: [0, 0, 0] for state in _COUNTED}
+        self._retried = [0, 0, 0]
+        self._ready: list[deque[Entry]] = [deque() for _ in _PRIORITIES]
+        self._picker = WeightedPicker(weights)
+        self.retries: RetrySchedule[Entry] = RetrySchedule(clock)
+        self._latency = LatencyHistogram()
+        self._busy_seconds = 0.0
+        self._epoch_offset = time.time() - clock()  # records carry epoch seconds
+        # Each legal move with the store method it calls, bound once.
+        self._moves: dict[tuple[State, State], Callable[[JobRecord], None] | None] = {
+            move: None if method is None else getattr(store, method)
+            for move, method in MOVES.items()
+        }
+        #: The entry of a job id, or None (the dict's own method: no extra call).
+        self.get: Callable[[str], Entry | None] = self._entries.get
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Jobs held, reservations included."""
+        return len(self._entries)
+
+    def ids(self) -> list[str]:
+        return list(self._entries)
+
+    def count(self, state: State, priority: Priority) -> int:
+        return self._counts[state][priority]
+
+    def occupied(self, priority: Priority) -> int:
+        """What ``queue_size`` bounds: jobs reserved, queued or waiting for a retry."""
+        counts = self._counts
+        return counts[NEW][priority] + counts[QUEUED][priority] + counts[RETRYING][priority]
+
+    def busy(self) -> int:
+        return sum(self._counts[PROCESSING])
+
+    # -- moving -----------------------------------------------------------------------------
+
+    def transition(self, entry: Entry, to: State, now: float) -> bool:
+        """Move ``entry`` to ``to``, keeping everything in step; raises InvalidTransition.
+
+        Tells the store of the move (see MOVES). Returns True when the move made the entry
+        the earliest retry (the timer must wake).
+        """
+        current = entry.state
+        try:
+            store_call = self._moves[current, to]
+        except KeyError:
+            raise InvalidTransition(entry.job.id, current, to) from None
+        priority = entry.job.priority
+        counts = self._counts
+        if current is not STORED:
+            counts[current][priority] -= 1
+        entry.state = to
+        fields = entry.fields
+        earliest = False
+        if current is PROCESSING:
+            self._busy_seconds += now - entry.started  # type: ignore[operator]
+        if to is QUEUED:
+            fields[_STATUS] = to
+            fields[_DUE_AT] = entry.due = None
+            entry.ready_since = now
+            self._ready[priority].append(entry)
+        elif to is PROCESSING:
+            fields[_STATUS] = to
+            fields[_ATTEMPTS] += 1
+            fields[_STARTED_AT] = now + self._epoch_offset
+            entry.started = now
+            self._latency.record(now - entry.ready_since)
+        elif to is RETRYING:
+            fields[_STATUS] = to
+            fields[_DUE_AT] = entry.due + self._epoch_offset  # type: ignore[operator]
+            if current is PROCESSING:
+                self._retried[priority] += 1
+            earliest = self.retries.push(entry, entry.due)  # type: ignore[arg-type]
+        else:  # COMPLETED, FAILED, GONE: the queue is done with it
+            del self._entries[entry.job.id]
+            if to is GONE:
+                return False
+            fields[_STATUS] = to
+            fields[_FINISHED_AT] = now + self._epoch_offset
+            if to is COMPLETED:
+                fields[_PAYLOAD] = b""  # nothing will run it again
+        counts[to][priority] += 1
+        if store_call is not None:
+            store_call(_new_record(JobRecord, fields))
+        return earliest
+
+    def reserve(self, entries: Iterable[Entry]) -> None:
+        """Hold ids and room for jobs the store has not accepted yet (state NEW)."""
+        for entry in entries:
+            self._entries[entry.job.id] = entry
+            self._counts[NEW][entry.job.priority] += 1
+
+    def claim(self, record: JobRecord, now: float) -> Entry:
+        """Hold a job the store handed out: QUEUED, or RETRYING if a retry is still due."""
+        job = Job(
+            record.id, record.payload, record.priority, record.kind, record.max_retries,
+            record.created_at,
+        )
+        entry = Entry(job, None, record.seq, now)
+        entry.state = STORED
+        entry.fields = list(record)
+        offset = self._epoch_offset
+        if record.started_at is not None:
+            entry.started = record.started_at - offset
+        self._entries[job.id] = entry
+        if record.status is RETRYING and record.due_at is not None:
+            entry.due = record.due_at - offset
+            self.transition(entry, RETRYING, now)
+        else:
+            self.transition(entry, QUEUED, now)
+        return entry
+
+    def take(self, now: float) -> Entry | None:
+        """The next job to run, by weighted priority, now PROCESSING; None if none is ready."""
+        ready = self._ready
+        priority = self._picker.pick(ready)  # a deque is truthy when it has work
+        if priority is None:
+            return None
+        entry = ready[priority].popleft()
+        self.transition(entry, PROCESSING, now)
+        return entry
+
+    def come_due(self, now: float) -> list[Entry]:
+        """Move every retry due at ``now`` back to QUEUED; return them."""
+        due = self.retries.pop_due(now)
+        for entry in due:
+            self.transition(entry, QUEUED, now)
+        return due
+
+    def drop_all(self) -> list[str]:
+        """Forget every job (close() gave up): the store keeps what it was told. Their ids."""
+        dropped = sorted(self._entries)
+        self._entries.clear()
+        for ready in self._ready:
+            ready.clear()
+        self.retries = RetrySchedule(self.retries.clock)
+        for state in (NEW, QUEUED, PROCESSING, RETRYING):
+            self._counts[state] = [0, 0, 0]
+        return dropped
+
+    # -- describing -------------------------------------------------------------------------
+
+    def metrics(self, num_workers: int, elapsed: float, abandoned: int) -> Metrics:
+        """An atomic snapshot, read from the counts (call it under the queue's mutex)."""
+        counts = self._counts
+        queued, processing, retrying = counts[QUEUED], counts[PROCESSING], counts[RETRYING]
+        completed, failed, retried = counts[COMPLETED], counts[FAILED], self._retried
+        per_priority = {
+            p: PriorityMetrics(
+                queued[p], processing[p], retrying[p], completed[p], failed[p], retried[p]
+            )
+            for p in _PRIORITIES
+        }
+        busy = sum(processing)
+        utilization = (
+            min(1.0, self._busy_seconds / (num_workers * elapsed)) if elapsed > 0 else 0.0
+        )
+        return Metrics(
+            queued=sum(queued),
+            processing=busy,
+            retrying=sum(retrying),
+            completed=sum(completed),
+            failed=sum(failed),
+            retried=sum(retried),
+            abandoned=abandoned,
+            per_priority=per_priority,
+            num_workers=num_workers,
+            busy_workers=busy,
+            utilization=utilization,
+            queue_latency=self._latency.summary(),
+        )

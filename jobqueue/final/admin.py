@@ -1,0 +1,214 @@
+"""Inspect and repair an LMDB store from outside the queue that uses it.
+
+The ``jobqueue`` command is built on this module; scripts can use it too::
+
+    from jobqueue.final import admin
+
+    with admin.StoreReader("./jobs.db") as reader:      # while the owner runs, or after
+        failed = [r.id for r in reader.records() if r.status is Status.FAILED]
+    admin.requeue("./jobs.db", failed)                  # only once no process owns it
+
+- :class:`StoreReader` opens LMDB read-only and also reads the owner's write-ahead log: it
+  never writes and never blocks the owner (LMDB readers take no lock the writer waits for).
+- :func:`requeue` and :func:`purge` each change the store in one LMDB transaction, all or
+  nothing, and only while no process owns it (``StoreLocked`` names the owner otherwise).
+  They take the store over the way a queue would, moving a dead owner's log into LMDB
+  first, but start no flush thread and write no log of their own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TypeVar
+
+import lmdb
+
+from jobqueue.errors import StoreError
+from jobqueue.final._lmdb_files import (
+    Tables,
+    check_directory,
+    owner_pid,
+    read_logged,
+    replay_log,
+    take_ownership,
+)
+from jobqueue.final._records import RecordError, decode
+from jobqueue.final._states import Status
+from jobqueue.final._store import JobRecord
+
+__all__ = ["StoreReader", "owner_pid", "purge", "requeue"]
+
+_T = TypeVar("_T")
+
+
+def _check_store(path: str) -> None:
+    check_directory(path, create=False)
+    if not os.path.exists(os.path.join(path, "data.mdb")):
+        raise StoreError(f"{path!r} is not a jobqueue store")
+
+
+class StoreReader:
+    """Read-only access to a store another process may own, for inspection.
+
+    Raises ``StoreError`` naming the path if it is missing or not a jobqueue store. Jobs the
+    owner has logged but not yet moved into LMDB (a few milliseconds' worth, or all of them
+    after a crash) are read from the log, so what it shows is a snapshot of both.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        _check_store(path)
+        self._tables = Tables(path, readonly=True)
+        try:
+            self._logged = read_logged(self._tables)
+        except lmdb.Error as exc:
+            self._tables.close()
+            raise StoreError(f"cannot read store {path!r}: {exc}") from None
+
+    def records(self) -> Iterator[JobRecord]:
+        """Every readable job record, in id order; unreadable ones are skipped."""
+        logged = dict(self._logged)
+        with self._tables.env.begin() as txn:
+            for _, raw in txn.cursor(db=self._tables.jobs):
+                try:
+                    record = decode(raw)[0]
+                except RecordError:
+                    continue
+                yield logged.pop(record.id, record)
+        yield from sorted(logged.values(), key=lambda record: record.id)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """One job's record, or None; ``StoreError`` if it is stored but cannot be read."""
+        if job_id in self._logged:
+            return self._logged[job_id]
+        with self._tables.env.begin() as txn:
+            try:
+                found = self._tables.stored(txn, job_id)
+            except RecordError as exc:
+                raise StoreError(f"the record of job {job_id!r} cannot be read: {exc}") from None
+        return None if found is None else found[0]
+
+    def map_size(self) -> int:
+        with self._tables.env.begin() as txn:
+            noted = self._tables.meta_int(txn, b"map_size")
+        return noted or int(self._tables.env.info()["map_size"])
+
+    def disk_bytes(self) -> int:
+        return sum(
+            os.path.getsize(os.path.join(self.path, name))
+            for name in os.listdir(self.path)
+            if name.endswith(".mdb")
+        )
+
+    def owner_pid(self) -> int | None:
+        return owner_pid(self.path)
+
+    def close(self) -> None:
+        self._tables.close()
+
+    def __enter__(self) -> StoreReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+@contextmanager
+def _owned(path: str) -> Iterator[Tables]:
+    """Take the store over (``StoreLocked`` if owned), with a dead owner's log in LMDB."""
+    _check_store(path)
+    lock_fd = take_ownership(path)
+    try:
+        tables = Tables(path, sync=True)
+        try:
+            replay_log(tables)
+            yield tables
+        finally:
+            tables.close()
+    finally:
+        os.close(lock_fd)
+
+
+def _transaction(tables: Tables, change: Callable[[lmdb.Transaction], _T]) -> _T:
+    """Run ``change`` in one write transaction, growing the map if it is full."""
+    while True:
+        try:
+            with tables.env.begin(write=True) as txn:  # an exception aborts it
+                return change(txn)
+        except lmdb.MapFullError:
+            tables.env.set_mapsize(tables.env.info()["map_size"] * 2)
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot write to store {tables.path!r}: {exc}") from None
+
+
+def _stored(tables: Tables, txn: lmdb.Transaction, job_id: str) -> tuple[JobRecord, int]:
+    try:
+        found = tables.stored(txn, job_id)
+    except RecordError as exc:
+        raise StoreError(f"the record of job {job_id!r} cannot be read: {exc}") from None
+    if found is None:
+        raise KeyError(job_id)
+    return found
+
+
+def requeue(path: str, job_ids: Sequence[str] | None = None) -> list[str]:
+    """Make FAILED jobs QUEUED again from attempt 0; ``None`` means every FAILED job.
+
+    Returns the ids requeued. Raises ``KeyError`` for an unknown id and ``ValueError`` for one
+    that is not FAILED, before anything is written; ``StoreLocked`` if a process owns the
+    store.
+    """
+    with _owned(path) as tables:
+
+        def change(txn: lmdb.Transaction) -> list[str]:
+            if job_ids is None:
+                chosen = [(r, _stored(tables, txn, r.id)[1]) for r in tables.dead_letters(txn)]
+            else:
+                chosen = [_stored(tables, txn, job_id) for job_id in job_ids]
+                for record, _ in chosen:
+                    if record.status is not Status.FAILED:
+                        raise ValueError(f"job {record.id!r} is {record.status.value}, not failed")
+            seq = tables.meta_int(txn, b"seq")
+            for record, fseq in chosen:
+                tables.delete(txn, record, fseq)
+                seq += 1
+                tables.put_live(txn, record._replace(
+                    status=Status.QUEUED, attempts=0, last_error=None, started_at=None,
+                    finished_at=None, due_at=None, seq=seq,
+                ), new=True)
+            tables.put_meta_int(txn, b"seq", seq)
+            return [record.id for record, _ in chosen]
+
+        return _transaction(tables, change)
+
+
+def purge(
+    path: str, job_ids: Sequence[str] | None = None, statuses: Collection[Status] = ()
+) -> list[str]:
+    """Delete the given jobs, or every job in ``statuses``, with their index entries.
+
+    Returns the ids deleted. Raises ``KeyError`` for an unknown id before anything is written;
+    ``StoreLocked`` if a process owns the store.
+    """
+    with _owned(path) as tables:
+
+        def change(txn: lmdb.Transaction) -> list[str]:
+            if job_ids is not None:
+                chosen = [_stored(tables, txn, job_id) for job_id in job_ids]
+            else:
+                chosen = []
+                for _, raw in txn.cursor(db=tables.jobs):
+                    try:
+                        record, fseq = decode(raw)
+                    except RecordError:
+                        continue
+                    if record.status in statuses:
+                        chosen.append((record, fseq))
+            for record, fseq in chosen:
+                tables.delete(txn, record, fseq)
+            return [record.id for record, _ in chosen]
+
+        return _transaction(tables, change)
+
