@@ -41,7 +41,7 @@ def main() -> None:
                 sys.stdout.flush()
             queue.join()
             if mode == "finish-and-die":
-                queue._store.flush()  # type: ignore[attr-defined]
+                queue._core.store.flush()  # type: ignore[attr-defined]
                 os._exit(0)
         elif mode == "drain":
             queue.join()

@@ -23,7 +23,7 @@ import lmdb
 import pytest
 
 from jobqueue import final
-from jobqueue.final import _lmdb, _lmdb_files, _wal, admin
+from jobqueue.final import _lmdb_files, _lmdb_writer, _wal, admin
 from jobqueue.final._lmdb import LmdbStore
 from jobqueue.final._store import JobRecord
 from jobqueue.final.admin import StoreReader
@@ -288,11 +288,11 @@ class TestWriteAheadLog:
         record = JobRecord("logged-only", b"p", final.Priority.HIGH, "", None, 0.0,
                            final.Status.QUEUED, 0, None, None, None, None, 1)
 
-        def lmdb_down(self: LmdbStore, *args: object) -> object:
+        def lmdb_down(self: _lmdb_files.Tables, *args: object) -> object:
             raise lmdb.DiskError("mdb_txn_commit: Input/output error")
 
         with monkeypatch.context() as patch:
-            patch.setattr(LmdbStore, "_write_once", lmdb_down)
+            patch.setattr(_lmdb_files.Tables, "write_batch", lmdb_down)
             store = LmdbStore(path)
             add(store, [record])
             store.close()  # cannot write LMDB: the log keeps the job
@@ -520,22 +520,22 @@ class TestMapGrowth:
     def test_failing_lmdb_writes_are_retried_from_the_log(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
     ) -> None:
-        monkeypatch.setattr(_lmdb, "_RETRY_AFTER_ERROR", 0.01)
+        monkeypatch.setattr(_lmdb_writer, "_RETRY_AFTER_ERROR", 0.01)
         path = store_path(tmp_path)
         failed = threading.Event()
-        real_write_once = LmdbStore._write_once
+        real_write_batch = _lmdb_files.Tables.write_batch
 
-        def disk_error(self: LmdbStore, *args: object) -> object:
+        def disk_error(self: _lmdb_files.Tables, *args: object) -> object:
             failed.set()
             raise lmdb.DiskError("mdb_txn_commit: No space left on device")
 
         ran: list[bytes] = []
         config = final.Config(num_workers=1, handler=ran.append, persist_path=path)
         with caplog.at_level(logging.ERROR, logger="jobqueue"), final.JobQueue(config) as queue:
-            monkeypatch.setattr(LmdbStore, "_write_once", disk_error)
+            monkeypatch.setattr(_lmdb_files.Tables, "write_batch", disk_error)
             queue.enqueue(final.Job("logged", b"l"))  # durable in the log all the same
             assert failed.wait(5)
-            monkeypatch.setattr(LmdbStore, "_write_once", real_write_once)
+            monkeypatch.setattr(_lmdb_files.Tables, "write_batch", real_write_batch)
             assert queue.wait("logged", timeout=10) is final.Status.COMPLETED
         assert ran == [b"l"]
         assert any("No space left on device" in r.getMessage() for r in caplog.records)
@@ -608,7 +608,7 @@ class TestLargeBacklogRestart:
             count += 1
             if count % 997 == 0:
                 metrics = holder[0].metrics()
-                samples.append((metrics.queued, len(holder[0]._table)))
+                samples.append((metrics.queued, len(holder[0]._core.table)))
 
         config = final.Config(num_workers=2, handler=sample, persist_path=path,
                               queue_size=queue_size)

@@ -2,7 +2,8 @@
 
 Everything here works on a store without running one: the runtime store
 (:mod:`jobqueue.final._lmdb`) opens through it, and so do the read-only reader and the repairs
-of :mod:`jobqueue.final.admin`, which need no flush thread and no new log segment.
+of :mod:`jobqueue.final.admin`, which need no flush thread and no new log segment. What a dead
+owner left in its log is read by :mod:`jobqueue.final._lmdb_replay`.
 
 Layout, in one LMDB environment directory (``persist_path``):
 
@@ -27,7 +28,7 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import lmdb
@@ -36,9 +37,8 @@ from jobqueue.errors import StoreError, StoreLocked
 from jobqueue.final._records import FORMAT_VERSION, RecordError, decode, encode, order_key, seq_key
 from jobqueue.final._states import LIVE, Status
 from jobqueue.final._store import JobRecord
-from jobqueue.final._wal import WriteAheadLog, position, read_segment, segment_number, segment_paths
 
-__all__ = ["MapGate", "Tables", "check_directory", "owner_pid", "replay_log", "take_ownership"]
+__all__ = ["MapGate", "Tables", "check_directory", "owner_pid", "take_ownership"]
 
 logger = logging.getLogger("jobqueue")
 
@@ -304,6 +304,34 @@ class Tables:
             done_count -= 1
         return done_count
 
+    def write_batch(
+        self,
+        txn: lmdb.Transaction,
+        batch: Iterable[tuple[JobRecord, bool]],
+        counters: tuple[int, int, int],
+        retention: int,
+    ) -> tuple[int, int, int]:
+        """Write (record, new) pairs, new meaning its ``order`` entry is not written yet.
+
+        ``counters`` are (last finish seq, finished jobs kept, last arrival seq); returns
+        them updated. Prunes finished jobs beyond ``retention`` in the same transaction.
+        """
+        fseq, done_count, last_seq = counters
+        for record, new in batch:
+            if new and record.seq > last_seq:
+                last_seq = record.seq
+            if record.status in LIVE:
+                self.put_live(txn, record, new)
+            else:
+                fseq += 1
+                done_count += 1
+                self.put_finished(txn, record, fseq, new)
+        if last_seq != counters[2]:
+            self.put_meta_int(txn, b"seq", last_seq)  # arrival seqs never repeat
+        if done_count > retention:
+            done_count = self.prune(txn, done_count, retention)
+        return fseq, done_count, last_seq
+
     def dead_letters(self, txn: lmdb.Transaction) -> list[JobRecord]:
         found = []
         for key, job_id in txn.cursor(db=self.dead):
@@ -317,88 +345,3 @@ class Tables:
             if record.status is Status.FAILED and seq_key(fseq) == key:
                 found.append(record)
         return found
-
-
-def _newer_add(existing: bytes | None, record: JobRecord) -> bool:
-    """Whether a logged add must still be applied over what LMDB holds for that id."""
-    if existing is None:
-        return True
-    try:
-        stored, _ = decode(existing)
-    except RecordError:
-        return True
-    return stored.seq < record.seq  # equal: applied already, and maybe run since
-
-
-def replay_log(tables: Tables) -> int:
-    """Move the jobs a dead owner logged but never wrote to LMDB, then delete the log.
-
-    Frames before the checkpoint are in LMDB already, and skipped: their jobs may have
-    finished and been pruned since. Grows the map as needed. Returns the segment number the
-    next log must start at, so positions keep growing.
-    """
-    env, path = tables.env, tables.path
-    segments = segment_paths(path)
-    with env.begin() as txn:
-        checkpoint = tables.meta_int(txn, b"checkpoint")
-    next_number = (checkpoint >> 40) + 1
-    if not segments:
-        return next_number
-    batch: dict[str, JobRecord] = {}
-    quarantine: dict[str, bytes] = {}
-    with env.begin() as txn:
-        for segment in segments:
-            number = segment_number(segment)
-            next_number = max(next_number, number + 1)
-            for offset, raw in read_segment(segment):
-                if position(number, offset) < checkpoint:
-                    continue
-                try:
-                    record, _ = decode(raw)
-                except RecordError as exc:
-                    name = f"{os.path.basename(segment)}#{offset}"
-                    logger.error("logged record %s cannot be read (%s); set aside in the "
-                                 "'corrupt' table", name, exc)
-                    quarantine[name] = raw
-                    continue
-                if _newer_add(txn.get(record.id.encode(), db=tables.jobs), record):
-                    batch[record.id] = record
-    while True:
-        try:
-            with env.begin(write=True) as txn:
-                last_seq = tables.meta_int(txn, b"seq")
-                for record in batch.values():
-                    tables.put_live(txn, record, new=True)
-                    last_seq = max(last_seq, record.seq)
-                for name, raw in quarantine.items():
-                    txn.put(name.encode(), raw, db=tables.corrupt)
-                tables.put_meta_int(txn, b"seq", last_seq)
-                tables.put_meta_int(txn, b"checkpoint", position(next_number, 0))
-            break
-        except lmdb.MapFullError:
-            size = env.info()["map_size"] * 2
-            logger.info("store %r is full; growing its map to %d bytes", path, size)
-            env.set_mapsize(size)  # no transaction is open: nothing else runs yet
-    if batch:
-        logger.info("store %r: recovered %d logged jobs", path, len(batch))
-    WriteAheadLog.remove(segments)
-    return next_number
-
-
-def read_logged(tables: Tables) -> dict[str, JobRecord]:
-    """Jobs in the log that LMDB does not have yet, without changing anything."""
-    logged: dict[str, JobRecord] = {}
-    with tables.env.begin() as txn:
-        checkpoint = tables.meta_int(txn, b"checkpoint")
-        for segment in segment_paths(tables.path):
-            try:
-                number = segment_number(segment)
-                for offset, raw in read_segment(segment):
-                    if position(number, offset) < checkpoint:
-                        continue
-                    record, _ = decode(raw)
-                    if _newer_add(txn.get(record.id.encode(), db=tables.jobs), record):
-                        logged[record.id] = record
-            except (OSError, RecordError):
-                continue  # deleted by the owner meanwhile: LMDB has its jobs now
-    return logged

@@ -26,14 +26,8 @@ from typing import TypeVar
 import lmdb
 
 from jobqueue.errors import StoreError
-from jobqueue.final._lmdb_files import (
-    Tables,
-    check_directory,
-    owner_pid,
-    read_logged,
-    replay_log,
-    take_ownership,
-)
+from jobqueue.final._lmdb_files import Tables, check_directory, owner_pid, take_ownership
+from jobqueue.final._lmdb_replay import read_logged, replay_log
 from jobqueue.final._records import RecordError, decode
 from jobqueue.final._states import Status
 from jobqueue.final._store import JobRecord

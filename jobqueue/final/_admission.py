@@ -1,0 +1,159 @@
+"""Admission: how new jobs get into a queue, and wait for room.
+
+A producer builds its jobs' entries and records before taking the mutex, then, holding it:
+refuses a closing queue, an id the queue holds and a kind no handler runs; waits for room in
+each priority the jobs need; hands them to the store; and makes them QUEUED. When the store
+must finish outside the mutex (a disk flush, a check against stored jobs), the jobs wait as
+NEW, holding their ids and room, and become QUEUED, or GONE if the store refused them.
+
+Room: ``queue_size`` bounds the jobs of one priority that are reserved, queued or waiting for a
+retry. While the store may hold jobs of a priority for this queue (a backlog left by an earlier
+run), those come first: they are queued too, and older.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from jobqueue._priority import Priority
+from jobqueue.errors import DuplicateJob, JobQueueError, QueueClosed, QueueFull, StoreError
+from jobqueue.final._core import Core
+from jobqueue.final._model import Handler, Job
+from jobqueue.final._states import GONE, NEW, QUEUED, State
+from jobqueue.final._table import Entry
+
+__all__ = ["describe_state", "enqueue"]
+
+_PRIORITIES = tuple(Priority)
+#: How many jobs of each priority a call brings, for the priorities it brings any of.
+_Needs = tuple[tuple[Priority, int], ...]
+
+
+def describe_state(state: State) -> str:
+    return "being enqueued" if state is NEW else str(state.value)
+
+
+def enqueue(
+    core: Core, jobs: Sequence[Job], handler: Handler | None, block: bool, timeout: float | None
+) -> None:
+    """Accept ``jobs``, all or none; see ``JobQueue.enqueue`` for what it raises."""
+    if len(jobs) == 1:
+        job = jobs[0]
+        if not isinstance(job, Job):
+            raise TypeError(f"job must be a jobqueue.final.Job, not {type(job).__name__}")
+        needed: _Needs = ((job.priority, 1),)
+    else:
+        needed = _batch_needs(core, jobs)
+    if timeout is not None and timeout < 0:
+        raise ValueError("timeout must be a non-negative number")
+
+    # Built before taking the mutex, which every producer and worker shares: the less work
+    # done holding it, the less they queue up behind each other.
+    now = core.clock()
+    entries = []
+    records = []
+    for job in jobs:
+        entry = Entry(job, handler, next(core.seq), now)
+        entries.append(entry)
+        records.append(entry.record())
+    store, table = core.store, core.table
+    prepared = store.prepare(records)
+    with core.mutex:
+        now = _admit_locked(core, jobs, needed, handler, block, timeout, now)
+        ticket = store.add(prepared)  # if it raises, nothing is held
+        table.reserve(entries)
+        if ticket is None:
+            _accept_locked(core, entries, now)
+            return
+    try:
+        store.commit(ticket)
+    except BaseException as exc:
+        with core.mutex:
+            now = core.clock()
+            for entry in entries:
+                table.transition(entry, GONE, now)
+            for priority, count in needed:
+                core.room_freed_locked(priority, count)
+            core.changed_locked()
+        if isinstance(exc, JobQueueError) or not isinstance(exc, Exception):
+            raise
+        raise StoreError(f"could not store the job: {exc!r}") from exc
+    with core.mutex:
+        _accept_locked(core, entries, core.clock())
+
+
+def _batch_needs(core: Core, jobs: Sequence[Job]) -> _Needs:
+    """Check a batch; return how many jobs of each priority it holds."""
+    counts = [0, 0, 0]
+    ids = set()
+    for job in jobs:
+        if not isinstance(job, Job):
+            raise TypeError(f"job must be a jobqueue.final.Job, not {type(job).__name__}")
+        if job.id in ids:
+            raise DuplicateJob(f"job id {job.id!r} appears twice in one enqueue_many call")
+        ids.add(job.id)
+        counts[job.priority] += 1
+    limit = core.config.queue_size
+    for priority in _PRIORITIES:
+        if counts[priority] > limit:
+            raise ValueError(
+                f"enqueue_many got {counts[priority]} {priority.name} jobs, more than "
+                f"queue_size={limit}: the batch could never fit"
+            )
+    return tuple((p, counts[p]) for p in _PRIORITIES if counts[p])
+
+
+def _admit_locked(
+    core: Core,
+    jobs: Sequence[Job],
+    needed: _Needs,
+    handler: Handler | None,
+    block: bool,
+    timeout: float | None,
+    now: float,
+) -> float:
+    """Wait until the jobs may be accepted; raise if they never will. Returns ``now``, or
+    the time after waiting."""
+    endtime = None if timeout is None else now + timeout
+    limit = core.config.queue_size
+    table = core.table
+    while True:
+        if core.closing:
+            raise QueueClosed("cannot enqueue after close() has started")
+        needs_handler = handler is None and core.config.handler is None
+        for job in jobs:
+            entry = table.get(job.id)
+            if entry is not None:
+                raise DuplicateJob(f"job {job.id!r} is already {describe_state(entry.state)}")
+            if needs_handler and job.kind not in core.handlers:
+                raise ValueError(
+                    f"no handler for job {job.id!r}: kind {job.kind!r} is not in handlers "
+                    "and the config has no default handler"
+                )
+        for full, count in needed:
+            if core.unclaimed[full] or table.occupied(full) + count > limit:
+                break
+        else:
+            return now
+        if not block:
+            raise QueueFull(f"the {full.name} queue is full ({limit} jobs)")
+        remaining = None
+        if endtime is not None:
+            remaining = endtime - core.clock()
+            if remaining <= 0:
+                raise QueueFull(f"the {full.name} queue stayed full ({limit} jobs) for {timeout} s")
+        batch = count > 1
+        core.room_waiters[full] += 1
+        core.batch_waiters[full] += batch
+        try:
+            core.room[full].wait(remaining)
+        finally:
+            core.room_waiters[full] -= 1
+            core.batch_waiters[full] -= batch
+        now = core.clock()
+
+
+def _accept_locked(core: Core, entries: Sequence[Entry], now: float) -> None:
+    for entry in entries:
+        core.table.transition(entry, QUEUED, now)
+    core.ready_locked(len(entries))

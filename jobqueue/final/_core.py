@@ -1,0 +1,111 @@
+"""What every thread of one queue shares: the job table and store, under one mutex.
+
+:class:`~jobqueue.final._queue.JobQueue` makes one :class:`Core` and hands it to the parts that
+work on it: admission (:mod:`._admission`, producers), the workers and the retry timer
+(:mod:`._workers`), and the claimer (:mod:`._claimer`). The core holds the fields they share
+and the few steps they all take after changing them: waking whoever waits for room, for a
+change, for the queue to drain.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+from jobqueue._priority import Priority
+from jobqueue.final._model import Config, Handler
+from jobqueue.final._states import NEW, PROCESSING, QUEUED, RETRYING
+from jobqueue.final._store import Store
+from jobqueue.final._table import JobTable
+
+__all__ = ["Core"]
+
+_PRIORITIES = tuple(Priority)
+
+
+class Core:
+    """The shared state of one queue. Fields are read and written with ``mutex`` held,
+    except ``config``, ``store``, ``clock``, ``seq`` and ``shutdown``, which never change or
+    are safe on their own."""
+
+    def __init__(self, config: Config, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.clock = time.monotonic
+        self.seq = itertools.count(store.last_seq() + 1)  # next() is atomic
+        # Cooperative cancellation for every running handler once close() gives up waiting.
+        self.shutdown = threading.Event()
+
+        # mutex guards the table and every field below. Conditions sharing it:
+        #   work_ready: idle workers wait for a job, or for close() to finish the queue;
+        #   room[p]: producers wait for room in priority p;
+        #   changed: wait(), join(), close() and the claimer wait for jobs to move;
+        #   retry_due: the retry timer waits for the earliest retry;
+        #   claim_wake: the claimer waits for room in a priority the store may hold jobs of.
+        self.mutex = threading.Lock()
+        self.work_ready = threading.Condition(self.mutex)
+        self.room = [threading.Condition(self.mutex) for _ in _PRIORITIES]
+        self.changed = threading.Condition(self.mutex)
+        self.retry_due = threading.Condition(self.mutex)
+        self.claim_wake = threading.Condition(self.mutex)
+        self.table = JobTable(store, config.effective_weights, self.clock)
+        self.handlers: dict[str, Handler] = dict(config.handlers or {})
+        self.unclaimed = [True, True, True]  # the store may hold jobs of p for this queue
+        self.idle_workers = 0
+        self.room_waiters = [0, 0, 0]
+        self.batch_waiters = [0, 0, 0]  # room waiters needing more than one slot
+        self.change_waiters = 0
+        self.version = 0  # counts changes, so a waiter that read the store misses none
+        self.closing = False  # close() has started: no new jobs
+        self.stopping = False  # close() gave up waiting: workers stop
+        self.closed = False
+
+    def room_freed_locked(self, priority: Priority, slots: int = 1) -> None:
+        """Wake who waits for room in ``priority``: producers, and the claimer."""
+        if self.room_waiters[priority]:
+            if self.batch_waiters[priority]:
+                # One notify could go to a batch that does not fit while a single job would:
+                # let every waiter look.
+                self.room[priority].notify_all()
+            else:
+                self.room[priority].notify(slots)
+        if self.unclaimed[priority]:
+            self.claim_wake.notify()
+
+    def ready_locked(self, jobs: int) -> None:
+        """Wake idle workers for ``jobs`` newly QUEUED."""
+        if self.idle_workers:
+            self.work_ready.notify(jobs)
+
+    def changed_locked(self) -> None:
+        """Jobs moved: wake wait(), join() and close(), and let a closing queue wind down."""
+        self.version += 1
+        if self.change_waiters:
+            self.changed.notify_all()
+        if self.closing and self.drained_locked():
+            self.work_ready.notify_all()
+            self.retry_due.notify()
+
+    def wait_changed_locked(self, timeout: float | None) -> None:
+        self.change_waiters += 1
+        try:
+            self.changed.wait(timeout)
+        finally:
+            self.change_waiters -= 1
+
+    def drained_locked(self) -> bool:
+        """True when close() has nothing left to wait for.
+
+        A persistent store keeps jobs waiting for a retry for the next start; in memory they
+        would be lost, so close() waits for them too.
+        """
+        table = self.table
+        for priority in _PRIORITIES:
+            if table.count(NEW, priority) or table.count(QUEUED, priority):
+                return False
+            if table.count(PROCESSING, priority):
+                return False
+            if table.count(RETRYING, priority) and not self.store.persistent:
+                return False
+        return True

@@ -1,0 +1,157 @@
+"""The threads that run jobs: workers, and the timer that brings retries back.
+
+A worker's loop is one mutex acquisition per job: settle the attempt it just ran, take the
+next job. Everything slow happens without the mutex: the handler, formatting its failure,
+logging, and deciding the retry. A job a worker holds is PROCESSING, and no other thread
+moves it until that worker settles it.
+
+The retry timer sleeps until the earliest retry is due, moves what is due back to QUEUED and
+wakes workers. One thread, one heap: no per-job Timer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from jobqueue.errors import JobTimeout
+from jobqueue.final._context import JobContext, worker_local
+from jobqueue.final._core import Core
+from jobqueue.final._retry import RetryPolicy
+from jobqueue.final._states import COMPLETED, FAILED, QUEUED, RETRYING
+from jobqueue.final._table import Entry
+
+__all__ = ["retry_timer", "work"]
+
+logger = logging.getLogger("jobqueue")
+
+#: An attempt's outcome, worked out without the mutex: None for success, else the error as
+#: text and the delay before a retry (None: no retry).
+_Outcome = tuple[str, float | None] | None
+
+
+def work(core: Core, policy: RetryPolicy) -> None:
+    """A worker thread: run jobs until the queue is closed and drained, or gives up."""
+    mutex, clock = core.mutex, core.clock
+    entry: Entry | None = None
+    outcome: _Outcome = None
+    while True:
+        with mutex:
+            now = clock()
+            if entry is not None:
+                _settle_locked(core, entry, outcome, now)
+            entry = _next_locked(core, now)
+        if entry is None:
+            return
+        outcome = _run(core, policy, entry)
+
+
+def _next_locked(core: Core, now: float) -> Entry | None:
+    """Take the next job, or None when this worker should exit."""
+    table = core.table
+    while True:
+        if core.stopping:
+            return None
+        entry = table.take(now)
+        if entry is not None:
+            priority = entry.job.priority
+            if core.room_waiters[priority] or core.unclaimed[priority]:
+                core.room_freed_locked(priority)
+            return entry
+        if core.closing and core.drained_locked():
+            return None
+        core.idle_workers += 1
+        try:
+            core.work_ready.wait()
+        finally:
+            core.idle_workers -= 1
+        now = core.clock()
+
+
+def _describe(error: BaseException) -> str:
+    try:
+        return f"{type(error).__name__}: {error}"
+    except Exception:  # its __str__ raised: the type must do
+        return type(error).__name__
+
+
+def _run(core: Core, policy: RetryPolicy, entry: Entry) -> _Outcome:
+    """Run one attempt; on failure, log it and decide its retry."""
+    job = entry.job
+    config = core.config
+    handler = entry.handler or core.handlers.get(job.kind) or config.handler
+    job_timeout = config.job_timeout
+    started = entry.started
+    assert started is not None
+    deadline = None if job_timeout is None else started + job_timeout
+    worker_local.context = JobContext(job, entry.attempts, deadline, core.shutdown)
+    error: BaseException | None = None
+    try:
+        if handler is None:  # its handler was replaced away; keep the job, fail the attempt
+            raise LookupError(f"no handler for kind {job.kind!r}")
+        handler(job.payload)
+    except BaseException as exc:  # even SystemExit: the worker must live to settle it
+        error = exc
+    finally:
+        worker_local.context = None
+    if error is None:
+        if deadline is None:
+            return None
+        elapsed = core.clock() - started
+        if elapsed <= job_timeout:  # type: ignore[operator]
+            return None
+        error = JobTimeout(f"timed out after {elapsed:.3f} s (job_timeout={job_timeout} s)")
+    # Logged before the outcome is visible: a waiter woken by the failure finds it logged,
+    # and a slow log handler holds up no other thread.
+    message = _describe(error)
+    if core.stopping:
+        logger.warning("job %r failed as close() gave up on it: %s", job.id, message)
+        return message, None
+    delay = policy.next_delay(entry.attempts, job.max_retries)
+    if delay is not None:
+        allowed = policy.max_retries if job.max_retries is None else job.max_retries
+        logger.warning(
+            "job %r failed (attempt %d of %d), retrying in %.3f s: %s",
+            job.id, entry.attempts, allowed + 1, delay, message,
+        )
+    else:
+        logger.error("job %r failed after %d attempts", job.id, entry.attempts, exc_info=error)
+    return message, delay
+
+
+def _settle_locked(core: Core, entry: Entry, outcome: _Outcome, now: float) -> None:
+    """Record an attempt's outcome."""
+    table = core.table
+    if core.stopping and table.get(entry.job.id) is not entry:
+        return  # close() gave up on it and forgot it; the store keeps it as it was
+    if outcome is None:
+        table.transition(entry, COMPLETED, now)
+    else:
+        entry.last_error, delay = outcome
+        if core.stopping:
+            # close() gave up on this job: it is not finished, so it is not failed either.
+            # Back to the store, for the next start.
+            table.transition(entry, QUEUED, now)
+        elif delay is not None:
+            entry.due = now + delay
+            if table.transition(entry, RETRYING, now):
+                core.retry_due.notify()
+        else:
+            table.transition(entry, FAILED, now)
+    core.changed_locked()
+
+
+def retry_timer(core: Core) -> None:
+    """The retry thread: move due retries back to QUEUED; sleep until the next one."""
+    table = core.table
+    with core.mutex:
+        while True:
+            if core.stopping or (core.closing and core.drained_locked()):
+                return
+            now = core.clock()
+            due = table.come_due(now)
+            if due:
+                core.ready_locked(len(due))
+            next_due = table.retries.next_due()
+            wait = None if next_due is None else min(next_due - now, threading.TIMEOUT_MAX)
+            core.retry_due.wait(wait)
