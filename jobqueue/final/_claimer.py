@@ -29,7 +29,11 @@ _PRIORITIES = tuple(Priority)
 
 
 def claim(core: Core) -> None:
-    """The claimer thread: claim stored jobs until close() starts."""
+    """The claimer thread: claim stored jobs until close() starts.
+
+    Each pass claims for every priority with room, so a priority that keeps freeing room
+    (HIGH under a flood) cannot keep the others from being claimed.
+    """
     table, store = core.table, core.store
     limit = core.config.queue_size
     while True:
@@ -37,39 +41,32 @@ def claim(core: Core) -> None:
             while True:
                 if core.closing:
                     return
-                priority = _claimable_locked(core)
-                if priority is not None:
+                wanted = [(p, limit - table.occupied(p)) for p in _PRIORITIES
+                          if core.unclaimed[p] and table.occupied(p) < limit]
+                if wanted:
                     break
                 core.claim_wake.wait()
-            room = limit - table.occupied(priority)
             kinds = None if core.config.handler is not None else frozenset(core.handlers)
-        try:
-            records: list[JobRecord] | None = store.claim(priority, room, kinds)
-        except Exception:
-            logger.exception("claiming stored jobs failed; they stay stored")
-            records = None
-        with core.mutex:
-            if core.closing:
-                return  # the store keeps them for the next start
-            if records is None:
-                core.unclaimed = [False, False, False]
-                for condition in core.room:
-                    condition.notify_all()
+        for priority, room in wanted:
+            try:
+                records: list[JobRecord] | None = store.claim(priority, room, kinds)
+            except Exception:
+                logger.exception("claiming stored jobs failed; they stay stored")
+                records = None
+            with core.mutex:
+                if core.closing:
+                    return  # the store keeps them for the next start
+                if records is None:
+                    core.unclaimed = [False, False, False]
+                    for condition in core.room:
+                        condition.notify_all()
+                    core.changed_locked()
+                    return
+                _hold_locked(core, records)
+                if len(records) < room:
+                    core.unclaimed[priority] = False
+                    core.room[priority].notify_all()
                 core.changed_locked()
-                return
-            _hold_locked(core, records)
-            if len(records) < room:
-                core.unclaimed[priority] = False
-                core.room[priority].notify_all()
-            core.changed_locked()
-
-
-def _claimable_locked(core: Core) -> Priority | None:
-    """The most urgent priority with room that the store may hold jobs of."""
-    for priority in _PRIORITIES:
-        if core.unclaimed[priority] and core.table.occupied(priority) < core.config.queue_size:
-            return priority
-    return None
 
 
 def _hold_locked(core: Core, records: Sequence[JobRecord]) -> None:

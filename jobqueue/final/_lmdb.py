@@ -104,7 +104,8 @@ class LmdbStore:
             self._lock_fd = None
 
     def last_seq(self) -> int:
-        return self._writer.last_seq
+        with self._writer.cond:
+            return self._writer.told_seq
 
     # -- new jobs ---------------------------------------------------------------------------
 
@@ -276,7 +277,7 @@ class LmdbStore:
             if not writer.closed:
                 logger.warning(
                     "store %r: the last commit is still running; the log keeps its jobs, and "
-                    "the store stays owned until it ends", self.path,
+                    "the store stays owned until it ends and close() is called again", self.path,
                 )
             return
         with writer.cond:

@@ -71,6 +71,7 @@ class Writer:
         self.cond = threading.Condition(threading.Lock())
         self.log = log
         self.unsettled: dict[int, int] = {}  # new jobs logged but not pending: ticket -> start
+        self.told_seq = self.last_seq  # the highest arrival seq of a new job logged
         self._pending: dict[str, _Pending] = {}
         self._events: deque[JobRecord] = deque()  # moves of held jobs, not yet in _pending
         self._writing: dict[str, _Pending] = {}  # the batch being committed
@@ -94,6 +95,8 @@ class Writer:
         pending = self._pending
         for record in records:
             pending[record.id] = _Pending(record, True)
+            if record.seq > self.told_seq:
+                self.told_seq = record.seq
         self._wake_locked()
 
     def event(self, record: JobRecord) -> None:
@@ -238,10 +241,10 @@ class Writer:
 
     def close(self, timeout: float | None) -> bool | None:
         """Write what is pending and stop, waiting up to ``timeout`` seconds for the last
-        commit. True if everything told is in LMDB, False if not, None if the commit still
-        runs (the store must then stay open)."""
+        commit. True if everything told is in LMDB, False if not; None if the commit still
+        runs (the store must stay open: call again later) or the writer was closed before."""
         with self.cond:
-            if self.closing:
+            if self.closed:
                 return None
             self.closing = True
             self.cond.notify_all()

@@ -231,12 +231,15 @@ class JobQueue:
         core = self._core
         endtime = None if timeout is None else core.clock() + timeout
         with core.mutex:
-            while len(core.table) or any(core.unclaimed):
+            while True:
+                if core.stopping:  # close() gave up on work: it will not finish here
+                    return False
+                if not len(core.table) and not any(core.unclaimed):
+                    return True
                 remaining = None if endtime is None else endtime - core.clock()
-                if core.stopping or core.closed or (remaining is not None and remaining <= 0):
+                if core.closed or (remaining is not None and remaining <= 0):
                     return False
                 core.wait_changed_locked(remaining)
-            return True
 
     def dead_letters(self) -> list[JobInfo]:
         """Return the FAILED jobs still kept (see ``status_retention``), oldest first."""
