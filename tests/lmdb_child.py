@@ -10,6 +10,8 @@ Handlers take about a millisecond, as real ones do, so a backlog builds up to be
 - ``hold``: open the store, print "ready", and keep it until stdin closes.
 - ``finish-and-die``: like ``produce``, then make sure LMDB has every completion and die
   without closing, leaving the write-ahead log behind.
+
+The environment variable RETENTION sets ``status_retention`` (default: the Config's).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ def main() -> None:
         time.sleep(0.001)
         os.write(log_fd, payload + b"\n")  # one write per run: whole lines even when killed
 
-    config = final.Config(num_workers=4, handler=record_run, persist_path=store, fsync=fsync)
+    retention = int(os.environ.get("RETENTION", final.Config().status_retention))
+    config = final.Config(num_workers=4, handler=record_run, persist_path=store, fsync=fsync,
+                          status_retention=retention)
     with final.JobQueue(config) as queue:
         if mode in ("produce", "finish-and-die"):
             prefix, count = sys.argv[5], int(sys.argv[6])

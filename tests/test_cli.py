@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -223,6 +224,26 @@ class TestErrors:
         done = jobqueue("stats", store)
         assert done.returncode == 2
         assert "written by a newer jobqueue" in done.stderr
+
+    def test_corrupt_record(self, store: str) -> None:
+        env = lmdb.open(store, max_dbs=8)
+        with env.begin(write=True) as txn:
+            txn.put(b"mail-1", b"\x01garbage", db=env.open_db(b"jobs", txn=txn))
+        env.close()
+        for args in (("show", "mail-1"), ("show", "mail-1", "--json")):
+            done = jobqueue(args[0], store, *args[1:])
+            assert done.returncode == 2
+            assert done.stderr.startswith("jobqueue: error: the record of job 'mail-1' cannot be")
+            assert "Traceback" not in done.stderr
+        listed = jobqueue("list", store, "--json")  # the other records still list
+        assert listed.returncode == 0
+        assert "mail-1" not in {job["id"] for job in json.loads(listed.stdout)}
+
+    def test_imports_only_public_modules(self) -> None:
+        source = (Path(__file__).resolve().parent.parent / "jobqueue" / "cli.py").read_text()
+        modules = re.findall(r"^from (jobqueue[\w.]*) import", source, flags=re.M)
+        assert modules and all("._" not in m and not m.split(".")[-1].startswith("_")
+                               for m in modules), modules
 
     def test_help_has_examples(self) -> None:
         done = jobqueue("--help")

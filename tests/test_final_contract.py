@@ -278,6 +278,36 @@ class TestRetry:
         assert info is not None and info.attempts == 3
 
 
+    def test_spacing_is_the_backoff_bounded_from_both_sides(self, make: Make) -> None:
+        runs: list[float] = []
+
+        def fails(payload: bytes) -> None:
+            runs.append(time.monotonic())
+            raise ConnectionError("down")
+
+        queue = make(handler=fails, max_retries=2, base_delay=0.2, jitter=0.0)
+        queue.enqueue(final.Job("mail"))
+        assert queue.wait("mail", timeout=10) is Status.FAILED
+        gaps = [b - a for a, b in zip(runs, runs[1:], strict=False)]
+        # At least the backoff (0.2, then 0.4), and well short of twice it: a delay of
+        # 2**attempt instead of 2**(attempt-1) would not fit.
+        assert [0.2 <= gaps[0] < 0.4, 0.4 <= gaps[1] < 0.8] == [True, True], gaps
+
+    def test_no_job_is_counted_retrying_once_its_retry_ran(self, make: Make) -> None:
+        def flaky(payload: bytes) -> None:
+            if final.current_job().attempt == 1:
+                raise RuntimeError("once")
+
+        queue = make(handler=flaky, base_delay=0.0)
+        for i in range(6):
+            queue.enqueue(final.Job(f"j{i}", priority=Priority(i % 3)))
+        assert queue.join(timeout=10)
+        metrics = queue.metrics()
+        assert (metrics.retrying, metrics.queued, metrics.processing) == (0, 0, 0)
+        assert (metrics.retried, metrics.completed) == (6, 6)
+        assert [m.retrying for m in metrics.per_priority.values()] == [0, 0, 0]
+
+
 class TestTimeout:
     def test_overrunning_attempt_fails_and_is_retried(self, make: Make) -> None:
         seen: list[tuple[int, bool]] = []
@@ -371,6 +401,57 @@ class TestGracefulShutdown:
             queue.enqueue(final.Job("late"))
 
 
+    def test_abandoned_ids_include_jobs_waiting_for_a_retry(self) -> None:
+        failed = threading.Event()
+
+        def fails(payload: bytes) -> None:
+            failed.set()
+            raise RuntimeError("later")
+
+        queue = final.JobQueue(final.Config(num_workers=1, handler=fails, base_delay=60.0))
+        queue.enqueue(final.Job("retry-later"))
+        assert failed.wait(5)
+        assert until(lambda: queue.status("retry-later") is Status.RETRYING)
+        assert queue.close(timeout=0.05) == ["retry-later"]
+        assert queue.metrics().abandoned == 1
+
+    def test_two_closes_at_once_both_wait_and_agree(self, make: Make, store: str) -> None:
+        queue = make(num_workers=1, handler=lambda p: None)
+        gate = hold_worker(queue)
+        results: list[list[str]] = []
+        closers = [threading.Thread(target=lambda: results.append(queue.close(timeout=10)))
+                   for _ in range(2)]
+        for closer in closers:
+            closer.start()
+        closers[0].join(0.2)
+        closers[1].join(0.2)
+        assert [c.is_alive() for c in closers] == [True, True]  # both wait for the job
+        gate.release.set()
+        for closer in closers:
+            closer.join(10)
+        assert results == [[], []]
+        assert library_threads() == []
+        if store == "lmdb":  # given up: the store can be opened again at once
+            config = queue._config
+            with final.JobQueue(final.Config(persist_path=config.persist_path, handler=print)):
+                pass
+
+    def test_wait_on_a_closed_queue_does_not_hang(self, make: Make) -> None:
+        def stubborn(payload: bytes) -> None:
+            if final.current_job().wait(10):
+                raise RuntimeError("cancelled")
+
+        queue = make(num_workers=1, handler=stubborn, shutdown_timeout=0.05)
+        queue.enqueue(final.Job("stuck"))
+        queue.enqueue(final.Job("never-ran"))
+        assert queue.close() == ["never-ran", "stuck"]
+        for job_id in ("stuck", "never-ran"):
+            # In memory the queue says why; a closed LMDB store says it is closed.
+            with pytest.raises((final.QueueClosed, final.StoreError), match="close"):
+                queue.wait(job_id, timeout=10)
+        assert queue.join(timeout=10) is False
+
+
 class TestBackpressure:
     def test_blocks_when_full_then_proceeds(self, make: Make) -> None:
         queue = make(num_workers=1, queue_size=2, handler=lambda p: None)
@@ -403,6 +484,71 @@ class TestBackpressure:
         queue.enqueue(final.Job("z", priority=LOW), block=False)  # LOW has its own room
         gate.release.set()
         assert queue.join(timeout=10)
+
+
+    def test_enqueue_waits_its_whole_timeout_before_queue_full(self, make: Make) -> None:
+        queue = make(num_workers=1, queue_size=1, handler=lambda p: None)
+        gate = hold_worker(queue)
+        queue.enqueue(final.Job("fill"))
+        started = time.monotonic()
+        with pytest.raises(final.QueueFull, match="stayed full"):
+            queue.enqueue(final.Job("late"), timeout=0.3)
+        assert time.monotonic() - started >= 0.3
+        gate.release.set()
+
+    def test_a_freed_slot_reaches_a_job_that_fits(self, make: Make) -> None:
+        """A batch that cannot fit must not swallow the wake-up a single job needed."""
+        queue = make(num_workers=1, queue_size=2, handler=lambda p: None)
+        blocker = hold_worker(queue)
+        second = Gate()
+        queue.enqueue_with_handler(final.Job("a"), second)  # will hold the worker next
+        queue.enqueue(final.Job("b"))  # MEDIUM is full
+        core = queue._core
+        batch_in = threading.Thread(target=queue.enqueue_many,
+                                    args=([final.Job("c"), final.Job("d")],))
+        batch_in.start()
+        assert until(lambda: core.batch_waiters[MEDIUM] == 1)
+        single_done = threading.Event()
+
+        def single() -> None:
+            queue.enqueue(final.Job("e"))
+            single_done.set()
+
+        single_in = threading.Thread(target=single)
+        single_in.start()
+        assert until(lambda: core.room_waiters[MEDIUM] == 2)
+        blocker.release.set()  # the worker takes "a": one slot frees, and "a" holds it
+        assert second.started.wait(5)
+        assert single_done.wait(5)  # the single job fits, and goes in
+        assert batch_in.is_alive()  # the batch of two still does not
+        second.release.set()
+        batch_in.join(10)
+        single_in.join(10)
+        assert queue.join(timeout=10)
+
+    def test_close_wakes_every_blocked_producer(self, make: Make) -> None:
+        queue = make(num_workers=1, queue_size=1, handler=lambda p: None)
+        gate = hold_worker(queue)
+        queue.enqueue(final.Job("fill"))
+        refused: list[int] = []
+
+        def produce(number: int) -> None:
+            try:
+                queue.enqueue(final.Job(f"blocked-{number}"))
+            except final.QueueClosed:
+                refused.append(number)
+
+        producers = [threading.Thread(target=produce, args=(n,)) for n in range(3)]
+        for producer in producers:
+            producer.start()
+        assert until(lambda: queue._core.room_waiters[MEDIUM] == 3)
+        closer = threading.Thread(target=queue.close)
+        closer.start()
+        for producer in producers:
+            producer.join(5)
+        assert sorted(refused) == [0, 1, 2]
+        gate.release.set()
+        closer.join(10)
 
 
 class TestMetrics:
@@ -506,6 +652,46 @@ class TestStatus:
         assert queue.join(timeout=0.05) is False
         gate.release.set()
         assert queue.join(timeout=10) is True
+
+
+    def test_wait_sees_the_outcome_even_when_retention_keeps_none(self, make: Make) -> None:
+        queue = make(num_workers=1, handler=lambda p: None, status_retention=0)
+        gate = hold_worker(queue)
+        queue.enqueue(final.Job("quick"))
+        outcome: list[Status] = []
+        waiter = threading.Thread(target=lambda: outcome.append(queue.wait("quick", 10)))
+        waiter.start()
+        assert until(lambda: queue._core.change_waiters == 1)
+        gate.release.set()
+        waiter.join(10)
+        assert outcome == [Status.COMPLETED]
+        queue.dead_letters()  # (with LMDB, writes the batched records first)
+        assert queue.status("quick") is None  # and then it is forgotten, as asked
+
+    @pytest.mark.parametrize("ask", ["status", "info", "wait", "dead_letters"])
+    def test_a_slow_store_read_holds_up_no_worker(self, make: Make, ask: str) -> None:
+        queue = make(num_workers=1, handler=lambda p: None)
+        store = queue._core.store
+        reading, release = threading.Event(), threading.Event()
+        real = getattr(store, "dead_letters" if ask == "dead_letters" else "get")
+
+        def slow(*args: object) -> object:
+            reading.set()
+            release.wait(10)
+            return real(*args)
+
+        setattr(store, "dead_letters" if ask == "dead_letters" else "get", slow)
+        calls = {"status": lambda: queue.status("gone"), "info": lambda: queue.info("gone"),
+                 "wait": lambda: pytest.raises(KeyError, queue.wait, "gone"),
+                 "dead_letters": queue.dead_letters}
+        asker = threading.Thread(target=calls[ask])
+        asker.start()
+        assert reading.wait(5)
+        ran = threading.Event()
+        queue.enqueue_with_handler(final.Job("meanwhile"), lambda p: ran.set())
+        assert ran.wait(5)  # the worker was not waiting for the queue's mutex
+        release.set()
+        asker.join(10)
 
 
 class TestHandlerEscapes:

@@ -73,10 +73,28 @@ def until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
     return True
 
 
-def run_child(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run_child(
+    *args: str, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, CHILD, *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, CHILD, *args], capture_output=True, text=True, timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
     )
+
+
+def stored_backlog(path: str, records: list[JobRecord]) -> None:
+    """Leave jobs in a store as a run that stopped would have: queued, unclaimed."""
+    store = LmdbStore(path)
+    try:
+        add(store, records)
+    finally:
+        store.close()
+
+
+def queued(job_id: str, seq: int, priority: final.Priority = final.Priority.MEDIUM,
+           kind: str = "") -> JobRecord:
+    return JobRecord(job_id, job_id.encode(), priority, kind, None, 0.0, final.Status.QUEUED,
+                     0, None, None, None, None, seq)
 
 
 class TestPersistence:
@@ -622,3 +640,279 @@ class TestLargeBacklogRestart:
         assert len(samples) >= 40
         assert max(queued for queued, _ in samples) <= 3 * queue_size
         assert max(active for _, active in samples) <= 3 * queue_size + 2
+
+
+class TestBacklog:
+    """A stored backlog reaches the queue by claims: weighted, and parked kinds not lost."""
+
+    def test_a_stored_flood_of_high_does_not_hold_low_back(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        high = [queued(f"high-{i}", i + 1, final.Priority.HIGH) for i in range(500)]
+        low = [queued(f"low-{i}", 501 + i, final.Priority.LOW) for i in range(5)]
+        stored_backlog(path, high + low)
+        ran: list[str] = []
+        config = final.Config(num_workers=1, queue_size=10, handler=lambda p: ran.append(
+            p.decode()), persist_path=path)
+        with final.JobQueue(config) as queue:
+            assert queue.join(timeout=30)
+        assert len(ran) == 505
+        first_low = next(i for i, job_id in enumerate(ran) if job_id.startswith("low"))
+        # Within two rounds of the weights (8 HIGH, 3 MEDIUM, 1 LOW): what ran before the
+        # claimer reached LOW, then at most a round's HIGH.
+        assert first_low <= 2 * sum(final.DEFAULT_WEIGHTS.values())
+        assert ran[0].startswith("high")  # and HIGH still goes first
+
+    def test_high_before_low_when_the_backlog_outgrows_the_queue(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        records = [queued(f"{p.name}-{i}", 1 + i * 3 + n, p)
+                   for i in range(20) for n, p in enumerate(final.Priority)]
+        stored_backlog(path, records)
+        ran: list[str] = []
+        config = final.Config(num_workers=1, queue_size=5, persist_path=path,
+                              handler=lambda p: ran.append(p.decode().split("-")[0]))
+        with final.JobQueue(config) as queue:
+            assert queue.join(timeout=30)
+        assert ran[0] == "HIGH"
+        assert ran[:12].count("LOW") <= 2  # a round of the weights is 8 HIGH, 3 MEDIUM, 1 LOW
+
+        def mean_place(priority: str) -> float:
+            return sum(i for i, name in enumerate(ran) if name == priority) / 20
+
+        assert mean_place("HIGH") < mean_place("MEDIUM") < mean_place("LOW")
+
+    def test_parked_jobs_all_run_once_registered(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        stored_backlog(path, [queued(f"resize-{i}", i + 1, kind="resize") for i in range(6)])
+        ran: list[bytes] = []
+        queue = final.JobQueue(final.Config(num_workers=1, queue_size=2, persist_path=path))
+        try:
+            assert queue.join(timeout=10)  # nothing it can run yet
+            queue.register("resize", ran.append)
+            assert queue.join(timeout=10)
+            assert len(ran) == 6  # join() waited for the stored ones too
+            assert queue.wait("resize-5", timeout=10) is final.Status.COMPLETED
+        finally:
+            queue.close()
+
+    def test_a_new_job_with_a_stored_id_is_refused(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        stored_backlog(path, [queued("mail-1", 1, kind="email")])
+        queue = final.JobQueue(final.Config(num_workers=1, persist_path=path))
+        try:
+            with pytest.raises(final.DuplicateJob, match="'mail-1' is already queued"):
+                queue.enqueue_with_handler(final.Job("mail-1", kind="email"), print)
+            release = threading.Event()
+            queue.register("email", lambda p: release.wait(10))
+            # Claimed now, or about to be: either way the id is taken until the job ends.
+            with pytest.raises(final.DuplicateJob, match="'mail-1'"):
+                queue.enqueue_with_handler(final.Job("mail-1", kind="email"), print)
+            release.set()
+            assert queue.wait("mail-1", timeout=10) is final.Status.COMPLETED
+        finally:
+            queue.close()
+
+    def test_claims_read_the_store_without_the_queue_mutex(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        stored_backlog(path, [queued(f"high-{i}", i + 1, final.Priority.HIGH) for i in range(3)]
+                       + [queued("low-0", 4, final.Priority.LOW)])
+        ran: list[bytes] = []
+        all_high = threading.Event()
+
+        def handler(payload: bytes) -> None:
+            ran.append(payload)
+            if len(ran) == 3:
+                all_high.set()
+
+        queue = final.JobQueue(final.Config(num_workers=1, handler=handler, persist_path=path))
+        try:
+            store = queue._core.store
+            real_claim = store.claim
+            reading, release = threading.Event(), threading.Event()
+
+            def slow_claim(priority: final.Priority, *args: object) -> object:
+                if priority is final.Priority.LOW:
+                    reading.set()
+                    release.wait(10)
+                return real_claim(priority, *args)  # type: ignore[arg-type]
+
+            store.claim = slow_claim  # type: ignore[method-assign]
+            # The claimer may have read everything already; if it reads LOW now, it waits.
+            if queue._core.unclaimed[final.Priority.LOW]:
+                assert reading.wait(5)
+            assert all_high.wait(5)  # the worker ran HIGH meanwhile
+            release.set()
+            assert queue.join(timeout=10)
+        finally:
+            queue.close()
+
+
+class TestLogAndCrash:
+    def test_jobs_finished_long_before_a_crash_do_not_run_again(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        runlog = str(tmp_path / "runs.log")
+        died = run_child("finish-and-die", path, runlog, "nosync", "done", "50",
+                         env={"RETENTION": "2"})
+        assert died.returncode == 0, died.stderr
+        assert _wal.segment_paths(path), "the child should have left its log behind"
+        drained = run_child("drain", path, runlog)
+        assert drained.returncode == 0, drained.stderr
+        with open(runlog) as log:
+            runs = Counter(log.read().split())
+        assert len(runs) == 50 and max(runs.values()) == 1  # pruned, yet not run again
+
+    def test_a_failed_group_sync_leaves_no_trace(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        path = store_path(tmp_path)
+        real_sync = os.fdatasync
+        ran: list[bytes] = []
+        config = final.Config(num_workers=1, handler=ran.append, persist_path=path, fsync=True)
+        with final.JobQueue(config) as queue:
+            queue.enqueue(final.Job("before", b"before"))
+
+            def failing_sync(fd: int) -> None:
+                raise OSError(errno.EIO, "Input/output error")
+
+            monkeypatch.setattr(os, "fdatasync", failing_sync)
+            with pytest.raises(final.StoreError, match="Input/output error"):
+                queue.enqueue(final.Job("refused", b"refused"))
+            monkeypatch.setattr(os, "fdatasync", real_sync)
+            assert queue.status("refused") is None
+            with pytest.raises(KeyError):
+                queue.wait("refused", timeout=1)
+            queue.enqueue(final.Job("after", b"after"))
+            assert queue.join(timeout=10)
+        with final.JobQueue(config) as queue:  # and nothing of it at the next start
+            assert queue.join(timeout=10)
+            assert queue.status("refused") is None
+        assert sorted(ran) == [b"after", b"before"]
+
+    def test_every_enqueue_is_flushed_with_fsync(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        syncs: list[int] = []
+        real_sync = os.fdatasync
+
+        def counting_sync(fd: int) -> None:
+            syncs.append(fd)
+            real_sync(fd)
+
+        monkeypatch.setattr(os, "fdatasync", counting_sync)
+        config = final.Config(handler=lambda p: None, persist_path=store_path(tmp_path),
+                              fsync=True)
+        with final.JobQueue(config) as queue:
+            for i in range(5):
+                queue.enqueue(final.Job(f"j{i}"))  # one at a time: one flush each
+                assert len(syncs) >= i + 1
+        assert len(syncs) >= 5
+
+    def test_log_segments_are_retired_while_the_queue_runs(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(_wal, "SEGMENT_SIZE", 4096)
+        path = store_path(tmp_path)
+        with final.JobQueue(final.Config(handler=lambda p: None, persist_path=path)) as queue:
+            for i in range(1000):  # about 50 bytes a frame: some 20 segments' worth
+                queue.enqueue(final.Job(f"job-{i}"))
+            assert queue.join(timeout=30)
+            queue.dead_letters()  # commits what is pending, and retires what it covers
+            assert len(_wal.segment_paths(path)) <= 2
+
+    def test_a_leftover_log_that_outgrows_the_map_opens(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(_lmdb_files, "INITIAL_MAP_SIZE", 1 << 20)
+        path = store_path(tmp_path)
+        payload = os.urandom(64 << 10)
+
+        def lmdb_down(self: _lmdb_files.Tables, *args: object) -> object:
+            raise lmdb.DiskError("mdb_txn_commit: Input/output error")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(_lmdb_files.Tables, "write_batch", lmdb_down)
+            store = LmdbStore(path)
+            add(store, [JobRecord(f"big-{i}", payload, final.Priority.MEDIUM, "", None, 0.0,
+                                  final.Status.QUEUED, 0, None, None, None, None, i + 1)
+                        for i in range(40)])  # 2.5 MiB: more than the 1 MiB map
+            store.close()  # cannot write LMDB: the log keeps the jobs
+        ran: list[int] = []
+        config = final.Config(handler=lambda p: ran.append(len(p)), persist_path=path)
+        with final.JobQueue(config) as queue:  # replaying grows the map
+            assert queue.join(timeout=30)
+        assert ran == [len(payload)] * 40
+        with StoreReader(path) as reader:
+            assert reader.map_size() > 1 << 20
+
+
+class TestStoreLifecycle:
+    def test_growing_the_map_waits_for_open_reads(self, tmp_path: Path) -> None:
+        gate = _lmdb_files.MapGate()
+        env = lmdb.open(str(tmp_path / "env"), map_size=1 << 20)
+        inside, leave, resized = threading.Event(), threading.Event(), threading.Event()
+
+        def reader() -> None:
+            with gate.reading(env):
+                inside.set()
+                leave.wait(10)
+
+        def grower() -> None:
+            gate.resize(env)
+            resized.set()
+
+        threads = [threading.Thread(target=reader), threading.Thread(target=grower)]
+        threads[0].start()
+        assert inside.wait(5)
+        threads[1].start()
+        assert not resized.wait(0.2)  # a read transaction is open: it must wait
+        leave.set()
+        assert resized.wait(5)
+        for thread in threads:
+            thread.join(5)
+        assert env.info()["map_size"] == 2 << 20
+        env.close()
+
+    def test_close_does_not_wait_forever_for_a_stuck_commit(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        path = store_path(tmp_path)
+        writing, unstick = threading.Event(), threading.Event()
+        real_write_batch = _lmdb_files.Tables.write_batch
+
+        def stuck(self: _lmdb_files.Tables, *args: object) -> object:
+            writing.set()
+            unstick.wait(30)
+            return real_write_batch(self, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(_lmdb_files.Tables, "write_batch", stuck)
+        queue = final.JobQueue(final.Config(handler=lambda p: None, persist_path=path))
+        queue.enqueue(final.Job("a"))
+        assert writing.wait(5)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="jobqueue"):
+            assert queue.close(timeout=0.2) == []
+        assert time.monotonic() - started < 5  # 0.2 s, then a second's grace for the store
+        assert any("still running" in r.getMessage() for r in caplog.records)
+        unstick.set()
+        queue._core.store.close()  # the commit ended: now the store can be given up
+        with final.JobQueue(final.Config(handler=lambda p: None, persist_path=path)) as again:
+            assert again.status("a") is final.Status.COMPLETED
+
+    def test_an_earlier_retry_is_not_kept_waiting_by_a_later_one(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        later = JobRecord("later", b"", final.Priority.MEDIUM, "", None, 0.0,
+                          final.Status.RETRYING, 1, "boom", 1.0, None, time.time() + 3600, 1)
+        stored_backlog(path, [later])
+        store = LmdbStore(path)
+        store.claim(final.Priority.MEDIUM, 1, None)  # (claimed, then given back as it was)
+        store.close()
+
+        def flaky(payload: bytes) -> None:
+            if final.current_job().attempt == 1:
+                raise RuntimeError("once")
+
+        config = final.Config(handler=flaky, persist_path=path, base_delay=0.05, jitter=0.0)
+        with final.JobQueue(config) as queue:
+            assert until(lambda: queue.status("later") is final.Status.RETRYING)
+            queue.enqueue(final.Job("sooner"))
+            # Its retry is due in 0.05 s, long before the stored one's hour.
+            assert queue.wait("sooner", timeout=10) is final.Status.COMPLETED

@@ -58,6 +58,19 @@ class TestBackpressure:
             queue.close()
         assert queue.metrics().completed == 4
 
+    def test_enqueue_waits_its_whole_timeout_before_queue_full(self) -> None:
+        queue = improved.JobQueue(num_workers=1, queue_size=1)
+        release = held_worker(queue)
+        try:
+            queue.enqueue(improved.Job("fill", lambda: None))
+            started = time.monotonic()
+            with pytest.raises(improved.QueueFull):
+                queue.enqueue(improved.Job("late", lambda: None), timeout=0.3)
+            assert time.monotonic() - started >= 0.3
+        finally:
+            release.set()
+            queue.close()
+
     def test_other_priorities_are_not_blocked(self) -> None:
         with improved.JobQueue(num_workers=1, queue_size=1) as queue:
             release = held_worker(queue)
@@ -103,6 +116,20 @@ class TestRetry:
         assert (metrics.failed, metrics.retried, metrics.completed) == (1, 3, 0)
         levels = [r.levelno for r in caplog.records if "doomed" in r.getMessage()]
         assert levels == [logging.WARNING] * 3 + [logging.ERROR]
+
+    def test_spacing_is_the_backoff_bounded_from_both_sides(self) -> None:
+        runs: list[float] = []
+
+        def always_fails() -> None:
+            runs.append(time.monotonic())
+            raise ConnectionError("down")
+
+        with improved.JobQueue(num_workers=1, max_retries=2, base_delay=0.2) as queue:
+            queue.enqueue(improved.Job("doomed", always_fails))
+        gaps = [b - a for a, b in zip(runs, runs[1:], strict=False)]
+        # At least the backoff (0.2, then 0.4), and well short of twice it: a delay of
+        # 2**attempt instead of 2**(attempt-1) would not fit.
+        assert [0.2 <= gaps[0] < 0.4, 0.4 <= gaps[1] < 0.8] == [True, True], gaps
 
     def test_succeeds_on_a_retry(self) -> None:
         runs: list[int] = []
