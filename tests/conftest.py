@@ -1,4 +1,8 @@
-"""Suite-wide checks: no test may leave a ``jobqueue-`` thread running."""
+"""Suite-wide checks: no test may leave a ``jobqueue-`` thread running.
+
+Threads a test starts itself are daemon threads: if the code under test leaves one blocked
+(the failure it tests for), the test fails and the run ends, instead of hanging at exit.
+"""
 
 from __future__ import annotations
 

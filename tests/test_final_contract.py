@@ -340,7 +340,7 @@ class TestGracefulShutdown:
         gate = hold_worker(queue)
         for i in range(5):
             queue.enqueue(final.Job(f"j{i}", b"%d" % i))
-        closer = threading.Thread(target=queue.close)
+        closer = threading.Thread(daemon=True, target=queue.close)
         closer.start()
         accepted = 0
         with pytest.raises(final.QueueClosed, match="after close"):
@@ -419,8 +419,10 @@ class TestGracefulShutdown:
         queue = make(num_workers=1, handler=lambda p: None)
         gate = hold_worker(queue)
         results: list[list[str]] = []
-        closers = [threading.Thread(target=lambda: results.append(queue.close(timeout=10)))
-                   for _ in range(2)]
+        closers = [
+            threading.Thread(daemon=True, target=lambda: results.append(queue.close(timeout=10)))
+            for _ in range(2)
+        ]
         for closer in closers:
             closer.start()
         closers[0].join(0.2)
@@ -464,7 +466,7 @@ class TestBackpressure:
             queue.enqueue(final.Job("c"))
             returned.set()
 
-        producer = threading.Thread(target=produce)
+        producer = threading.Thread(daemon=True, target=produce)
         producer.start()
         assert not returned.wait(0.2)  # really blocked
         assert queue.status("c") is None
@@ -504,7 +506,7 @@ class TestBackpressure:
         queue.enqueue_with_handler(final.Job("a"), second)  # will hold the worker next
         queue.enqueue(final.Job("b"))  # MEDIUM is full
         core = queue._core
-        batch_in = threading.Thread(target=queue.enqueue_many,
+        batch_in = threading.Thread(daemon=True, target=queue.enqueue_many,
                                     args=([final.Job("c"), final.Job("d")],))
         batch_in.start()
         assert until(lambda: core.batch_waiters[MEDIUM] == 1)
@@ -514,7 +516,7 @@ class TestBackpressure:
             queue.enqueue(final.Job("e"))
             single_done.set()
 
-        single_in = threading.Thread(target=single)
+        single_in = threading.Thread(daemon=True, target=single)
         single_in.start()
         assert until(lambda: core.room_waiters[MEDIUM] == 2)
         blocker.release.set()  # the worker takes "a": one slot frees, and "a" holds it
@@ -538,11 +540,11 @@ class TestBackpressure:
             except final.QueueClosed:
                 refused.append(number)
 
-        producers = [threading.Thread(target=produce, args=(n,)) for n in range(3)]
+        producers = [threading.Thread(daemon=True, target=produce, args=(n,)) for n in range(3)]
         for producer in producers:
             producer.start()
         assert until(lambda: queue._core.room_waiters[MEDIUM] == 3)
-        closer = threading.Thread(target=queue.close)
+        closer = threading.Thread(daemon=True, target=queue.close)
         closer.start()
         for producer in producers:
             producer.join(5)
@@ -562,7 +564,8 @@ class TestMetrics:
             for i in range(per_producer):
                 queue.enqueue(final.Job(f"{n}-{i}", priority=Priority(i % 3)))
 
-        threads = [threading.Thread(target=produce, args=(n,)) for n in range(producers)]
+        threads = [threading.Thread(daemon=True, target=produce, args=(n,))
+                   for n in range(producers)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -659,7 +662,9 @@ class TestStatus:
         gate = hold_worker(queue)
         queue.enqueue(final.Job("quick"))
         outcome: list[Status] = []
-        waiter = threading.Thread(target=lambda: outcome.append(queue.wait("quick", 10)))
+        waiter = threading.Thread(
+            daemon=True, target=lambda: outcome.append(queue.wait("quick", 10))
+        )
         waiter.start()
         assert until(lambda: queue._core.change_waiters == 1)
         gate.release.set()
@@ -684,7 +689,7 @@ class TestStatus:
         calls = {"status": lambda: queue.status("gone"), "info": lambda: queue.info("gone"),
                  "wait": lambda: pytest.raises(KeyError, queue.wait, "gone"),
                  "dead_letters": queue.dead_letters}
-        asker = threading.Thread(target=calls[ask])
+        asker = threading.Thread(daemon=True, target=calls[ask])
         asker.start()
         assert reading.wait(5)
         ran = threading.Event()

@@ -859,7 +859,8 @@ class TestStoreLifecycle:
             gate.resize(env)
             resized.set()
 
-        threads = [threading.Thread(target=reader), threading.Thread(target=grower)]
+        threads = [threading.Thread(daemon=True, target=reader),
+                   threading.Thread(daemon=True, target=grower)]
         threads[0].start()
         assert inside.wait(5)
         threads[1].start()

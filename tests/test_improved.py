@@ -47,7 +47,7 @@ class TestBackpressure:
                 queue.enqueue(improved.Job("blocked", lambda: None))
                 returned.set()
 
-            thread = threading.Thread(target=producer)
+            thread = threading.Thread(daemon=True, target=producer)
             thread.start()
             assert not returned.wait(0.2)  # really blocked while full
             release.set()
@@ -217,7 +217,8 @@ class TestMetrics:
                 for i in range(per_producer):
                     queue.enqueue(improved.Job(f"{n}-{i}", lambda: None, Priority(i % 3)))
 
-            threads = [threading.Thread(target=produce, args=(n,)) for n in range(producers)]
+            threads = [threading.Thread(daemon=True, target=produce, args=(n,))
+                       for n in range(producers)]
             for thread in threads:
                 thread.start()
             for thread in threads:
