@@ -14,6 +14,7 @@ import threading
 import time
 
 from jobqueue._priority import Priority
+from jobqueue.final._lock import YieldingLock
 from jobqueue.final._model import Config, Handler
 from jobqueue.final._states import NEW, PROCESSING, QUEUED, RETRYING
 from jobqueue.final._store import Store
@@ -22,8 +23,6 @@ from jobqueue.final._table import JobTable
 __all__ = ["Core"]
 
 _PRIORITIES = tuple(Priority)
-
-
 class Core:
     """The shared state of one queue. Fields are read and written with ``mutex`` held,
     except ``config``, ``store``, ``clock``, ``seq`` and ``shutdown``, which never change or
@@ -43,12 +42,12 @@ class Core:
         #   changed: wait(), join(), close() and the claimer wait for jobs to move;
         #   retry_due: the retry timer waits for the earliest retry;
         #   claim_wake: the claimer waits for room in a priority the store may hold jobs of.
-        self.mutex = threading.Lock()
-        self.work_ready = threading.Condition(self.mutex)
-        self.room = [threading.Condition(self.mutex) for _ in _PRIORITIES]
-        self.changed = threading.Condition(self.mutex)
-        self.retry_due = threading.Condition(self.mutex)
-        self.claim_wake = threading.Condition(self.mutex)
+        self.mutex = YieldingLock()
+        self.work_ready = threading.Condition(self.mutex)  # type: ignore[arg-type]
+        self.room = [threading.Condition(self.mutex) for _ in _PRIORITIES]  # type: ignore[arg-type]
+        self.changed = threading.Condition(self.mutex)  # type: ignore[arg-type]
+        self.retry_due = threading.Condition(self.mutex)  # type: ignore[arg-type]
+        self.claim_wake = threading.Condition(self.mutex)  # type: ignore[arg-type]
         self.table = JobTable(store, config.effective_weights, self.clock)
         self.handlers: dict[str, Handler] = dict(config.handlers or {})
         self.unclaimed = [True, True, True]  # the store may hold jobs of p for this queue
