@@ -711,10 +711,22 @@ class TestBacklog:
         finally:
             queue.close()
 
-    def test_claims_read_the_store_without_the_queue_mutex(self, tmp_path: Path) -> None:
+    def test_claims_read_the_store_without_the_queue_mutex(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         path = store_path(tmp_path)
         stored_backlog(path, [queued(f"high-{i}", i + 1, final.Priority.HIGH) for i in range(3)]
                        + [queued("low-0", 4, final.Priority.LOW)])
+        real_claim = LmdbStore.claim
+        reading, release = threading.Event(), threading.Event()
+
+        def slow_claim(self: LmdbStore, priority: final.Priority, *args: object) -> object:
+            if priority is final.Priority.LOW:
+                reading.set()
+                release.wait(10)
+            return real_claim(self, priority, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(LmdbStore, "claim", slow_claim)
         ran: list[bytes] = []
         all_high = threading.Event()
 
@@ -725,24 +737,13 @@ class TestBacklog:
 
         queue = final.JobQueue(final.Config(num_workers=1, handler=handler, persist_path=path))
         try:
-            store = queue._core.store
-            real_claim = store.claim
-            reading, release = threading.Event(), threading.Event()
-
-            def slow_claim(priority: final.Priority, *args: object) -> object:
-                if priority is final.Priority.LOW:
-                    reading.set()
-                    release.wait(10)
-                return real_claim(priority, *args)  # type: ignore[arg-type]
-
-            store.claim = slow_claim  # type: ignore[method-assign]
-            # The claimer may have read everything already; if it reads LOW now, it waits.
-            if queue._core.unclaimed[final.Priority.LOW]:
-                assert reading.wait(5)
-            assert all_high.wait(5)  # the worker ran HIGH meanwhile
+            assert reading.wait(5)  # the claimer is reading LOW from the store...
+            assert all_high.wait(5)  # ...and the worker ran HIGH meanwhile
             release.set()
             assert queue.join(timeout=10)
+            assert ran[-1] == b"low-0"
         finally:
+            release.set()
             queue.close()
 
 

@@ -36,7 +36,10 @@ class Core:
         # Cooperative cancellation for every running handler once close() gives up waiting.
         self.shutdown = threading.Event()
 
-        # mutex guards the table and every field below. Conditions sharing it:
+        # mutex guards the table and every field below. Two reads go without it, where a
+        # stale answer is harmless: a worker looks up its job's handler (one dict lookup)
+        # and whether close() gave up (a flag) for the attempt it is about to run or log.
+        # Conditions sharing it:
         #   work_ready: idle workers wait for a job, or for close() to finish the queue;
         #   room[p]: producers wait for room in priority p;
         #   changed: wait(), join(), close() and the claimer wait for jobs to move;
