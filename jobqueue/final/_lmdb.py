@@ -93,7 +93,6 @@ class LmdbStore:
         # Group sync, guarded by the writer's lock (the store's one lock).
         self._appended = 0  # commits that appended to the log
         self._synced = 0  # with fsync, every one up to this has been flushed
-        self._syncing = False
         self._sync_failures: list[tuple[int, int, StoreError]] = []
 
     def _release(self) -> None:
@@ -158,13 +157,14 @@ class LmdbStore:
     def _group_sync(self, ticket: _Ticket) -> None:
         """Flush the log for this ticket and every one appended before it: one caller syncs
         for the group. On failure the ticket's frames are revoked and StoreError raised."""
-        cond = self._writer.cond
+        writer = self._writer
+        cond = writer.cond
         with cond:
             while self._synced < ticket.number:
-                if not self._syncing:
-                    self._syncing = True
+                if not writer.syncing:
+                    writer.syncing = True
                     first, last = self._synced + 1, self._appended
-                    descriptors = self._writer.log.take_unsynced()
+                    descriptors = writer.log.take_unsynced()
                     break
                 cond.wait()
             else:
@@ -177,7 +177,7 @@ class LmdbStore:
         except OSError as exc:
             error = StoreError(f"cannot flush store {self.path!r} to disk: {exc}")
         with cond:
-            self._syncing = False
+            writer.syncing = False
             self._synced = last
             if error is not None:
                 failures = self._sync_failures[-(_SYNC_FAILURES_KEPT - 1):]

@@ -72,6 +72,10 @@ class Writer:
         self.cond = threading.Condition(YieldingLock())  # type: ignore[arg-type]
         self.log = log
         self.unsettled: dict[int, int] = {}  # new jobs logged but not pending: ticket -> start
+        # A group sync of the log is running (fsync=True, set by the store): a batch waits
+        # for it, so that LMDB's own disk flush does not compete with the log's, which
+        # producers wait for. Under a steady stream of syncs, batches grow instead.
+        self.syncing = False
         self.told_seq = self.last_seq  # the highest arrival seq of a new job logged
         self._pending: dict[str, _Pending] = {}
         self._events: deque[JobRecord] = deque()  # moves of held jobs, not yet in _pending
@@ -172,6 +176,9 @@ class Writer:
                 urgent = self.closing or self._flush_wanted
                 if not urgent and len(self._pending) + len(self._events) < MAX_PENDING // 2:
                     cond.wait(_FLUSH_LINGER)  # let more records join this transaction
+                    while self.syncing and not (self.closing or self._flush_wanted
+                                                or self.behind_locked()):
+                        cond.wait()
                 self._flush_wanted = False
                 self._drain_locked()
                 closing = self.closing
