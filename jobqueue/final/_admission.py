@@ -58,13 +58,18 @@ def enqueue(
         records.append(entry.record())
     store, table = core.store, core.table
     prepared = store.prepare(records)
-    with core.mutex:
+    mutex = core.mutex
+    if not mutex.acquire_now():  # (the hot path: see YieldingLock)
+        mutex.acquire()
+    try:
         now = _admit_locked(core, jobs, needed, handler, block, timeout, now)
         ticket = store.add(prepared)  # if it raises, nothing is held
         table.reserve(entries)
         if ticket is None:
             _accept_locked(core, entries, now)
             return
+    finally:
+        mutex.release()
     try:
         store.commit(ticket)
     except BaseException as exc:
@@ -154,6 +159,8 @@ def _admit_locked(
 
 
 def _accept_locked(core: Core, entries: Sequence[Entry], now: float) -> None:
+    transition = core.table.transition
     for entry in entries:
-        core.table.transition(entry, QUEUED, now)
-    core.ready_locked(len(entries))
+        transition(entry, QUEUED, now)
+    if core.idle_workers:
+        core.work_ready.notify(len(entries))

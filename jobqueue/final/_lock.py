@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 
@@ -25,12 +26,16 @@ class YieldingLock:
     with ``threading.Condition``, which needs ``acquire``, ``release`` and ``_is_owned``.
     """
 
-    __slots__ = ("_lock", "release", "locked")
+    __slots__ = ("_lock", "release", "locked", "acquire_now")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.release = self._lock.release
         self.locked = self._lock.locked
+        #: Take the lock if it is free, without waiting: True if taken. All in C, for a hot
+        #: path that writes ``if not lock.acquire_now(): lock.acquire()``, where ``with``
+        #: would call two Python methods however free the lock is.
+        self.acquire_now = functools.partial(self._lock.acquire, False)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         lock = self._lock

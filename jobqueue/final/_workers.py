@@ -36,11 +36,15 @@ def work(core: Core, policy: RetryPolicy) -> None:
     entry: Entry | None = None
     outcome: _Outcome = None
     while True:
-        with mutex:
+        if not mutex.acquire_now():  # (the hot path: see YieldingLock)
+            mutex.acquire()
+        try:
             now = clock()
             if entry is not None:
                 _settle_locked(core, entry, outcome, now)
             entry = _next_locked(core, now)
+        finally:
+            mutex.release()
         if entry is None:
             return
         outcome = _run(core, policy, entry)
