@@ -24,7 +24,6 @@ import lmdb
 
 from jobqueue.errors import StoreError
 from jobqueue.final._lmdb_files import MapGate, Tables
-from jobqueue.final._lock import YieldingLock
 from jobqueue.final._store import JobRecord
 from jobqueue.final._wal import WriteAheadLog
 
@@ -69,7 +68,7 @@ class Writer:
             self._done_count = txn.stat(tables.done)["entries"]
         # Conditions on cond: the flush thread waits for records, flush() and close() for a
         # commit, producers for room (behind_locked) and for a group sync (the store).
-        self.cond = threading.Condition(YieldingLock())  # type: ignore[arg-type]
+        self.cond = threading.Condition(threading.Lock())
         self.log = log
         self.unsettled: dict[int, int] = {}  # new jobs logged but not pending: ticket -> start
         # A group sync of the log is running (fsync=True, set by the store): a batch waits
