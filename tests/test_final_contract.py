@@ -528,6 +528,39 @@ class TestBackpressure:
         single_in.join(10)
         assert queue.join(timeout=10)
 
+    def test_a_producer_that_gives_up_passes_its_wake_up_on(self, make: Make) -> None:
+        """A freed slot wakes one producer; if that one raises instead (its id was enqueued
+        meanwhile), the next must still get the slot."""
+        queue = make(num_workers=2, queue_size=1, handler=lambda p: None)
+        blockers = [hold_worker(queue, "blocker-1"), hold_worker(queue, "blocker-2")]
+        queue.enqueue(final.Job("fill"))  # MEDIUM is full
+        core = queue._core
+        outcomes: dict[str, object] = {}
+
+        def produce(job_id: str) -> None:
+            try:
+                queue.enqueue(final.Job(job_id))
+                outcomes[job_id] = "accepted"
+            except final.JobQueueError as exc:
+                outcomes[job_id] = exc
+
+        first = threading.Thread(daemon=True, target=produce, args=("x",))
+        first.start()
+        assert until(lambda: core.room_waiters[MEDIUM] == 1)
+        second = threading.Thread(daemon=True, target=produce, args=("y",))
+        second.start()
+        assert until(lambda: core.room_waiters[MEDIUM] == 2)
+        x_gate = Gate()
+        queue.enqueue_with_handler(final.Job("x", priority=HIGH), x_gate)  # "x" is taken
+        for blocker in blockers:
+            blocker.release.set()  # the workers take "x" and "fill": a MEDIUM slot frees
+        first.join(10)
+        assert isinstance(outcomes.get("x"), final.DuplicateJob)
+        second.join(10)
+        assert outcomes.get("y") == "accepted"  # the wake-up was not lost with "x"
+        x_gate.release.set()
+        assert queue.join(timeout=10)
+
     def test_close_wakes_every_blocked_producer(self, make: Make) -> None:
         queue = make(num_workers=1, queue_size=1, handler=lambda p: None)
         gate = hold_worker(queue)

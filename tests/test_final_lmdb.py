@@ -747,6 +747,95 @@ class TestBacklog:
             queue.close()
 
 
+    def test_a_kind_registered_during_a_claim_is_claimed_too(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        path = store_path(tmp_path)
+        stored_backlog(path, [queued("email-0", 1, kind="email")]
+                       + [queued(f"resize-{i}", i + 2, kind="resize") for i in range(3)])
+        real_claim = LmdbStore.claim
+        reading, release = threading.Event(), threading.Event()
+
+        def held_claim(self: LmdbStore, priority: final.Priority, *args: object) -> object:
+            if priority is final.Priority.MEDIUM and not reading.is_set():
+                reading.set()
+                release.wait(10)
+            return real_claim(self, priority, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(LmdbStore, "claim", held_claim)
+        ran: list[bytes] = []
+        queue = final.JobQueue(final.Config(num_workers=1, persist_path=path,
+                                            handlers={"email": ran.append}))
+        try:
+            assert reading.wait(5)  # claiming the jobs of kind "email"...
+            queue.register("resize", ran.append)  # ...when "resize" gets a handler
+            release.set()
+            assert queue.join(timeout=10)
+            assert sorted(ran) == [b"email-0", b"resize-0", b"resize-1", b"resize-2"]
+        finally:
+            release.set()
+            queue.close()
+
+    def test_a_failed_claim_is_tried_again_at_the_next_register(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        path = store_path(tmp_path)
+        stored_backlog(path, [queued("resize-0", 1, kind="resize")])
+        real_claim = LmdbStore.claim
+        failed: list[final.Priority] = []
+
+        def fails_once(self: LmdbStore, priority: final.Priority, *args: object) -> object:
+            if not failed:
+                failed.append(priority)
+                raise final.StoreError("a bad read")
+            return real_claim(self, priority, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(LmdbStore, "claim", fails_once)
+        ran: list[bytes] = []
+        queue = final.JobQueue(final.Config(num_workers=1, persist_path=path,
+                                            handlers={"email": ran.append}))
+        try:
+            # Producers wait for the claim, then go on when it fails.
+            queue.enqueue(final.Job("email-0", b"email-0", kind="email"), timeout=10)
+            assert failed
+            queue.register("resize", ran.append)  # the claimer, still there, tries again
+            queue.enqueue(final.Job("email-1", b"email-1", kind="email"), timeout=10)
+            assert queue.join(timeout=10)
+            assert sorted(ran) == [b"email-0", b"email-1", b"resize-0"]
+        finally:
+            queue.close()
+
+    def test_a_stored_id_is_refused_while_its_claim_is_on_the_way(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        path = store_path(tmp_path)
+        stored_backlog(path, [queued("mail-1", 1, final.Priority.LOW)])
+        real_claim = LmdbStore.claim
+        claimed, release = threading.Event(), threading.Event()
+
+        def slow_to_hand_over(self: LmdbStore, priority: final.Priority, *args: object) -> object:
+            records = real_claim(self, priority, *args)  # type: ignore[arg-type]
+            if records:
+                claimed.set()  # read from the store, not yet held by the queue
+                release.wait(10)
+            return records
+
+        monkeypatch.setattr(LmdbStore, "claim", slow_to_hand_over)
+        ran: list[bytes] = []
+        queue = final.JobQueue(final.Config(num_workers=1, handler=ran.append,
+                                            persist_path=path))
+        try:
+            assert claimed.wait(5)
+            with pytest.raises(final.DuplicateJob, match="'mail-1'"):
+                queue.enqueue(final.Job("mail-1", b"new", final.Priority.HIGH))
+            release.set()
+            assert queue.join(timeout=10)
+            assert ran == [b"mail-1"]  # the stored job, once
+        finally:
+            release.set()
+            queue.close()
+
+
 class TestLogAndCrash:
     def test_jobs_finished_long_before_a_crash_do_not_run_again(self, tmp_path: Path) -> None:
         path = store_path(tmp_path)
@@ -845,6 +934,93 @@ class TestLogAndCrash:
             assert reader.map_size() > 1 << 20
 
 
+class TestRacesWithTheStore:
+    @pytest.mark.parametrize("sync", ["fails", "succeeds"])
+    def test_close_giving_up_during_a_group_sync_leaves_the_enqueue_its_outcome(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: str
+    ) -> None:
+        path = store_path(tmp_path)
+        real_sync = os.fdatasync
+        syncing, finish = threading.Event(), threading.Event()
+
+        def stuck_sync(fd: int) -> None:
+            syncing.set()
+            finish.wait(10)
+            if sync == "fails":
+                raise OSError(errno.EIO, "Input/output error")
+            real_sync(fd)
+
+        ran: list[bytes] = []
+        config = final.Config(num_workers=1, handler=ran.append, persist_path=path, fsync=True)
+        queue = final.JobQueue(config)
+        monkeypatch.setattr(os, "fdatasync", stuck_sync)
+        outcome: list[object] = []
+
+        def produce() -> None:
+            try:
+                queue.enqueue(final.Job("x", b"x"))
+                outcome.append("accepted")
+            except BaseException as exc:  # noqa: BLE001 - what it raises is the test
+                outcome.append(exc)
+
+        producer = threading.Thread(target=produce, daemon=True)
+        producer.start()
+        assert syncing.wait(5)
+        assert queue.close(timeout=0.05) == []  # "x" was never accepted: not abandoned
+        finish.set()
+        producer.join(10)
+        if sync == "fails":
+            assert len(outcome) == 1 and isinstance(outcome[0], final.StoreError)
+        else:
+            assert outcome == ["accepted"]
+        monkeypatch.setattr(os, "fdatasync", real_sync)
+        assert queue.close() == []  # the commit has ended: the store is given up now
+        with final.JobQueue(config) as again:
+            assert again.join(timeout=10)
+        assert ran == ([] if sync == "fails" else [b"x"])
+
+    def test_a_new_life_of_an_id_is_numbered_after_the_last(self, tmp_path: Path) -> None:
+        """A producer waiting for room has its seq already; if the same id is enqueued,
+        runs and finishes meanwhile, the waiting one must still be the newer life."""
+        path = store_path(tmp_path)
+        second_life, release = threading.Event(), threading.Event()
+
+        def handler(payload: bytes) -> None:
+            if payload == b"life-2":
+                second_life.set()
+                release.wait(10)
+
+        queue = final.JobQueue(final.Config(num_workers=1, queue_size=1, handler=handler,
+                                            persist_path=path))
+        try:
+            started, unblock = threading.Event(), threading.Event()
+
+            def hold(payload: bytes) -> None:
+                started.set()
+                unblock.wait(10)
+
+            queue.enqueue_with_handler(final.Job("blocker", priority=final.Priority.HIGH), hold)
+            assert started.wait(5)
+            queue.enqueue(final.Job("fill", priority=final.Priority.LOW))  # LOW is full
+            waiting = threading.Thread(daemon=True, target=queue.enqueue,
+                                       args=(final.Job("x", b"life-2", final.Priority.LOW),))
+            waiting.start()
+            assert until(lambda: queue._core.room_waiters[final.Priority.LOW] == 1)
+            queue.enqueue(final.Job("x", b"life-1", final.Priority.HIGH))
+            unblock.set()  # "x" runs and completes, "fill" frees LOW: life 2 goes in
+            assert second_life.wait(10)
+            waiting.join(10)
+            store = queue._core.store
+            store.flush()  # type: ignore[attr-defined]
+            stored = store.get("x")  # as LMDB has it now
+            assert stored is not None
+            assert (stored.status, stored.payload) == (final.Status.PROCESSING, b"life-2")
+        finally:
+            unblock.set()
+            release.set()
+            queue.close()
+
+
 class TestStoreLifecycle:
     def test_growing_the_map_waits_for_open_reads(self, tmp_path: Path) -> None:
         gate = _lmdb_files.MapGate()
@@ -895,7 +1071,7 @@ class TestStoreLifecycle:
         assert time.monotonic() - started < 5  # 0.2 s, then a second's grace for the store
         assert any("still running" in r.getMessage() for r in caplog.records)
         unstick.set()
-        queue._core.store.close()  # the commit ended: now the store can be given up
+        assert queue.close() == []  # the commit ended: now the store is given up
         with final.JobQueue(final.Config(handler=lambda p: None, persist_path=path)) as again:
             assert again.status("a") is final.Status.COMPLETED
 

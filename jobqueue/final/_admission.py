@@ -63,7 +63,15 @@ def enqueue(
         mutex.acquire()
     try:
         now = _admit_locked(core, jobs, needed, handler, block, timeout, now)
+        if entries[0].seq <= core.newest_seq:
+            # A producer that numbered its jobs later got here first. Stores tell an id's
+            # lives apart by seq, so a new life must be numbered after every earlier one:
+            # number these again, in the order of acceptance (rare: a race lost).
+            for entry in entries:
+                entry.seq = next(core.seq)
+            prepared = store.prepare([entry.record() for entry in entries])
         ticket = store.add(prepared)  # if it raises, nothing is held
+        core.newest_seq = entries[-1].seq
         table.reserve(entries)
         if ticket is None:
             _accept_locked(core, entries, now)
@@ -85,6 +93,7 @@ def enqueue(
         raise StoreError(f"could not store the job: {exc!r}") from exc
     with core.mutex:
         _accept_locked(core, entries, core.clock())
+        core.changed_locked()  # the claimer may wait for these ids to be settled
 
 
 def _batch_needs(core: Core, jobs: Sequence[Job]) -> _Needs:
@@ -122,40 +131,54 @@ def _admit_locked(
     endtime = None if timeout is None else now + timeout
     limit = core.config.queue_size
     table = core.table
-    while True:
-        if core.closing:
-            raise QueueClosed("cannot enqueue after close() has started")
-        needs_handler = handler is None and core.config.handler is None
-        for job in jobs:
-            entry = table.get(job.id)
-            if entry is not None:
-                raise DuplicateJob(f"job {job.id!r} is already {describe_state(entry.state)}")
-            if needs_handler and job.kind not in core.handlers:
-                raise ValueError(
-                    f"no handler for job {job.id!r}: kind {job.kind!r} is not in handlers "
-                    "and the config has no default handler"
-                )
-        for full, count in needed:
-            if core.unclaimed[full] or table.occupied(full) + count > limit:
-                break
-        else:
-            return now
-        if not block:
-            raise QueueFull(f"the {full.name} queue is full ({limit} jobs)")
-        remaining = None
-        if endtime is not None:
-            remaining = endtime - core.clock()
-            if remaining <= 0:
-                raise QueueFull(f"the {full.name} queue stayed full ({limit} jobs) for {timeout} s")
-        batch = count > 1
-        core.room_waiters[full] += 1
-        core.batch_waiters[full] += batch
-        try:
-            core.room[full].wait(remaining)
-        finally:
-            core.room_waiters[full] -= 1
-            core.batch_waiters[full] -= batch
-        now = core.clock()
+    waited = False
+    try:
+        while True:
+            if core.closing:
+                raise QueueClosed("cannot enqueue after close() has started")
+            needs_handler = handler is None and core.config.handler is None
+            for job in jobs:
+                entry = table.get(job.id)
+                if entry is not None:
+                    state = describe_state(entry.state)
+                    raise DuplicateJob(f"job {job.id!r} is already {state}")
+                if needs_handler and job.kind not in core.handlers:
+                    raise ValueError(
+                        f"no handler for job {job.id!r}: kind {job.kind!r} is not in "
+                        "handlers and the config has no default handler"
+                    )
+            for full, count in needed:
+                if core.unclaimed[full] or table.occupied(full) + count > limit:
+                    break
+            else:
+                return now
+            if not block:
+                raise QueueFull(f"the {full.name} queue is full ({limit} jobs)")
+            remaining = None
+            if endtime is not None:
+                remaining = endtime - core.clock()
+                if remaining <= 0:
+                    raise QueueFull(
+                        f"the {full.name} queue stayed full ({limit} jobs) for {timeout} s"
+                    )
+            batch = count > 1
+            core.room_waiters[full] += 1
+            core.batch_waiters[full] += batch
+            waited = True
+            try:
+                core.room[full].wait(remaining)
+            finally:
+                core.room_waiters[full] -= 1
+                core.batch_waiters[full] -= batch
+            now = core.clock()
+    except BaseException:
+        if waited:
+            # The wake-up that reached this producer may have been the one meant for a
+            # freed slot: pass it on to the next producer, which may fit.
+            for priority, count in needed:
+                if table.occupied(priority) < limit:
+                    core.room_freed_locked(priority, count)
+        raise
 
 
 def _accept_locked(core: Core, entries: Sequence[Entry], now: float) -> None:

@@ -47,23 +47,29 @@ def claim(core: Core) -> None:
                     break
                 core.claim_wake.wait()
             kinds = None if core.config.handler is not None else frozenset(core.handlers)
+            registered = core.registered
         for priority, room in wanted:
             try:
                 records: list[JobRecord] | None = store.claim(priority, room, kinds)
             except Exception:
-                logger.exception("claiming stored jobs failed; they stay stored")
+                logger.exception("claiming stored jobs failed; they stay stored until "
+                                 "register() names a new kind or the next start")
                 records = None
             with core.mutex:
                 if core.closing:
                     return  # the store keeps them for the next start
                 if records is None:
+                    # Producers must not wait for jobs that cannot be claimed; the claimer
+                    # lives on, so that a later register() can try again.
                     core.unclaimed = [False, False, False]
                     for condition in core.room:
                         condition.notify_all()
                     core.changed_locked()
-                    return
+                    break
                 _hold_locked(core, records)
-                if len(records) < room:
+                # A kind registered during the claim was not in ``kinds``: the store may
+                # still hold its jobs, so only a claim that saw every kind clears the flag.
+                if len(records) < room and core.registered == registered:
                     core.unclaimed[priority] = False
                     core.room[priority].notify_all()
                 core.changed_locked()

@@ -54,6 +54,8 @@ class Core:
         self.table = JobTable(store, config.effective_weights, self.clock)
         self.handlers: dict[str, Handler] = dict(config.handlers or {})
         self.unclaimed = [True, True, True]  # the store may hold jobs of p for this queue
+        self.registered = 0  # counts register() calls of a new kind, for the claimer
+        self.newest_seq = 0  # the highest seq of a job accepted: lives of an id go up
         self.idle_workers = 0
         self.room_waiters = [0, 0, 0]
         self.batch_waiters = [0, 0, 0]  # room waiters needing more than one slot

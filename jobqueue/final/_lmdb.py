@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Collection, Sequence
 
 import lmdb
@@ -117,7 +118,7 @@ class LmdbStore:
         with writer.cond:
             if writer.closing:
                 raise StoreError(f"store {self.path!r} is closed")
-            if self._fsync or writer.behind_locked() or self._backlog.left():
+            if self._fsync or writer.behind_locked() or self._backlog.may_hold(prepared.records):
                 return prepared  # commit() finishes, without the queue's mutex
             try:
                 writer.log.append(prepared.frames)
@@ -129,7 +130,7 @@ class LmdbStore:
     def commit(self, ticket: object) -> None:
         assert isinstance(ticket, _Ticket)
         writer = self._writer
-        if self._backlog.left():
+        if self._backlog.may_hold(ticket.records):
             for record in ticket.records:
                 stored = self._latest(record.id)
                 if stored is not None and stored.status in LIVE and self._backlog.includes(stored):
@@ -149,7 +150,7 @@ class LmdbStore:
         if self._fsync:
             self._group_sync(ticket)
         with writer.cond:
-            del writer.unsettled[ticket.number]
+            writer.settle_locked(ticket.number)
             writer.logged_locked(ticket.records)
             while writer.behind_locked() and not writer.closing:
                 writer.cond.wait()  # LMDB is behind: hold producers, keep memory bounded
@@ -190,7 +191,7 @@ class LmdbStore:
             if first <= ticket.number <= last:
                 # enqueue() will raise: leave no trace, in memory or at the next start.
                 self._writer.log.revoke(ticket.start, len(ticket.frames))
-                del self._writer.unsettled[ticket.number]
+                self._writer.settle_locked(ticket.number)
                 raise error
 
     # -- moves of held jobs: batched --------------------------------------------------------
@@ -270,17 +271,27 @@ class LmdbStore:
 
     def close(self, timeout: float | None = None) -> None:
         """Write what is pending and give the store up, waiting up to ``timeout`` seconds for
-        the last commit. A commit still running then keeps the store until it ends."""
+        the last LMDB commit and for enqueues between their log append and its outcome (a
+        group sync). One still running then keeps the store until it ends: call close()
+        again to give it up."""
+        if self._lock_fd is None:
+            return  # given up already
+        endtime = None if timeout is None else time.monotonic() + timeout
         writer = self._writer
-        clean = writer.close(timeout)
-        if clean is None:
-            if not writer.closed:
-                logger.warning(
-                    "store %r: the last commit is still running; the log keeps its jobs, and "
-                    "the store stays owned until it ends and close() is called again", self.path,
-                )
-            return
+        stopped = writer.stop(timeout)
         with writer.cond:
+            while stopped and writer.unsettled:
+                remaining = None if endtime is None else endtime - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                writer.cond.wait(remaining)
+            if not stopped or writer.unsettled:
+                logger.warning(
+                    "store %r: a commit is still running; the log keeps its jobs, and the "
+                    "store stays owned until it ends and close() is called again", self.path,
+                )
+                return
+            clean = writer.everything_written_locked()
             segments = writer.log.close()
         if clean:
             WriteAheadLog.remove(segments)

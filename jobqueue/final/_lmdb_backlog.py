@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 
 from jobqueue._priority import Priority
 from jobqueue.final._lmdb_files import MapGate, Tables
@@ -69,6 +69,15 @@ class Backlog:
         """Whether jobs may remain to be claimed, parked ones included."""
         with self._lock:
             return not all(self._exhausted) or any(self._parked)
+
+    def may_hold(self, records: Sequence[JobRecord]) -> bool:
+        """Whether one of these new jobs may share its id with a live backlog job the queue
+        does not hold: one left to claim, or one just claimed and not yet in the queue's
+        hands (once it is, the queue itself refuses the id)."""
+        if self.left():  # first: a claim that ends after it has added to _claimed
+            return True
+        claimed = self._claimed
+        return bool(claimed) and any(record.id in claimed for record in records)
 
     def release(self, job_id: str) -> None:
         """The job finished, or went back unheld: a later read may hand it out again."""

@@ -190,11 +190,13 @@ class Writer:
                 swap = self._swaps
                 cond.notify_all()  # producers held back by a full batch may go on
             error = self._write(batch, quarantine, checkpoint)
+            retired = []
             with cond:
                 self._writing = {}
                 if error is None:
-                    self._committed_swap = swap
-                    self.log.retire_through(checkpoint)
+                    retired = self.log.retire_through(checkpoint)
+                    if not retired:
+                        self._committed_swap = swap
                 else:
                     self._failed_swap = swap
                     for job_id, pending in batch.items():
@@ -205,8 +207,13 @@ class Writer:
                             newer.new = True
                     self._quarantine.update(quarantine)
                 cond.notify_all()
-                if closing:
-                    return  # close() judges the outcome
+            if retired:
+                WriteAheadLog.discard(retired)
+                with cond:  # flush() returns once the log holds nothing LMDB has
+                    self._committed_swap = swap
+                    cond.notify_all()
+            if closing:
+                return  # close() judges the outcome
             if error is not None:
                 logger.error("%s; will try again", error)
                 with cond:
@@ -246,19 +253,29 @@ class Writer:
         except BaseException as exc:  # keep the protocol: waiters must wake
             return StoreError(f"cannot write to store {self._path!r}: {exc!r}")
 
-    def close(self, timeout: float | None) -> bool | None:
-        """Write what is pending and stop, waiting up to ``timeout`` seconds for the last
-        commit. True if everything told is in LMDB, False if not; None if the commit still
-        runs (the store must stay open: call again later) or the writer was closed before."""
+    def stop(self, timeout: float | None) -> bool:
+        """Write what is pending and stop the flush thread, waiting up to ``timeout`` seconds
+        for the last commit. True once the thread has ended (now or before); False if a
+        commit still runs: the store must stay open, and stop() be called again later."""
         with self.cond:
             if self.closed:
-                return None
+                return True
             self.closing = True
             self.cond.notify_all()
         self._thread.join(timeout)
         if self._thread.is_alive():
-            return None
+            return False
         with self.cond:
             self.closed = True
             self.cond.notify_all()
-            return not (self._pending or self._events or self._quarantine or self.unsettled)
+        return True
+
+    def settle_locked(self, ticket_number: int) -> None:
+        """A commit's new jobs are pending, or revoked: the log may retire their frames."""
+        del self.unsettled[ticket_number]
+        if self.closing:
+            self.cond.notify_all()  # the store's close() waits for commits to settle
+
+    def everything_written_locked(self) -> bool:
+        """Whether LMDB holds everything told (after stop(): nothing more will be)."""
+        return not (self._pending or self._events or self._quarantine or self.unsettled)

@@ -132,6 +132,7 @@ class JobQueue:
             new_kind = kind not in core.handlers
             core.handlers[kind] = handler
             if new_kind and self._config.handler is None and not core.closing:
+                core.registered += 1
                 core.unclaimed = [True, True, True]  # the store may hold jobs of that kind
                 core.claim_wake.notify()
 
@@ -266,13 +267,17 @@ class JobQueue:
         waits briefly for them, logs at WARNING what it could not finish and returns those
         ids. In memory they are lost and counted in ``metrics().abandoned``; a persistent
         store keeps them, and jobs waiting for a retry, for the next start.
-        A second call, even from another thread at the same time, returns the same list.
+        A second call, even from another thread at the same time, returns the same list;
+        if the store's last commit outlived the first call, it waits for it again, up to
+        ``timeout``, and gives the store up once that commit ends.
         """
         if timeout is None:
             timeout = self._config.shutdown_timeout
         with self._close_lock:
             if not self._core.closed:
                 self._close(timeout)
+            else:
+                self._core.store.close(timeout)  # returns at once if it is closed already
             return list(self._abandoned)
 
     def _close(self, timeout: float) -> None:

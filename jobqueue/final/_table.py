@@ -77,6 +77,15 @@ class Entry:
     def last_error(self, message: str | None) -> None:
         self.fields[_LAST_ERROR] = message
 
+    @property
+    def seq(self) -> int:
+        """The job's place in arrival order; each life of an id has a higher one."""
+        return self.fields[_SEQ]  # type: ignore[no-any-return]
+
+    @seq.setter
+    def seq(self, seq: int) -> None:
+        self.fields[_SEQ] = seq
+
     def record(self) -> JobRecord:
         """What the store keeps about the job as it stands."""
         return _new_record(JobRecord, self.fields)  # type: ignore[no-any-return]
@@ -224,13 +233,19 @@ class JobTable:
         return due
 
     def drop_all(self) -> list[str]:
-        """Forget every job (close() gave up): the store keeps what it was told. Their ids."""
-        dropped = sorted(self._entries)
-        self._entries.clear()
+        """Forget every job (close() gave up): the store keeps what it was told. Their ids.
+
+        Reservations (NEW) stay: their producers are still in enqueue(), waiting for the
+        store, and settle them either way when it answers.
+        """
+        entries = self._entries
+        dropped = sorted(job_id for job_id, entry in entries.items() if entry.state is not NEW)
+        for job_id in dropped:
+            del entries[job_id]
         for ready in self._ready:
             ready.clear()
         self.retries = RetrySchedule(self.retries.clock)
-        for state in (NEW, QUEUED, PROCESSING, RETRYING):
+        for state in (QUEUED, PROCESSING, RETRYING):
             self._counts[state] = [0, 0, 0]
         return dropped
 

@@ -181,13 +181,26 @@ class WriteAheadLog:
             struct.pack_into("<I", mapped, offset, size | _REVOKED)
             offset += _FRAME.size + (size & ~_REVOKED)
 
-    def retire_through(self, checkpoint: int) -> None:
-        """Delete the full segments that lie wholly before ``checkpoint``."""
+    def retire_through(self, checkpoint: int) -> list[_Segment]:
+        """Take the full segments that lie wholly before ``checkpoint`` out of the log, for
+        :meth:`discard` to delete: unmapping and unlinking take a millisecond or two, which
+        the caller need not spend holding the lock that appends wait for."""
         segment_of_checkpoint = checkpoint >> _OFFSET_BITS
+        retired = []
         while self._full and self._full[0].number < segment_of_checkpoint:
             segment = self._full.pop(0)
-            self._forget(segment)
-            self.remove([segment.path])
+            if segment in self._unsynced:
+                self._unsynced.remove(segment)
+            retired.append(segment)
+        return retired
+
+    @classmethod
+    def discard(cls, segments: Sequence[_Segment]) -> None:
+        """Unmap and delete segments taken out of the log."""
+        for segment in segments:
+            segment.map.close()
+            os.close(segment.fd)
+        cls.remove([segment.path for segment in segments])
 
     def close(self) -> list[str]:
         """Unmap the log; return every segment, to delete once LMDB holds their jobs."""
