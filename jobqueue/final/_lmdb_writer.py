@@ -192,12 +192,13 @@ class Writer:
             error = self._write(batch, quarantine, checkpoint)
             retired = []
             with cond:
-                self._writing = {}
                 if error is None:
                     retired = self.log.retire_through(checkpoint)
                     if not retired:
+                        self._writing = {}
                         self._committed_swap = swap
                 else:
+                    self._writing = {}
                     self._failed_swap = swap
                     for job_id, pending in batch.items():
                         newer = self._pending.get(job_id)
@@ -210,6 +211,7 @@ class Writer:
             if retired:
                 WriteAheadLog.discard(retired)
                 with cond:  # flush() returns once the log holds nothing LMDB has
+                    self._writing = {}
                     self._committed_swap = swap
                     cond.notify_all()
             if closing:
