@@ -142,14 +142,14 @@ class TestMoves:
         stored = JobRecord("s", b"p", Priority.HIGH, "k", 2, 5.0, RETRYING, 1, "boom", 6.0,
                            None, 1e12, 42)
         entry = table.claim(stored, 100.0)
-        assert entry.state is RETRYING and entry.record() == stored
+        assert entry.state is RETRYING and entry.record == stored
         assert table.count(RETRYING, Priority.HIGH) == 1
         assert store.calls == []  # the store handed it out: nothing to tell
         assert STORED is not entry.state
 
     def test_records_are_snapshots(self) -> None:
         table, _, (entry,) = table_with(Job("a"))
-        before = entry.record()
+        before = entry.record
         table.transition(entry, QUEUED, 100.0)
         table.take(100.0)
-        assert before.status is QUEUED and entry.record().status is PROCESSING
+        assert before.status is QUEUED and entry.record.status is PROCESSING

@@ -50,12 +50,13 @@ def enqueue(
     # Built before taking the mutex, which every producer and worker shares: the less work
     # done holding it, the less they queue up behind each other.
     now = core.clock()
+    seq = core.seq
     entries = []
     records = []
     for job in jobs:
-        entry = Entry(job, handler, next(core.seq), now)
+        entry = Entry(job, handler, next(seq), now)
         entries.append(entry)
-        records.append(entry.record())
+        records.append(entry.record)
     store, table = core.store, core.table
     prepared = store.prepare(records)
     mutex = core.mutex
@@ -63,15 +64,15 @@ def enqueue(
         mutex.acquire()
     try:
         now = _admit_locked(core, jobs, needed, handler, block, timeout, now)
-        if entries[0].seq <= core.newest_seq:
+        if entries[0].record.seq <= core.newest_seq:
             # A producer that numbered its jobs later got here first. Stores tell an id's
             # lives apart by seq, so a new life must be numbered after every earlier one:
             # number these again, in the order of acceptance (rare: a race lost).
             for entry in entries:
-                entry.seq = next(core.seq)
-            prepared = store.prepare([entry.record() for entry in entries])
+                entry.seq = next(seq)
+            prepared = store.prepare([entry.record for entry in entries])
         ticket = store.add(prepared)  # if it raises, nothing is held
-        core.newest_seq = entries[-1].seq
+        core.newest_seq = entries[-1].record.seq
         table.reserve(entries)
         if ticket is None:
             _accept_locked(core, entries, now)

@@ -175,7 +175,7 @@ class JobQueue:
         with core.mutex:
             entry = core.table.get(job_id)
             if entry is not None and entry.state is not NEW:
-                return entry.record().info()
+                return entry.record.info()
         record = core.store.get(job_id)
         return None if record is None else record.info()
 

@@ -37,58 +37,53 @@ from jobqueue.final._store import JobRecord, Store
 __all__ = ["Entry", "JobTable"]
 
 _PRIORITIES = tuple(Priority)
-_COUNTED = (NEW, QUEUED, PROCESSING, RETRYING, COMPLETED, FAILED)
+# GONE is counted though nothing reads it: every move can then count its target alike.
+_COUNTED = (NEW, QUEUED, PROCESSING, RETRYING, COMPLETED, FAILED, GONE)
 
 
-# Where each field of a JobRecord sits in Entry.fields.
-_PAYLOAD, _STATUS, _ATTEMPTS, _LAST_ERROR = 1, 6, 7, 8
-_STARTED_AT, _FINISHED_AT, _DUE_AT, _SEQ = 9, 10, 11, 12
-_new_record = tuple.__new__
+_new_record = tuple.__new__  # JobRecord from a tuple, without namedtuple's Python __new__
 
 
 class Entry:
-    """One job this queue holds. Times are monotonic seconds, except in ``fields``."""
+    """One job this queue holds. Times are monotonic seconds, except in ``record``."""
 
-    __slots__ = ("job", "handler", "state", "fields", "ready_since", "started", "due")
+    __slots__ = ("job", "handler", "state", "record", "ready_since", "started", "due")
 
     def __init__(self, job: Job, handler: Handler | None, seq: int, now: float) -> None:
         self.job = job
         self.handler = handler  # a closure from enqueue_with_handler, else None: look it up
         self.state: State = NEW
-        # The job's record as the store is told it, in JobRecord's order, kept up to date by
-        # the table: a record is then one tuple copy, on the hot path.
-        self.fields: list = [
+        #: The job's record as it stands, which the table hands the store at each move. The
+        #: store keeps that same tuple: a job costs the garbage collector one record, and a
+        #: move builds the next one.
+        self.record: JobRecord = _new_record(JobRecord, (
             job.id, job.payload, job.priority, job.kind, job.max_retries, job.created,
             QUEUED, 0, None, None, None, None, seq,
-        ]
+        ))
         self.ready_since = now  # when it last became runnable, for queue latency
         self.started: float | None = None  # when its latest attempt started
         self.due: float | None = None  # when a RETRYING job runs again
 
     @property
     def attempts(self) -> int:
-        return self.fields[_ATTEMPTS]  # type: ignore[no-any-return]
+        return self.record.attempts
 
     @property
     def last_error(self) -> str | None:
-        return self.fields[_LAST_ERROR]  # type: ignore[no-any-return]
+        return self.record.last_error
 
     @last_error.setter
     def last_error(self, message: str | None) -> None:
-        self.fields[_LAST_ERROR] = message
+        self.record = self.record._replace(last_error=message)
 
     @property
     def seq(self) -> int:
         """The job's place in arrival order; each life of an id has a higher one."""
-        return self.fields[_SEQ]  # type: ignore[no-any-return]
+        return self.record.seq
 
     @seq.setter
     def seq(self, seq: int) -> None:
-        self.fields[_SEQ] = seq
-
-    def record(self) -> JobRecord:
-        """What the store keeps about the job as it stands."""
-        return _new_record(JobRecord, self.fields)  # type: ignore[no-any-return]
+        self.record = self.record._replace(seq=seq)
 
 
 class JobTable:
@@ -154,39 +149,44 @@ class JobTable:
         counts = self._counts
         if current is not STORED:
             counts[current][priority] -= 1
+        counts[to][priority] += 1
         entry.state = to
-        fields = entry.fields
-        earliest = False
         if current is PROCESSING:
             self._busy_seconds += now - entry.started  # type: ignore[operator]
         if to is QUEUED:
-            fields[_STATUS] = to
-            fields[_DUE_AT] = entry.due = None
+            entry.due = None
             entry.ready_since = now
             self._ready[priority].append(entry)
+            if current is NEW:
+                return False  # its record was made QUEUED, and the store has it (MOVES)
+        (job_id, payload, _, kind, max_retries, created_at, _, attempts, last_error,
+         started_at, finished_at, due_at, seq) = entry.record
+        earliest = False
+        if to is QUEUED:
+            due_at = None
         elif to is PROCESSING:
-            fields[_STATUS] = to
-            fields[_ATTEMPTS] += 1
-            fields[_STARTED_AT] = now + self._epoch_offset
+            attempts += 1
+            started_at = now + self._epoch_offset
             entry.started = now
             self._latency.record(now - entry.ready_since)
         elif to is RETRYING:
-            fields[_STATUS] = to
-            fields[_DUE_AT] = entry.due + self._epoch_offset  # type: ignore[operator]
+            due_at = entry.due + self._epoch_offset  # type: ignore[operator]
             if current is PROCESSING:
                 self._retried[priority] += 1
             earliest = self.retries.push(entry, entry.due)  # type: ignore[arg-type]
         else:  # COMPLETED, FAILED, GONE: the queue is done with it
-            del self._entries[entry.job.id]
+            del self._entries[job_id]
             if to is GONE:
                 return False
-            fields[_STATUS] = to
-            fields[_FINISHED_AT] = now + self._epoch_offset
+            finished_at = now + self._epoch_offset
             if to is COMPLETED:
-                fields[_PAYLOAD] = b""  # nothing will run it again
-        counts[to][priority] += 1
+                payload = b""  # nothing will run it again
+        entry.record = record = _new_record(JobRecord, (
+            job_id, payload, priority, kind, max_retries, created_at, to, attempts,
+            last_error, started_at, finished_at, due_at, seq,
+        ))
         if store_call is not None:
-            store_call(_new_record(JobRecord, fields))
+            store_call(record)
         return earliest
 
     def reserve(self, entries: Iterable[Entry]) -> None:
@@ -203,7 +203,7 @@ class JobTable:
         )
         entry = Entry(job, None, record.seq, now)
         entry.state = STORED
-        entry.fields = list(record)
+        entry.record = record
         offset = self._epoch_offset
         if record.started_at is not None:
             entry.started = record.started_at - offset
