@@ -133,13 +133,6 @@ _STATUS = {status.value: status for status in Status}
 _PRIORITIES = tuple(Priority)
 
 
-def _plain(record: JobRecord) -> tuple:
-    (job_id, payload, priority, kind, max_retries, created_at, status, attempts, last_error,
-     started_at, finished_at, due_at, seq) = record
-    return (job_id, payload, int(priority), kind, max_retries, created_at, _PLAIN_STATUS[status],
-            attempts, last_error, started_at, finished_at, due_at, seq)
-
-
 def _from_plain(kept: tuple) -> JobRecord:
     (job_id, payload, priority, kind, max_retries, created_at, status, attempts, last_error,
      started_at, finished_at, due_at, seq) = kept
@@ -163,7 +156,7 @@ class MemoryStore:
         # single dict operations, which the GIL makes atomic. A lock here cost 6 % of the
         # queue's instructions per job.
         self._live: dict[str, JobRecord] = {}  # the latest record of each live job
-        # Finished jobs, oldest first, as plain tuples (see _plain): up to ``retention``.
+        # Finished jobs, oldest first, as plain tuples (see _from_plain): up to ``retention``.
         self._finished: OrderedDict[str, tuple] = OrderedDict()
         self._unheld: dict[str, JobRecord] = {}  # released, waiting for a claim
         self._last_seq = 0
@@ -200,9 +193,14 @@ class MemoryStore:
     retrying = started
 
     def finished(self, record: JobRecord) -> None:
-        self._live.pop(record.id, None)
+        (job_id, payload, priority, kind, max_retries, created_at, status, attempts, last_error,
+         started_at, finished_at, due_at, seq) = record
+        self._live.pop(job_id, None)
         finished = self._finished
-        finished[record.id] = _plain(record)
+        finished[job_id] = (  # plain values: see _from_plain
+            job_id, payload, int(priority), kind, max_retries, created_at, _PLAIN_STATUS[status],
+            attempts, last_error, started_at, finished_at, due_at, seq,
+        )
         if len(finished) > self._retention:
             finished.popitem(last=False)
 
