@@ -187,4 +187,4 @@ def _accept_locked(core: Core, entries: Sequence[Entry], now: float) -> None:
     for entry in entries:
         transition(entry, QUEUED, now)
     if core.idle_workers:
-        core.work_ready.notify(len(entries))
+        core.ready_locked(len(entries))

@@ -26,7 +26,7 @@ class YieldingLock:
     with ``threading.Condition``, which needs ``acquire``, ``release`` and ``_is_owned``.
     """
 
-    __slots__ = ("_lock", "release", "locked", "acquire_now")
+    __slots__ = ("_lock", "release", "locked", "acquire_now", "_is_owned")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -36,6 +36,9 @@ class YieldingLock:
         #: path that writes ``if not lock.acquire_now(): lock.acquire()``, where ``with``
         #: would call two Python methods however free the lock is.
         self.acquire_now = functools.partial(self._lock.acquire, False)
+        # threading.Condition asks this before every notify, on paths every job takes. As
+        # Condition decides for a plain Lock, taken means taken by the caller: one C call.
+        self._is_owned = self._lock.locked
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         lock = self._lock
@@ -53,10 +56,3 @@ class YieldingLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self._lock.release()
-
-    def _is_owned(self) -> bool:
-        # As threading.Condition decides for a plain Lock: taken means taken by the caller.
-        if self._lock.acquire(False):
-            self._lock.release()
-            return False
-        return True

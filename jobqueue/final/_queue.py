@@ -298,7 +298,7 @@ class JobQueue:
             if gave_up:
                 core.stopping = True
                 core.shutdown.set()
-                core.work_ready.notify_all()
+                core.wake_workers_locked()
                 core.retry_due.notify()
                 core.changed.notify_all()
         grace = _CANCEL_GRACE if gave_up else max(_CANCEL_GRACE, endtime - core.clock())

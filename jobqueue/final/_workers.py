@@ -64,11 +64,8 @@ def _next_locked(core: Core, now: float) -> Entry | None:
             return entry
         if core.closing and core.drained_locked():
             return None
-        core.idle_workers += 1
-        try:
-            core.work_ready.wait()
-        finally:
-            core.idle_workers -= 1
+        core.idle_workers += 1  # counted off by whoever wakes it (see Core)
+        core.work_ready.wait()
         now = core.clock()
 
 
