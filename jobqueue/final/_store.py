@@ -195,12 +195,12 @@ class MemoryStore:
     def finished(self, record: JobRecord) -> None:
         (job_id, payload, priority, kind, max_retries, created_at, status, attempts, last_error,
          started_at, finished_at, due_at, seq) = record
-        self._live.pop(job_id, None)
         finished = self._finished
         finished[job_id] = (  # plain values: see _from_plain
             job_id, payload, int(priority), kind, max_retries, created_at, _PLAIN_STATUS[status],
             attempts, last_error, started_at, finished_at, due_at, seq,
         )
+        self._live.pop(job_id, None)  # after: get() without the mutex finds one or the other
         if len(finished) > self._retention:
             finished.popitem(last=False)
 
