@@ -60,6 +60,10 @@ class Backlog:
         # Backlog ids handed out and not finished: a second read of the index skips them.
         # Changed without the lock by release(): one set operation, atomic under the GIL.
         self._claimed: set[str] = set()
+        # Set once every priority is exhausted and no kind is parked: that lasts, since only
+        # a parked kind can make a priority unexhausted again. Read without the lock, as a
+        # producer asks on every enqueue.
+        self._none_left = False
 
     def includes(self, record: JobRecord) -> bool:
         """Whether a job is one of the backlog's (it arrived before the store opened)."""
@@ -67,8 +71,12 @@ class Backlog:
 
     def left(self) -> bool:
         """Whether jobs may remain to be claimed, parked ones included."""
+        if self._none_left:
+            return False
         with self._lock:
-            return not all(self._exhausted) or any(self._parked)
+            left = not all(self._exhausted) or any(self._parked)
+            self._none_left = not left
+        return left
 
     def may_hold(self, records: Sequence[JobRecord]) -> bool:
         """Whether one of these new jobs may share its id with a live backlog job the queue

@@ -123,16 +123,18 @@ class Writer:
 
     def _drain_locked(self) -> None:
         events, pending = self._events, self._pending
+        if self.closed:
+            # Handlers that outlived close(): their jobs stay as last written and run again
+            # at the next start (at least once).
+            events.clear()
+            return
         while events:
             record = events.popleft()
-            if self.closed:
-                # A handler that outlived close(): its job stays as last written and runs
-                # again at the next start (at least once).
-                continue
             previous = pending.get(record.id)
-            if previous is not None and previous.record.seq > record.seq:
-                continue  # the id was enqueued again since: a new life, already told
-            pending[record.id] = _Pending(record, previous is not None and previous.new)
+            if previous is None:
+                pending[record.id] = _Pending(record, False)
+            elif previous.record.seq <= record.seq:  # else a new life, already told
+                previous.record = record
 
     def latest_locked(self, job_id: str) -> JobRecord | None:
         """A job's state told but maybe not in LMDB yet, or None."""
