@@ -166,6 +166,47 @@ class MapGate:
                 self._cond.notify_all()
 
 
+class _Rows:
+    """A batch's rows, gathered per table and written with one ``putmulti`` each: py-lmdb
+    hands the interpreter away on every call, and while producers are busy each hand-off is
+    a wait (measured: 0.4 us a ``put`` alone, 140 us with one busy thread, 41 with
+    ``putmulti``)."""
+
+    __slots__ = ("jobs", "order", "done", "dead", "unordered")
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[bytes, bytes]] = []
+        self.order: list[tuple[bytes, bytes]] = []
+        self.done: list[tuple[bytes, bytes]] = []
+        self.dead: list[tuple[bytes, bytes]] = []
+        self.unordered: list[bytes] = []  # order entries of jobs that finished
+
+    def add(self, record: JobRecord, new: bool, fseq: int) -> None:
+        """A job's rows; ``new``: its ``order`` entry is not written yet; ``fseq``: its
+        number in finish order, if finished."""
+        job_id = record.id.encode()
+        if record.status in LIVE:
+            self.jobs.append((job_id, encode(record)))
+            if new:
+                self.order.append((order_key(record.priority, record.seq), job_id))
+            return
+        self.jobs.append((job_id, encode(record, fseq)))
+        if not new:
+            self.unordered.append(order_key(record.priority, record.seq))
+        key = seq_key(fseq)
+        self.done.append((key, job_id))
+        if record.status is Status.FAILED:
+            self.dead.append((key, job_id))
+
+    def write(self, txn: lmdb.Transaction, tables: Tables) -> None:
+        for db, rows in ((tables.jobs, self.jobs), (tables.order, self.order),
+                         (tables.done, self.done), (tables.dead, self.dead)):
+            if rows:
+                txn.cursor(db=db).putmulti(rows)
+        for key in self.unordered:
+            txn.delete(key, db=tables.order)
+
+
 class Tables:
     """An open environment and its tables, with the writes that keep the indexes in step."""
 
@@ -257,21 +298,9 @@ class Tables:
 
     def put_live(self, txn: lmdb.Transaction, record: JobRecord, new: bool) -> None:
         """Write a live job; ``new``: its ``order`` entry is not written yet."""
-        job_id = record.id.encode()
-        txn.put(job_id, encode(record), db=self.jobs)
-        if new:
-            txn.put(order_key(record.priority, record.seq), job_id, db=self.order)
-
-    def put_finished(self, txn: lmdb.Transaction, record: JobRecord, fseq: int, new: bool) -> None:
-        """Write a finished job as number ``fseq`` in finish order; ``new`` as in put_live."""
-        job_id = record.id.encode()
-        txn.put(job_id, encode(record, fseq), db=self.jobs)
-        if not new:
-            txn.delete(order_key(record.priority, record.seq), db=self.order)
-        key = seq_key(fseq)
-        txn.put(key, job_id, db=self.done)
-        if record.status is Status.FAILED:
-            txn.put(key, job_id, db=self.dead)
+        rows = _Rows()
+        rows.add(record, new, 0)
+        rows.write(txn, self)
 
     def delete(self, txn: lmdb.Transaction, record: JobRecord, fseq: int) -> None:
         """Delete a job and its index entries."""
@@ -317,15 +346,15 @@ class Tables:
         them updated. Prunes finished jobs beyond ``retention`` in the same transaction.
         """
         fseq, done_count, last_seq = counters
+        rows = _Rows()
         for record, new in batch:
             if new and record.seq > last_seq:
                 last_seq = record.seq
-            if record.status in LIVE:
-                self.put_live(txn, record, new)
-            else:
+            if record.status not in LIVE:
                 fseq += 1
                 done_count += 1
-                self.put_finished(txn, record, fseq, new)
+            rows.add(record, new, fseq)
+        rows.write(txn, self)
         if last_seq != counters[2]:
             self.put_meta_int(txn, b"seq", last_seq)  # arrival seqs never repeat
         if done_count > retention:
