@@ -167,7 +167,7 @@ class LmdbStore:
                     first, last = self._synced + 1, self._appended
                     descriptors = writer.log.take_unsynced()
                     break
-                cond.wait()
+                writer.sync_done.wait()
             else:
                 self._raise_if_sync_failed_locked(ticket)
                 return
@@ -183,7 +183,7 @@ class LmdbStore:
             if error is not None:
                 failures = self._sync_failures[-(_SYNC_FAILURES_KEPT - 1):]
                 self._sync_failures = [*failures, (first, last, error)]
-            cond.notify_all()
+            writer.sync_done.notify_all()
             self._raise_if_sync_failed_locked(ticket)
 
     def _raise_if_sync_failed_locked(self, ticket: _Ticket) -> None:

@@ -67,13 +67,18 @@ class Writer:
             self._last_fseq = Tables.last_key(txn, tables.done)
             self._done_count = txn.stat(tables.done)["entries"]
         # Conditions on cond: the flush thread waits for records, flush() and close() for a
-        # commit, producers for room (behind_locked) and for a group sync (the store).
-        self.cond = threading.Condition(threading.Lock())
+        # commit, producers for room (behind_locked). On the same lock, sync_done: producers
+        # wait for a group sync of the log (the store's). Apart, so that the end of each
+        # sync, thousands a second, wakes only the producers it concerns.
+        lock = threading.Lock()
+        self.cond = threading.Condition(lock)
+        self.sync_done = threading.Condition(lock)
         self.log = log
         self.unsettled: dict[int, int] = {}  # new jobs logged but not pending: ticket -> start
         # A group sync of the log is running (fsync=True, set by the store): a batch waits
         # for it, so that LMDB's own disk flush does not compete with the log's, which
-        # producers wait for. Under a steady stream of syncs, batches grow instead.
+        # producers wait for. Under a steady stream of syncs, batches grow instead. The
+        # flush thread looks again each _FLUSH_LINGER, not at the end of every sync.
         self.syncing = False
         self.told_seq = self.last_seq  # the highest arrival seq of a new job logged
         self._pending: dict[str, _Pending] = {}
@@ -179,7 +184,7 @@ class Writer:
                     cond.wait(_FLUSH_LINGER)  # let more records join this transaction
                     while self.syncing and not (self.closing or self._flush_wanted
                                                 or self.behind_locked()):
-                        cond.wait()
+                        cond.wait(_FLUSH_LINGER)
                 self._flush_wanted = False
                 self._drain_locked()
                 closing = self.closing
