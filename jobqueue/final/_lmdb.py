@@ -147,37 +147,25 @@ class LmdbStore:
             self._appended += 1
             ticket.number = self._appended
             writer.unsettled[ticket.number] = ticket.start  # holds the checkpoint back
-        if self._fsync:
-            self._group_sync(ticket)
-        with writer.cond:
-            writer.settle_locked(ticket.number)
-            writer.logged_locked(ticket.records)
-            while writer.behind_locked() and not writer.closing:
-                writer.cond.wait()  # LMDB is behind: hold producers, keep memory bounded
-
-    def _group_sync(self, ticket: _Ticket) -> None:
-        """Flush the log for this ticket and every one appended before it: one caller syncs
-        for the group. On failure the ticket's frames are revoked and StoreError raised."""
-        writer = self._writer
-        cond = writer.cond
-        with cond:
-            while self._synced < ticket.number:
-                if not writer.syncing:
-                    writer.syncing = True
-                    first, last = self._synced + 1, self._appended
-                    descriptors = writer.log.take_unsynced()
-                    break
-                writer.sync_done.wait()
-            else:
-                self._raise_if_sync_failed_locked(ticket)
+            if not self._fsync:
+                self._settle_locked(ticket)
                 return
+            # With fsync, one caller flushes the log for a group. Each caller takes the lock
+            # once before the flush and once after: a group's callers all wake together, and
+            # every extra turn at the lock is one more hand-off of the interpreter among them.
+            turn = self._sync_turn_locked(ticket)
+            if turn is None:  # another caller's flush covered this ticket
+                self._raise_if_sync_failed_locked(ticket)
+                self._settle_locked(ticket)
+                return
+        first, last, descriptors = turn
         error = None
         try:
             for descriptor in descriptors:
                 os.fdatasync(descriptor)
         except OSError as exc:
             error = StoreError(f"cannot flush store {self.path!r} to disk: {exc}")
-        with cond:
+        with writer.cond:
             writer.syncing = False
             self._synced = last
             if error is not None:
@@ -185,6 +173,28 @@ class LmdbStore:
                 self._sync_failures = [*failures, (first, last, error)]
             writer.sync_done.notify_all()
             self._raise_if_sync_failed_locked(ticket)
+            self._settle_locked(ticket)
+
+    def _sync_turn_locked(self, ticket: _Ticket) -> tuple[int, int, list[int]] | None:
+        """Wait until the log is flushed through ``ticket`` by another caller (None), or
+        until no flush runs: then this caller flushes everything appended so far, and gets
+        the tickets that covers and the descriptors to flush."""
+        writer = self._writer
+        while self._synced < ticket.number:
+            if not writer.syncing:
+                writer.syncing = True
+                return self._synced + 1, self._appended, writer.log.take_unsynced()
+            writer.sync_done.wait()
+        return None
+
+    def _settle_locked(self, ticket: _Ticket) -> None:
+        """The ticket's jobs are in the log (and flushed, with fsync): hand them to the
+        writer, and hold the producer while LMDB is too far behind."""
+        writer = self._writer
+        writer.settle_locked(ticket.number)
+        writer.logged_locked(ticket.records)
+        while writer.behind_locked() and not writer.closing:
+            writer.cond.wait()  # LMDB is behind: hold producers, keep memory bounded
 
     def _raise_if_sync_failed_locked(self, ticket: _Ticket) -> None:
         for first, last, error in self._sync_failures:
