@@ -61,19 +61,20 @@ def make(store: str, tmp_path: Path) -> Iterator[Make]:
 class Gate:
     """A handler that blocks until released, and says when it has started."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float = 10.0) -> None:
         self.started = threading.Event()
         self.release = threading.Event()
         self.payloads: list[bytes] = []
+        self._timeout = timeout  # a safety net: a test that fails must not hang
 
     def __call__(self, payload: bytes) -> None:
         self.payloads.append(payload)
         self.started.set()
-        self.release.wait(10)
+        self.release.wait(self._timeout)
 
 
-def hold_worker(queue: final.JobQueue, job_id: str = "blocker") -> Gate:
-    gate = Gate()
+def hold_worker(queue: final.JobQueue, job_id: str = "blocker", timeout: float = 10.0) -> Gate:
+    gate = Gate(timeout)
     queue.enqueue_with_handler(final.Job(job_id, priority=HIGH), gate)
     assert gate.started.wait(5)
     return gate
@@ -509,7 +510,7 @@ class TestBackpressure:
         batch_in = threading.Thread(daemon=True, target=queue.enqueue_many,
                                     args=([final.Job("c"), final.Job("d")],))
         batch_in.start()
-        assert until(lambda: core.batch_waiters[MEDIUM] == 1)
+        assert until(lambda: core.room[MEDIUM].batches == 1)
         single_done = threading.Event()
 
         def single() -> None:
@@ -518,7 +519,7 @@ class TestBackpressure:
 
         single_in = threading.Thread(daemon=True, target=single)
         single_in.start()
-        assert until(lambda: core.room_waiters[MEDIUM] == 2)
+        assert until(lambda: core.room[MEDIUM].waiting == 2)
         blocker.release.set()  # the worker takes "a": one slot frees, and "a" holds it
         assert second.started.wait(5)
         assert single_done.wait(5)  # the single job fits, and goes in
@@ -546,10 +547,10 @@ class TestBackpressure:
 
         first = threading.Thread(daemon=True, target=produce, args=("x",))
         first.start()
-        assert until(lambda: core.room_waiters[MEDIUM] == 1)
+        assert until(lambda: core.room[MEDIUM].waiting == 1)
         second = threading.Thread(daemon=True, target=produce, args=("y",))
         second.start()
-        assert until(lambda: core.room_waiters[MEDIUM] == 2)
+        assert until(lambda: core.room[MEDIUM].waiting == 2)
         x_gate = Gate()
         queue.enqueue_with_handler(final.Job("x", priority=HIGH), x_gate)  # "x" is taken
         for blocker in blockers:
@@ -563,7 +564,8 @@ class TestBackpressure:
 
     def test_close_wakes_every_blocked_producer(self, make: Make) -> None:
         queue = make(num_workers=1, queue_size=1, handler=lambda p: None)
-        gate = hold_worker(queue)
+        # Held past the joins below: a freed slot must not be what wakes the producers.
+        gate = hold_worker(queue, timeout=60)
         queue.enqueue(final.Job("fill"))
         refused: list[int] = []
 
@@ -576,7 +578,7 @@ class TestBackpressure:
         producers = [threading.Thread(daemon=True, target=produce, args=(n,)) for n in range(3)]
         for producer in producers:
             producer.start()
-        assert until(lambda: queue._core.room_waiters[MEDIUM] == 3)
+        assert until(lambda: queue._core.room[MEDIUM].waiting == 3)
         closer = threading.Thread(daemon=True, target=queue.close)
         closer.start()
         for producer in producers:

@@ -1005,7 +1005,7 @@ class TestRacesWithTheStore:
             waiting = threading.Thread(daemon=True, target=queue.enqueue,
                                        args=(final.Job("x", b"life-2", final.Priority.LOW),))
             waiting.start()
-            assert until(lambda: queue._core.room_waiters[final.Priority.LOW] == 1)
+            assert until(lambda: queue._core.room[final.Priority.LOW].waiting == 1)
             queue.enqueue(final.Job("x", b"life-1", final.Priority.HIGH))
             unblock.set()  # "x" runs and completes, "fill" frees LOW: life 2 goes in
             assert second_life.wait(10)

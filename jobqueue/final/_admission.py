@@ -162,15 +162,8 @@ def _admit_locked(
                     raise QueueFull(
                         f"the {full.name} queue stayed full ({limit} jobs) for {timeout} s"
                     )
-            batch = count > 1
-            core.room_waiters[full] += 1
-            core.batch_waiters[full] += batch
             waited = True
-            try:
-                core.room[full].wait(remaining)
-            finally:
-                core.room_waiters[full] -= 1
-                core.batch_waiters[full] -= batch
+            core.room[full].wait(count, remaining)
             now = core.clock()
     except BaseException:
         if waited:

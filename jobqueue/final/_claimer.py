@@ -62,8 +62,8 @@ def claim(core: Core) -> None:
                     # Producers must not wait for jobs that cannot be claimed; the claimer
                     # lives on, so that a later register() can try again.
                     core.unclaimed = [False, False, False]
-                    for condition in core.room:
-                        condition.notify_all()
+                    for line in core.room:
+                        line.wake_all()
                     core.changed_locked()
                     break
                 _hold_locked(core, records)
@@ -71,7 +71,7 @@ def claim(core: Core) -> None:
                 # still hold its jobs, so only a claim that saw every kind clears the flag.
                 if len(records) < room and core.registered == registered:
                     core.unclaimed[priority] = False
-                    core.room[priority].notify_all()
+                    core.room[priority].wake_all()
                 core.changed_locked()
 
 

@@ -285,8 +285,8 @@ class JobQueue:
         endtime = core.clock() + timeout
         with core.mutex:
             core.closing = True
-            for room in core.room:
-                room.notify_all()
+            for line in core.room:
+                line.wake_all()
             core.claim_wake.notify_all()
             core.changed_locked()
             while not core.drained_locked():

@@ -59,7 +59,7 @@ def _next_locked(core: Core, now: float) -> Entry | None:
         entry = table.take(now)
         if entry is not None:
             priority = entry.job.priority
-            if core.room_waiters[priority] or core.unclaimed[priority]:
+            if core.room[priority].waiting or core.unclaimed[priority]:
                 core.room_freed_locked(priority)
             return entry
         if core.closing and core.drained_locked():
