@@ -69,7 +69,7 @@ def enqueue(
             # lives apart by seq, so a new life must be numbered after every earlier one:
             # number these again, in the order of acceptance (rare: a race lost).
             for entry in entries:
-                entry.seq = next(seq)
+                entry.record = entry.record._replace(seq=next(seq))
             prepared = store.prepare([entry.record for entry in entries])
         ticket = store.add(prepared)  # if it raises, nothing is held
         core.newest_seq = entries[-1].record.seq

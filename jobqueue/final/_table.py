@@ -76,15 +76,6 @@ class Entry:
     def last_error(self, message: str | None) -> None:
         self.record = self.record._replace(last_error=message)
 
-    @property
-    def seq(self) -> int:
-        """The job's place in arrival order; each life of an id has a higher one."""
-        return self.record.seq
-
-    @seq.setter
-    def seq(self, seq: int) -> None:
-        self.record = self.record._replace(seq=seq)
-
 
 class JobTable:
     """Entries by id, the ready queue of each priority, the retry schedule, and counts."""
