@@ -134,8 +134,18 @@ class TestMoves:
         table.take(100.0)
         table.transition(entry, QUEUED, 101.0)
         assert store.calls[-1] == ("released", "a", QUEUED)
-        assert table.drop_all() == ["a"]
+        assert table.drop_all(102.0) == ["a"]
         assert len(table) == 0 and counts(table)["QUEUED"] == 0
+
+    def test_close_forgetting_a_job_still_running_releases_it_first(self) -> None:
+        # Left PROCESSING in the store, the next start would count the attempt as one its
+        # process died in.
+        table, store, (entry,) = table_with(Job("a"))
+        table.transition(entry, QUEUED, 100.0)
+        table.take(100.0)
+        assert table.drop_all(101.0) == ["a"]
+        assert store.calls[-1] == ("released", "a", QUEUED)
+        assert len(table) == 0 and counts(table)["PROCESSING"] == 0
 
     def test_a_claimed_job_keeps_its_history(self) -> None:
         table, store, _ = table_with()

@@ -7,6 +7,10 @@ priority up to ``queue_size`` as room frees, every priority at once, so the weig
 sees a stored backlog as it would live traffic: LOW is not held back behind a stored flood
 of HIGH. Jobs of a kind no handler runs stay in the store until ``register()`` names one.
 
+A claimed job its last owner was running when it died (a handler that killed its process,
+say) is a failed attempt: the claimer settles it at once, and the retry policy applies, so a
+job that kills every process that runs it ends FAILED instead of running forever.
+
 ``Core.unclaimed[p]`` says the store may still hold jobs of priority ``p`` for this queue;
 producers of ``p`` wait while it is set (admission), and ``join()`` counts it.
 """
@@ -18,8 +22,11 @@ from collections.abc import Sequence
 
 from jobqueue._priority import Priority
 from jobqueue.final._core import Core
-from jobqueue.final._states import NEW, RETRYING
+from jobqueue.final._model import Job
+from jobqueue.final._retry import RetryPolicy
+from jobqueue.final._states import NEW, PROCESSING, RETRYING
 from jobqueue.final._store import JobRecord
+from jobqueue.final._workers import Outcome, failed_attempt, settle_locked
 
 __all__ = ["claim"]
 
@@ -28,7 +35,11 @@ logger = logging.getLogger("jobqueue")
 _PRIORITIES = tuple(Priority)
 
 
-def claim(core: Core) -> None:
+#: The last error of an attempt its process died in.
+DIED = "the process died while running it"
+
+
+def claim(core: Core, policy: RetryPolicy) -> None:
     """The claimer thread: claim stored jobs until close() starts.
 
     Each pass claims for every priority with room, so a priority that keeps freeing room
@@ -55,6 +66,10 @@ def claim(core: Core) -> None:
                 logger.exception("claiming stored jobs failed; they stay stored until "
                                  "register() names a new kind or the next start")
                 records = None
+            interrupted = {
+                record.id: failed_attempt(core, policy, _job(record), record.attempts, DIED, None)
+                for record in records or () if record.status is PROCESSING
+            }
             with core.mutex:
                 if core.closing:
                     return  # the store keeps them for the next start
@@ -66,7 +81,7 @@ def claim(core: Core) -> None:
                         line.wake_all()
                     core.changed_locked()
                     break
-                _hold_locked(core, records)
+                _hold_locked(core, records, interrupted)
                 # A kind registered during the claim was not in ``kinds``: the store may
                 # still hold its jobs, so only a claim that saw every kind clears the flag.
                 if len(records) < room and core.registered == registered:
@@ -75,7 +90,14 @@ def claim(core: Core) -> None:
                 core.changed_locked()
 
 
-def _hold_locked(core: Core, records: Sequence[JobRecord]) -> None:
+def _job(record: JobRecord) -> Job:
+    return Job(record.id, record.payload, record.priority, record.kind, record.max_retries,
+               record.created_at)
+
+
+def _hold_locked(
+    core: Core, records: Sequence[JobRecord], interrupted: dict[str, Outcome]
+) -> None:
     table = core.table
     for record in records:
         # A producer may be enqueueing the same id: the store will refuse it (the record is
@@ -85,7 +107,11 @@ def _hold_locked(core: Core, records: Sequence[JobRecord]) -> None:
         if held is not None:
             logger.error("the store handed out job %r, which this queue holds", record.id)
             continue
-        if table.claim(record, core.clock()).state is RETRYING:
+        now = core.clock()
+        entry = table.claim(record, now)
+        if entry.state is PROCESSING:
+            settle_locked(core, entry, interrupted[record.id], now)
+        elif entry.state is RETRYING:
             core.retry_due.notify()
         else:
             core.ready_locked(1)

@@ -207,9 +207,12 @@ class LmdbStore:
     # -- moves of held jobs: batched --------------------------------------------------------
 
     def started(self, record: JobRecord) -> None:
-        self._writer.event(record)
+        # In the log before the handler runs, not only in the next batch: if the handler
+        # kills the process, the next start finds the attempt and counts it as failed.
+        self._writer.attempt_started(record, frame(encode(record)))
 
-    retrying = started
+    def retrying(self, record: JobRecord) -> None:
+        self._writer.event(record)
 
     def finished(self, record: JobRecord) -> None:
         self._backlog.release(record.id)

@@ -69,7 +69,7 @@ class JobQueue:
                     lambda: _workers.work(core, policy), f"jobqueue-final-worker-{number}"
                 )
             self._start_thread(lambda: _workers.retry_timer(core), "jobqueue-final-retry")
-            self._start_thread(lambda: _claimer.claim(core), "jobqueue-final-claimer")
+            self._start_thread(lambda: _claimer.claim(core, policy), "jobqueue-final-claimer")
         except BaseException:
             self.close(timeout=0)
             raise
@@ -309,7 +309,7 @@ class JobQueue:
         stuck = [t.name for t in self._threads if t.is_alive()]
         with core.mutex:
             if gave_up:
-                self._abandoned = core.table.drop_all()
+                self._abandoned = core.table.drop_all(core.clock())
             core.closed = True
             core.changed_locked()  # waiters whose jobs will not finish now must know
         if gave_up:

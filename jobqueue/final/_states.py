@@ -10,6 +10,8 @@ knows: it handed the job out, or nothing it keeps changes)::
                               disk): the call raises, and no trace is left
     STORED       QUEUED       claimed from the store (a restart's backlog) -
     STORED       RETRYING     claimed, its retry not yet due               -
+    STORED       PROCESSING   claimed mid-attempt: its last owner died      -
+                              while running it, so it fails at once
     QUEUED       PROCESSING   a worker picks it                            started
     PROCESSING   COMPLETED    its handler returned                         finished
     PROCESSING   RETRYING     its handler raised, retries left             retrying (its due time)
@@ -84,6 +86,7 @@ MOVES: dict[tuple[State, State], str | None] = {
     (NEW, GONE): None,
     (STORED, QUEUED): None,
     (STORED, RETRYING): None,
+    (STORED, PROCESSING): None,  # an attempt the process died in: settled as failed at once
     (QUEUED, PROCESSING): "started",
     (PROCESSING, COMPLETED): "finished",
     (PROCESSING, RETRYING): "retrying",

@@ -156,10 +156,12 @@ class JobTable:
         if to is QUEUED:
             due_at = None
         elif to is PROCESSING:
-            attempts += 1
-            started_at = now + self._epoch_offset
             entry.started = now
-            self._latency.record(now - entry.ready_since)
+            if current is not STORED:
+                attempts += 1
+                started_at = now + self._epoch_offset
+                self._latency.record(now - entry.ready_since)
+            # else an attempt its last owner died in: counted then, and failed now
         elif to is RETRYING:
             due_at = entry.due + self._epoch_offset  # type: ignore[operator]
             if current is PROCESSING:
@@ -187,7 +189,8 @@ class JobTable:
             self._counts[NEW][entry.job.priority] += 1
 
     def claim(self, record: JobRecord, now: float) -> Entry:
-        """Hold a job the store handed out: QUEUED, or RETRYING if a retry is still due."""
+        """Hold a job the store handed out: QUEUED, RETRYING if a retry is still due, or
+        PROCESSING if its last owner died while running it (the caller settles it)."""
         job = Job(
             record.id, record.payload, record.priority, record.kind, record.max_retries,
             record.created_at,
@@ -202,6 +205,8 @@ class JobTable:
         if record.status is RETRYING and record.due_at is not None:
             entry.due = record.due_at - offset
             self.transition(entry, RETRYING, now)
+        elif record.status is PROCESSING:
+            self.transition(entry, PROCESSING, now)  # the caller settles it as failed
         else:
             self.transition(entry, QUEUED, now)
         return entry
@@ -223,13 +228,18 @@ class JobTable:
             self.transition(entry, QUEUED, now)
         return due
 
-    def drop_all(self) -> list[str]:
+    def drop_all(self, now: float) -> list[str]:
         """Forget every job (close() gave up): the store keeps what it was told. Their ids.
 
-        Reservations (NEW) stay: their producers are still in enqueue(), waiting for the
-        store, and settle them either way when it answers.
+        Running jobs go back to the store first (``released``), their attempt neither
+        finished nor failed: shutdown interrupted it, not the job. Left PROCESSING, the next
+        start would count it as an attempt the process died in. Reservations (NEW) stay:
+        their producers are still in enqueue(), waiting for the store, and settle them
+        either way when it answers.
         """
         entries = self._entries
+        for entry in [entry for entry in entries.values() if entry.state is PROCESSING]:
+            self.transition(entry, QUEUED, now)
         dropped = sorted(job_id for job_id, entry in entries.items() if entry.state is not NEW)
         for job_id in dropped:
             del entries[job_id]

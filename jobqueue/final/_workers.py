@@ -17,31 +17,32 @@ import threading
 from jobqueue.errors import JobTimeout
 from jobqueue.final._context import JobContext, worker_local
 from jobqueue.final._core import Core
+from jobqueue.final._model import Job
 from jobqueue.final._retry import RetryPolicy
 from jobqueue.final._states import COMPLETED, FAILED, QUEUED, RETRYING
 from jobqueue.final._table import Entry
 
-__all__ = ["retry_timer", "work"]
+__all__ = ["failed_attempt", "retry_timer", "settle_locked", "work"]
 
 logger = logging.getLogger("jobqueue")
 
 #: An attempt's outcome, worked out without the mutex: None for success, else the error as
 #: text and the delay before a retry (None: no retry).
-_Outcome = tuple[str, float | None] | None
+Outcome = tuple[str, float | None] | None
 
 
 def work(core: Core, policy: RetryPolicy) -> None:
     """A worker thread: run jobs until the queue is closed and drained, or gives up."""
     mutex, clock = core.mutex, core.clock
     entry: Entry | None = None
-    outcome: _Outcome = None
+    outcome: Outcome = None
     while True:
         if not mutex.acquire_now():  # (the hot path: see YieldingLock)
             mutex.acquire()
         try:
             now = clock()
             if entry is not None:
-                _settle_locked(core, entry, outcome, now)
+                settle_locked(core, entry, outcome, now)
             entry = _next_locked(core, now)
         finally:
             mutex.release()
@@ -76,7 +77,7 @@ def _describe(error: BaseException) -> str:
         return type(error).__name__
 
 
-def _run(core: Core, policy: RetryPolicy, entry: Entry) -> _Outcome:
+def _run(core: Core, policy: RetryPolicy, entry: Entry) -> Outcome:
     """Run one attempt; on failure, log it and decide its retry."""
     job = entry.job
     config = core.config
@@ -104,23 +105,35 @@ def _run(core: Core, policy: RetryPolicy, entry: Entry) -> _Outcome:
         error = JobTimeout(f"timed out after {elapsed:.3f} s (job_timeout={job_timeout} s)")
     # Logged before the outcome is visible: a waiter woken by the failure finds it logged,
     # and a slow log handler holds up no other thread.
-    message = _describe(error)
+    return failed_attempt(core, policy, job, entry.attempts, _describe(error), error)
+
+
+def failed_attempt(
+    core: Core,
+    policy: RetryPolicy,
+    job: Job,
+    attempts: int,
+    message: str,
+    error: BaseException | None,
+) -> Outcome:
+    """Decide the retry of a failed attempt and log the failure; call without the mutex."""
     if core.stopping:
         logger.warning("job %r failed as close() gave up on it: %s", job.id, message)
         return message, None
-    delay = policy.next_delay(entry.attempts, job.max_retries)
+    delay = policy.next_delay(attempts, job.max_retries)
     if delay is not None:
         allowed = policy.max_retries if job.max_retries is None else job.max_retries
         logger.warning(
             "job %r failed (attempt %d of %d), retrying in %.3f s: %s",
-            job.id, entry.attempts, allowed + 1, delay, message,
+            job.id, attempts, allowed + 1, delay, message,
         )
     else:
-        logger.error("job %r failed after %d attempts", job.id, entry.attempts, exc_info=error)
+        logger.error("job %r failed after %d attempts: %s", job.id, attempts, message,
+                     exc_info=error)
     return message, delay
 
 
-def _settle_locked(core: Core, entry: Entry, outcome: _Outcome, now: float) -> None:
+def settle_locked(core: Core, entry: Entry, outcome: Outcome, now: float) -> None:
     """Record an attempt's outcome."""
     table = core.table
     if core.stopping and table.get(entry.job.id) is not entry:
