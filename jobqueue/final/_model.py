@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -15,6 +18,10 @@ from jobqueue.final._picker import DEFAULT_WEIGHTS
 from jobqueue.final._states import Status
 
 __all__ = [
+    "MAX_DELAY",
+    "MAX_ID_BYTES",
+    "MAX_KIND_BYTES",
+    "MAX_RETRIES",
     "Config",
     "Handler",
     "Job",
@@ -23,32 +30,107 @@ __all__ = [
     "Metrics",
     "PriorityMetrics",
     "Status",
+    "check_handler",
+    "check_timeout",
 ]
 
 #: A handler receives the job's payload; it returns for success and raises for failure.
 Handler = Callable[[bytes], Any]
 
 MAX_ID_BYTES = 256
+MAX_KIND_BYTES = 256
+#: The most retries a job may have: what a store keeps in a signed 32-bit field.
+MAX_RETRIES = 2**31 - 1
+#: The longest delay a retry may wait, in seconds: as long as a thread can wait (292 years).
+MAX_DELAY = threading.TIMEOUT_MAX
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
+def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
 
 
-def _check_seconds(name: str, value: object, *, allow_zero: bool = True) -> None:
+def _check_seconds(
+    name: str, value: object, *, allow_zero: bool = True, maximum: float | None = None
+) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
+    if math.isnan(value):
+        raise ValueError(f"{name} must be a number of seconds, not NaN")
+    if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum:.0f} s, got {value}")
 
 
-def _check_handler(name: str, value: object) -> None:
+def check_timeout(name: str, value: object) -> float | None:
+    """A timeout argument as the queue's waits take it: seconds, or None for forever.
+
+    ``None`` and ``inf`` mean forever, and so does anything longer than a thread can wait
+    (``threading.TIMEOUT_MAX``, 292 years). Raises ``TypeError`` for a value that is not a
+    number and ``ValueError`` for NaN or a negative number, naming the argument.
+    """
+    if value is None:
+        return None
+    _check_seconds(name, value)
+    return None if value >= threading.TIMEOUT_MAX else float(value)  # type: ignore[operator]
+
+
+def check_handler(name: str, value: object) -> None:
+    """Refuse what cannot be a handler: not callable, or a function whose body a call would
+    not run (``async def``, a generator function), which would complete without running."""
     if not callable(value):
         raise TypeError(f"{name} must be callable, not {type(value).__name__}")
+    target = value
+    if not inspect.isroutine(target) and not isinstance(target, functools.partial):
+        target = type(value).__call__  # a callable object: what a call runs
+    if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target):
+        raise TypeError(
+            f"{name} must be a plain function: {value!r} is async, and calling it only makes "
+            "a coroutine (the queue runs handlers on threads; wrap it with asyncio.run)"
+        )
+    if inspect.isgeneratorfunction(target):
+        raise TypeError(
+            f"{name} must be a plain function: {value!r} is a generator function, and "
+            "calling it would not run its body"
+        )
+
+
+def _check_text(name: str, value: str, limit: int) -> None:
+    """A str a store keeps as UTF-8: encodable, and at most ``limit`` bytes."""
+    if value.isascii():  # the common case, checked in C without encoding
+        if len(value) > limit:
+            raise ValueError(f"{name} must be at most {limit} UTF-8 bytes")
+        return
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} must be valid Unicode text: it holds a lone surrogate "
+                         f"({value!r})") from None
+    if size > limit:
+        raise ValueError(f"{name} must be at most {limit} UTF-8 bytes")
+
+
+def _check_path(path: object) -> None:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"persist_path must be a path or None, not {type(path).__name__}")
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise TypeError(f"persist_path must be a str path, not {type(text).__name__}")
+    if not text:
+        raise ValueError("persist_path must not be empty (use None to keep jobs in memory)")
+    if "\0" in text:
+        raise ValueError(f"persist_path must not contain a NUL character: {text!r}")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"persist_path must be encodable as UTF-8 (LMDB opens paths so): "
+                         f"{text!r}") from None
 
 
 _set = object.__setattr__  # how a frozen dataclass sets its fields
@@ -86,20 +168,23 @@ class Job:
             raise TypeError(f"id must be a str, not {type(id).__name__}")
         if not id:
             raise ValueError("id must be a non-empty str")
-        if len(id) > MAX_ID_BYTES // 4 and len(id.encode()) > MAX_ID_BYTES:
-            raise ValueError(f"id must be at most {MAX_ID_BYTES} UTF-8 bytes")
+        _check_text("id", id, MAX_ID_BYTES)
         if type(payload) is not bytes:
             raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
         if type(priority) is not Priority:
             raise TypeError(f"priority must be a Priority, not {priority!r}")
         if type(kind) is not str:
             raise TypeError(f"kind must be a str, not {type(kind).__name__}")
+        if kind:
+            _check_text("kind", kind, MAX_KIND_BYTES)
         if max_retries is not None:
-            _check_int("max_retries", max_retries, 0)
+            _check_int("max_retries", max_retries, 0, MAX_RETRIES)
         if created is None:
             created = time.time()
         elif isinstance(created, bool) or not isinstance(created, (int, float)):
             raise TypeError(f"created must be epoch seconds, not {type(created).__name__}")
+        elif not math.isfinite(created):
+            raise ValueError(f"created must be a finite number of epoch seconds, got {created}")
         _set(self, "id", id)
         _set(self, "payload", payload)
         _set(self, "priority", priority)
@@ -131,10 +216,10 @@ class Config:
     def __post_init__(self) -> None:
         _check_int("num_workers", self.num_workers, 1)
         _check_int("queue_size", self.queue_size, 1)
-        _check_int("max_retries", self.max_retries, 0)
+        _check_int("max_retries", self.max_retries, 0, MAX_RETRIES)
         _check_int("status_retention", self.status_retention, 0)
-        _check_seconds("base_delay", self.base_delay)
-        _check_seconds("max_delay", self.max_delay)
+        _check_seconds("base_delay", self.base_delay, maximum=MAX_DELAY)
+        _check_seconds("max_delay", self.max_delay, maximum=MAX_DELAY)
         _check_seconds("jitter", self.jitter)
         if self.jitter > 1:
             raise ValueError(f"jitter must be a fraction from 0 to 1, got {self.jitter}")
@@ -153,21 +238,21 @@ class Config:
             for p in Priority:
                 _check_int(f"weights[{p.name}]", self.weights[p], 1)
             object.__setattr__(self, "weights", MappingProxyType(dict(self.weights)))
-        if self.persist_path is not None and not isinstance(self.persist_path, (str, os.PathLike)):
-            raise TypeError(
-                f"persist_path must be a path or None, not {type(self.persist_path).__name__}"
-            )
+        if self.persist_path is not None:
+            _check_path(self.persist_path)
         if not isinstance(self.fsync, bool):
             raise TypeError(f"fsync must be a bool, not {type(self.fsync).__name__}")
         if self.handler is not None:
-            _check_handler("handler", self.handler)
+            check_handler("handler", self.handler)
         if self.handlers is not None:
             if not isinstance(self.handlers, Mapping):
                 raise TypeError(f"handlers must be a mapping, not {type(self.handlers).__name__}")
             for kind, fn in self.handlers.items():
                 if not isinstance(kind, str):
                     raise TypeError(f"handlers keys must be str kinds, not {kind!r}")
-                _check_handler(f"handlers[{kind!r}]", fn)
+                if kind:
+                    _check_text(f"handlers key {kind!r}", kind, MAX_KIND_BYTES)
+                check_handler(f"handlers[{kind!r}]", fn)
             object.__setattr__(self, "handlers", MappingProxyType(dict(self.handlers)))
 
     @property

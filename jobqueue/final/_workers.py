@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import types
+from collections.abc import Callable
 
 from jobqueue.errors import JobTimeout
 from jobqueue.final._context import JobContext, worker_local
 from jobqueue.final._core import Core
 from jobqueue.final._model import Job
 from jobqueue.final._retry import RetryPolicy
-from jobqueue.final._states import COMPLETED, FAILED, QUEUED, RETRYING
+from jobqueue.final._states import COMPLETED, FAILED, PROCESSING, QUEUED, RETRYING
 from jobqueue.final._table import Entry
 
 __all__ = ["failed_attempt", "retry_timer", "settle_locked", "work"]
@@ -31,8 +33,12 @@ logger = logging.getLogger("jobqueue")
 Outcome = tuple[str, float | None] | None
 
 
-def work(core: Core, policy: RetryPolicy) -> None:
-    """A worker thread: run jobs until the queue is closed and drained, or gives up."""
+def work(core: Core, policy: RetryPolicy, finish_close: Callable[[], None]) -> None:
+    """A worker thread: run jobs until the queue is closed and drained, or gives up.
+
+    ``finish_close`` finishes a close() that a handler called, once that handler's job is
+    settled: the worker that settled it, on its way out, calls it.
+    """
     mutex, clock = core.mutex, core.clock
     entry: Entry | None = None
     outcome: Outcome = None
@@ -47,6 +53,9 @@ def work(core: Core, policy: RetryPolicy) -> None:
         finally:
             mutex.release()
         if entry is None:
+            closer = core.closer
+            if closer is not None and closer.state is not PROCESSING:
+                finish_close()
             return
         outcome = _run(core, policy, entry)
 
@@ -70,11 +79,25 @@ def _next_locked(core: Core, now: float) -> Entry | None:
         now = core.clock()
 
 
+#: The most of a failure's text kept as the job's last error: a store keeps it with the job.
+MAX_ERROR_CHARS = 2000
+#: What a handler returns that means it never ran its body: a call only made the object.
+_UNRUN = (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType)
+
+
 def _describe(error: BaseException) -> str:
+    """The failure as text, whatever the exception does; never raises."""
+    name = type(error).__name__
     try:
-        return f"{type(error).__name__}: {error}"
-    except Exception:  # its __str__ raised: the type must do
-        return type(error).__name__
+        text = str(error)
+        if type(text) is not str:
+            raise TypeError
+    except BaseException:  # its __str__ raised (anything at all): the type must do
+        return name
+    message = f"{name}: {text}" if text else name
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 1] + "…"
+    return message
 
 
 def _run(core: Core, policy: RetryPolicy, entry: Entry) -> Outcome:
@@ -86,12 +109,16 @@ def _run(core: Core, policy: RetryPolicy, entry: Entry) -> Outcome:
     started = entry.started
     assert started is not None
     deadline = None if job_timeout is None else started + job_timeout
-    worker_local.context = JobContext(job, entry.attempts, deadline, core.shutdown)
+    worker_local.context = JobContext(job, entry.attempts, deadline, core.shutdown, core, entry)
     error: BaseException | None = None
     try:
         if handler is None:  # its handler was replaced away; keep the job, fail the attempt
             raise LookupError(f"no handler for kind {job.kind!r}")
-        handler(job.payload)
+        result = handler(job.payload)
+        if result is not None and isinstance(result, _UNRUN):
+            _discard(result)
+            raise TypeError(f"the handler returned {type(result).__name__} {result!r} without "
+                            "running: handlers must be plain functions, not async or generators")
     except BaseException as exc:  # even SystemExit: the worker must live to settle it
         error = exc
     finally:
@@ -106,6 +133,17 @@ def _run(core: Core, policy: RetryPolicy, entry: Entry) -> Outcome:
     # Logged before the outcome is visible: a waiter woken by the failure finds it logged,
     # and a slow log handler holds up no other thread.
     return failed_attempt(core, policy, job, entry.attempts, _describe(error), error)
+
+
+def _discard(unrun: object) -> None:
+    """Close a coroutine or generator a handler made, so Python does not warn it never ran."""
+    try:
+        if isinstance(unrun, types.AsyncGeneratorType):
+            unrun.aclose().close()
+        else:
+            unrun.close()  # type: ignore[attr-defined]
+    except BaseException:  # nothing here may keep the attempt from its outcome
+        logger.debug("closing what a handler returned failed", exc_info=True)
 
 
 def failed_attempt(
