@@ -3,13 +3,46 @@ calls, forks, and races on a new store. Each test here failed before the fix it 
 
 from __future__ import annotations
 
+import functools
+import math
+import os
 import subprocess
 import sys
+import threading
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import Make, jobqueue_threads
+from test_final_contract import Gate, hold_worker, until
+
+from jobqueue import final
+from jobqueue.final import Priority, Status
 
 POISON_CHILD = str(Path(__file__).with_name("poison_child.py"))
+HIGH, MEDIUM, LOW = Priority.HIGH, Priority.MEDIUM, Priority.LOW
+INF, NAN = math.inf, math.nan
+
+
+def ignore(payload: bytes) -> None:
+    pass
+
+
+def run_in_handler(queue: final.JobQueue, call: Callable[[], object], job_id: str = "inside",
+                   priority: Priority = MEDIUM) -> object:
+    """Run ``call`` in a handler of ``queue``; return what it returned or raised."""
+    result: list[object] = []
+
+    def handler(payload: bytes) -> None:
+        try:
+            result.append(call())
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            result.append(exc)
+
+    queue.enqueue_with_handler(final.Job(job_id, priority=priority), handler)
+    assert queue.wait(job_id, timeout=10) is Status.COMPLETED
+    return result[0]
 
 
 def run_poison_child(*args: str) -> subprocess.CompletedProcess[str]:
@@ -22,15 +55,15 @@ class TestPoisonJobs:
     def test_a_job_that_kills_its_process_ends_failed_and_the_others_run(
         self, tmp_path: Path, how: str
     ) -> None:
-        store, runlog = str(tmp_path / "jobs"), str(tmp_path / "runs")
+        path, runlog = str(tmp_path / "jobs"), str(tmp_path / "runs")
         others = 300
-        seeded = run_poison_child("seed", store, runlog, how, str(others))
+        seeded = run_poison_child("seed", path, runlog, how, str(others))
         assert seeded.returncode != 0, seeded.stderr  # the poison job killed it
         # max_retries=2: three attempts kill three processes; the fourth start counts the
         # third death, fails the job, and runs what is left.
         restarts = []
         for _ in range(6):
-            restarted = run_poison_child("restart", store, runlog, how)
+            restarted = run_poison_child("restart", path, runlog, how)
             restarts.append(restarted.returncode)
             if restarted.returncode == 0:
                 break
@@ -41,3 +74,333 @@ class TestPoisonJobs:
         assert "the process died while running it" in error
         ran = Path(runlog).read_text().split()
         assert set(ran) == {f"job-{i}" for i in range(others)}
+
+
+class TestMisbehavingHandlers:
+    class StrRaises(Exception):
+        def __str__(self) -> str:
+            raise KeyboardInterrupt  # not even an Exception
+
+    class StrNotStr(Exception):
+        def __str__(self) -> str:
+            return 42  # type: ignore[return-value]
+
+    @pytest.mark.parametrize("error", [StrRaises, StrNotStr])
+    def test_an_exception_that_cannot_be_told_fails_its_job_and_the_worker_lives(
+        self, make: Make, error: type[Exception]
+    ) -> None:
+        def handler(payload: bytes) -> None:
+            if payload == b"bad":
+                raise error()
+
+        queue = make(num_workers=1, handler=handler, max_retries=0)
+        queue.enqueue(final.Job("bad", b"bad"))
+        assert queue.wait("bad", timeout=10) is Status.FAILED
+        info = queue.info("bad")
+        assert info is not None and info.last_error == error.__name__
+        queue.enqueue(final.Job("next", b"fine"))  # the one worker still runs jobs
+        assert queue.wait("next", timeout=10) is Status.COMPLETED
+        assert queue.close() == []
+
+    def test_a_huge_error_message_is_cut_to_a_bound(self, make: Make) -> None:
+        def handler(payload: bytes) -> None:
+            raise ValueError("x" * 1_000_000)
+
+        queue = make(num_workers=1, handler=handler, max_retries=0)
+        queue.enqueue(final.Job("big"))
+        assert queue.wait("big", timeout=10) is Status.FAILED
+        info = queue.info("big")
+        assert info is not None and info.last_error is not None
+        assert info.last_error.startswith("ValueError: xxx") and len(info.last_error) <= 2000
+
+
+async def async_handler(payload: bytes) -> None:
+    raise AssertionError("never runs")
+
+
+async def async_generator_handler(payload: bytes):  # type: ignore[no-untyped-def]
+    yield
+
+
+def generator_handler(payload: bytes):  # type: ignore[no-untyped-def]
+    yield
+
+
+class AsyncCallable:
+    async def __call__(self, payload: bytes) -> None:
+        raise AssertionError("never runs")
+
+
+UNRUNNABLE = [
+    pytest.param(async_handler, id="async-def"),
+    pytest.param(async_generator_handler, id="async-generator"),
+    pytest.param(generator_handler, id="generator"),
+    pytest.param(AsyncCallable(), id="async-__call__"),
+    pytest.param(functools.partial(async_handler), id="partial-of-async"),
+]
+
+
+class TestAsyncAndGeneratorHandlers:
+    @pytest.mark.parametrize("handler", UNRUNNABLE)
+    def test_refused_wherever_a_handler_is_given(self, make: Make, handler: object) -> None:
+        with pytest.raises(TypeError, match="must be a plain function"):
+            final.Config(handler=handler)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"handlers\['k'\] must be a plain function"):
+            final.Config(handlers={"k": handler})  # type: ignore[dict-item]
+        queue = make(handler=ignore)
+        with pytest.raises(TypeError, match="must be a plain function"):
+            queue.register("k", handler)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="must be a plain function"):
+            queue.enqueue_with_handler(final.Job("j"), handler)  # type: ignore[arg-type]
+        assert queue.status("j") is None
+
+    def test_a_handler_that_returns_a_coroutine_fails_instead_of_completing(
+        self, make: Make
+    ) -> None:
+        queue = make(num_workers=1, handler=lambda payload: async_handler(payload),
+                     max_retries=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # "coroutine was never awaited" would be a failure
+            queue.enqueue(final.Job("sneaky"))
+            assert queue.wait("sneaky", timeout=10) is Status.FAILED
+        info = queue.info("sneaky")
+        assert info is not None and "returned coroutine" in (info.last_error or "")
+
+
+class TestOddNumbers:
+    @pytest.mark.parametrize("field", ["base_delay", "max_delay"])
+    @pytest.mark.parametrize("value", [INF, 1e300])
+    def test_retry_delays_must_be_finite_and_within_what_a_thread_can_wait(
+        self, field: str, value: float
+    ) -> None:
+        with pytest.raises(ValueError, match=field):
+            final.Config(**{field: value})  # type: ignore[arg-type]
+
+    def test_a_retry_centuries_away_leaves_the_retry_thread_serving_others(
+        self, make: Make
+    ) -> None:
+        failed_once: set[str] = set()
+
+        def handler(payload: bytes) -> None:
+            if payload not in failed_once:
+                failed_once.add(payload)  # type: ignore[arg-type]
+                raise RuntimeError("first attempt fails")
+
+        far = make(num_workers=1, handler=handler, base_delay=1e9, max_delay=1e9)
+        far.enqueue(final.Job("far", b"far"))
+        assert until(lambda: far.status("far") is Status.RETRYING)
+        info = far.info("far")
+        assert info is not None and info.retry_at is not None and info.retry_at > 1e9
+        near = make(num_workers=1, handler=handler, base_delay=0.01, max_delay=0.01)
+        near.enqueue(final.Job("near", b"near"))
+        assert near.wait("near", timeout=10) is Status.COMPLETED
+        assert "jobqueue-final-retry" in [t.name for t in jobqueue_threads()]
+
+    @pytest.mark.parametrize("call", ["enqueue", "wait", "join", "close"])
+    @pytest.mark.parametrize("value", [NAN, -1.0, "5"])
+    def test_a_timeout_must_be_a_non_negative_number(
+        self, make: Make, call: str, value: object
+    ) -> None:
+        queue = make(handler=ignore)
+        queue.enqueue(final.Job("known"))
+        calls: dict[str, Callable[[], object]] = {
+            "enqueue": lambda: queue.enqueue(final.Job("new"), timeout=value),  # type: ignore[arg-type]
+            "wait": lambda: queue.wait("known", timeout=value),  # type: ignore[arg-type]
+            "join": lambda: queue.join(timeout=value),  # type: ignore[arg-type]
+            "close": lambda: queue.close(timeout=value),  # type: ignore[arg-type]
+        }
+        error = TypeError if isinstance(value, str) else ValueError
+        with pytest.raises(error, match="timeout"):
+            calls[call]()
+        assert queue.close() == []  # refused, the queue was left as it was
+
+    def test_infinite_timeouts_mean_no_limit(self, make: Make) -> None:
+        queue = make(num_workers=1, handler=ignore, queue_size=1, shutdown_timeout=INF)
+        gate = hold_worker(queue)
+        queue.enqueue(final.Job("fills-the-queue"))
+        entered = threading.Event()
+        outcome: list[object] = []
+
+        def produce() -> None:
+            entered.set()
+            try:
+                queue.enqueue(final.Job("waits-for-room"), timeout=INF)
+                outcome.append("enqueued")
+            except BaseException as exc:  # noqa: BLE001
+                outcome.append(exc)
+
+        producer = threading.Thread(target=produce, daemon=True)
+        producer.start()
+        assert entered.wait(5)
+        assert until(lambda: queue._core.room[MEDIUM].waiting == 1 or bool(outcome))
+        gate.release.set()
+        producer.join(10)
+        assert outcome == ["enqueued"]
+        assert queue.wait("waits-for-room", timeout=INF) is Status.COMPLETED
+        assert queue.join(timeout=INF)
+        assert queue.close(timeout=INF) == []
+
+    def test_a_handler_may_wait_forever_for_cancellation(self, make: Make) -> None:
+        results: list[object] = []
+
+        def handler(payload: bytes) -> None:
+            context = final.current_job()
+            results.append(context.wait(INF))  # ends at job_timeout
+            try:
+                context.wait(NAN)
+            except ValueError as exc:
+                results.append(exc)
+
+        queue = make(num_workers=1, handler=handler, job_timeout=0.05, max_retries=0)
+        queue.enqueue(final.Job("sleeper"))
+        assert queue.wait("sleeper", timeout=10) is Status.FAILED
+        assert results[0] is True and isinstance(results[1], ValueError)
+
+    def test_an_infinite_job_timeout_means_none(self, make: Make) -> None:
+        queue = make(num_workers=1, handler=ignore, job_timeout=INF)
+        queue.enqueue(final.Job("j"))
+        assert queue.wait("j", timeout=10) is Status.COMPLETED
+
+
+class TestCallsFromInsideAHandler:
+    def test_join_raises(self, make: Make) -> None:
+        queue = make(num_workers=2, handler=ignore)
+        error = run_in_handler(queue, queue.join)
+        assert isinstance(error, RuntimeError) and "join()" in str(error)
+
+    def test_waiting_for_its_own_job_raises_and_for_another_works(self, make: Make) -> None:
+        queue = make(num_workers=2, handler=ignore)
+        error = run_in_handler(queue, lambda: queue.wait("inside", timeout=INF))
+        assert isinstance(error, RuntimeError) and "own handler" in str(error)
+        queue.enqueue(final.Job("other"))
+        assert run_in_handler(queue, lambda: queue.wait("other"), "second") is Status.COMPLETED
+
+    def test_a_blocking_enqueue_no_worker_could_make_room_for_raises(self, make: Make) -> None:
+        queue = make(num_workers=1, handler=ignore, queue_size=1)
+        gate = Gate()
+
+        def fill_then_enqueue() -> object:
+            queue.enqueue_with_handler(final.Job("fills-the-queue"), gate)
+            return queue.enqueue(final.Job("no-room"))  # only this worker could make room
+
+        error = run_in_handler(queue, fill_then_enqueue, priority=HIGH)
+        assert isinstance(error, RuntimeError) and "all 1 workers" in str(error)
+        gate.release.set()
+        assert queue.wait("fills-the-queue", timeout=10) is Status.COMPLETED
+        assert queue.status("no-room") is None
+
+    def test_a_blocking_enqueue_waits_while_another_worker_can_make_room(
+        self, make: Make
+    ) -> None:
+        queue = make(num_workers=2, handler=ignore, queue_size=1)
+        gate = hold_worker(queue)  # the other worker, busy
+        inside = threading.Event()
+
+        def enqueue_when_room() -> object:
+            queue.enqueue(final.Job("fills-the-queue"))  # no worker is free to take it
+            inside.set()
+            return queue.enqueue(final.Job("waited"))
+
+        result: list[object] = []
+        runner = threading.Thread(
+            target=lambda: result.append(run_in_handler(queue, enqueue_when_room,
+                                                        priority=HIGH)),
+            daemon=True,
+        )
+        runner.start()
+        assert inside.wait(5)
+        assert until(lambda: queue._core.room[MEDIUM].waiting == 1)
+        gate.release.set()  # the other worker takes the queued job: room for the handler's
+        runner.join(10)
+        assert result == [None]
+        assert queue.wait("waited", timeout=10) is Status.COMPLETED
+
+    def test_close_from_a_handler_does_not_wait_for_its_own_job(
+        self, make: Make, store: str, tmp_path: Path
+    ) -> None:
+        queue = make(num_workers=2, handler=ignore, shutdown_timeout=INF)
+        returned = threading.Event()
+        closed_with: list[object] = []
+
+        def closer(payload: bytes) -> None:
+            queue.enqueue(final.Job("queued-before-close"))
+            closed_with.append(queue.close())
+            returned.set()
+
+        queue.enqueue_with_handler(final.Job("closer"), closer)
+        assert returned.wait(10), "close() from a handler waited for its own job"
+        assert closed_with == [[]]
+        assert queue.status("queued-before-close") is Status.COMPLETED
+        assert until(lambda: not jobqueue_threads()), [t.name for t in jobqueue_threads()]
+        assert queue.close() == []
+        if store == "lmdb":  # the store was given up, with the closer's outcome in it
+            with final.JobQueue(final.Config(handler=ignore,
+                                             persist_path=str(tmp_path / "jobs-0"))) as again:
+                assert again.status("closer") is Status.COMPLETED
+        else:
+            assert queue.status("closer") is Status.COMPLETED
+
+
+class TestFork:
+    def test_a_forked_child_refuses_every_call_and_leaves_the_parent_whole(
+        self, make: Make, store: str, tmp_path: Path
+    ) -> None:
+        queue = make(num_workers=1, handler=ignore)
+        gate = hold_worker(queue)
+        queue.enqueue(final.Job("acknowledged"))
+        report_r, report_w = os.pipe()
+        go_r, go_w = os.pipe()
+        calls: dict[str, Callable[[], object]] = {
+            "enqueue": lambda: queue.enqueue(final.Job("from-child")),
+            "enqueue_many": lambda: queue.enqueue_many([final.Job("from-child-2")]),
+            "enqueue_with_handler": lambda: queue.enqueue_with_handler(final.Job("c"), ignore),
+            "register": lambda: queue.register("k", ignore),
+            "requeue": lambda: queue.requeue("acknowledged"),
+            "status": lambda: queue.status("acknowledged"),
+            "info": lambda: queue.info("acknowledged"),
+            "wait": lambda: queue.wait("acknowledged"),
+            "join": lambda: queue.join(),
+            "dead_letters": lambda: queue.dead_letters(),
+            "metrics": lambda: queue.metrics(),
+        }
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, 3.12+
+            pid = os.fork()
+        if pid == 0:  # the child: report, wait for the parent, and leave without cleanup
+            try:
+                refused = []
+                for name, call in calls.items():
+                    try:
+                        call()
+                    except RuntimeError as exc:
+                        if "fork" in str(exc):
+                            refused.append(name)
+                with queue:  # leaving the block closes: it must not hang or touch a file
+                    pass
+                refused.append(f"close={queue.close()!r}")
+                os.write(report_w, " ".join(refused).encode())
+            finally:
+                os.close(report_w)
+                os.read(go_r, 1)
+                os._exit(0)
+        os.close(report_w)
+        try:
+            report = os.read(report_r, 65536).decode().split()
+            assert report == [*calls, "close=[]"]
+            # The parent goes on, its log intact, and can close and open its store again
+            # while the child lives (the child's copy of the lock does not hold it).
+            gate.release.set()
+            queue.enqueue(final.Job("after-fork"))
+            assert queue.wait("after-fork", timeout=10) is Status.COMPLETED
+            assert queue.wait("acknowledged", timeout=10) is Status.COMPLETED
+            assert queue.close() == []
+            if store == "lmdb":
+                config = final.Config(handler=ignore, persist_path=str(tmp_path / "jobs-0"))
+                with final.JobQueue(config) as again:
+                    assert again.status("acknowledged") is Status.COMPLETED
+                    assert again.status("from-child") is None
+        finally:
+            os.write(go_w, b"x")
+            os.close(go_w)
+            _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 
 from jobqueue._priority import Priority
 from jobqueue.errors import DuplicateJob, JobQueueError, QueueClosed, QueueFull, StoreError
+from jobqueue.final._context import running_in
 from jobqueue.final._core import Core
-from jobqueue.final._model import Handler, Job
+from jobqueue.final._model import Handler, Job, check_timeout
 from jobqueue.final._states import GONE, NEW, QUEUED, State
 from jobqueue.final._table import Entry
 
@@ -44,8 +45,8 @@ def enqueue(
         needed: _Needs = ((job.priority, 1),)
     else:
         needed = _batch_needs(core, jobs)
-    if timeout is not None and timeout < 0:
-        raise ValueError("timeout must be a non-negative number")
+    if timeout is not None:
+        timeout = check_timeout("timeout", timeout)
 
     # Built before taking the mutex, which every producer and worker shares: the less work
     # done holding it, the less they queue up behind each other.
@@ -163,7 +164,10 @@ def _admit_locked(
                         f"the {full.name} queue stayed full ({limit} jobs) for {timeout} s"
                     )
             waited = True
-            core.room[full].wait(count, remaining)
+            if running_in(core) is None:
+                core.room[full].wait(count, remaining)
+            else:
+                _wait_in_handler_locked(core, full, count, remaining)
             now = core.clock()
     except BaseException:
         if waited:
@@ -173,6 +177,25 @@ def _admit_locked(
                 if table.occupied(priority) < limit:
                     core.room_freed_locked(priority, count)
         raise
+
+
+def _wait_in_handler_locked(
+    core: Core, priority: Priority, count: int, timeout: float | None
+) -> None:
+    """A handler of this queue waits for room: only a worker taking a job frees it, so the
+    wait that would leave no worker free to take one would never end."""
+    workers = core.config.num_workers
+    if core.handlers_waiting_for_room + 1 >= workers:
+        raise RuntimeError(
+            f"enqueue() from a handler would wait for room in the full {priority.name} queue "
+            f"that only a worker can free, and all {workers} workers would be waiting: use "
+            "block=False and handle QueueFull, a larger queue_size, or more workers"
+        )
+    core.handlers_waiting_for_room += 1
+    try:
+        core.room[priority].wait(count, timeout)
+    finally:
+        core.handlers_waiting_for_room -= 1
 
 
 def _accept_locked(core: Core, entries: Sequence[Entry], now: float) -> None:

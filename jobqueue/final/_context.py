@@ -11,9 +11,9 @@ from __future__ import annotations
 import threading
 import time
 
-from jobqueue.final._model import Job
+from jobqueue.final._model import Job, check_timeout
 
-__all__ = ["JobContext", "current_job", "worker_local"]
+__all__ = ["JobContext", "current_job", "running_in", "worker_local"]
 
 #: Where a worker sets ``context`` before calling a handler, and clears it after.
 worker_local = threading.local()
@@ -22,10 +22,16 @@ worker_local = threading.local()
 class JobContext:
     """The job a handler runs, its attempt number, and whether it should give up."""
 
-    __slots__ = ("job", "attempt", "deadline", "_shutdown")
+    __slots__ = ("job", "attempt", "deadline", "_shutdown", "_owner", "_entry")
 
     def __init__(
-        self, job: Job, attempt: int, deadline: float | None, shutdown: threading.Event
+        self,
+        job: Job,
+        attempt: int,
+        deadline: float | None,
+        shutdown: threading.Event,
+        owner: object = None,
+        entry: object = None,
     ) -> None:
         self.job = job
         #: 1 for the first run, 2 for the first retry, and so on.
@@ -33,6 +39,10 @@ class JobContext:
         #: ``time.monotonic()`` value after which the attempt counts as timed out, or None.
         self.deadline = deadline
         self._shutdown = shutdown
+        # The queue's core and the job's entry: how the queue knows a call comes from one of
+        # its own handlers, which must not wait for its own job.
+        self._owner = owner
+        self._entry = entry
 
     def cancelled(self) -> bool:
         """True once the job has timed out or shutdown has stopped waiting for it."""
@@ -40,12 +50,25 @@ class JobContext:
             return True
         return self.deadline is not None and time.monotonic() >= self.deadline
 
-    def wait(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``, waking early on cancellation; return :meth:`cancelled`."""
+    def wait(self, seconds: float | None) -> bool:
+        """Sleep up to ``seconds`` (None or ``inf``: until cancelled), waking early on
+        cancellation; return :meth:`cancelled`. ``ValueError`` for NaN or a negative number.
+        """
+        timeout = check_timeout("seconds", seconds)
         if self.deadline is not None:
-            seconds = min(seconds, max(0.0, self.deadline - time.monotonic()))
-        self._shutdown.wait(seconds)
+            left = max(0.0, self.deadline - time.monotonic())
+            timeout = left if timeout is None else min(timeout, left)
+            timeout = min(timeout, threading.TIMEOUT_MAX)
+        self._shutdown.wait(timeout)
         return self.cancelled()
+
+
+def running_in(owner: object) -> JobContext | None:
+    """The context of the job the calling thread runs as a handler of ``owner``, or None."""
+    context: JobContext | None = getattr(worker_local, "context", None)
+    if context is not None and context._owner is owner:
+        return context
+    return None
 
 
 def current_job() -> JobContext:

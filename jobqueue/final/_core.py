@@ -19,11 +19,12 @@ from jobqueue.final._lock import YieldingLock
 from jobqueue.final._model import Config, Handler
 from jobqueue.final._states import NEW, PROCESSING, QUEUED, RETRYING
 from jobqueue.final._store import Store
-from jobqueue.final._table import JobTable
+from jobqueue.final._table import Entry, JobTable
 
 __all__ = ["Core", "WaitingLine"]
 
 _PRIORITIES = tuple(Priority)
+_WAIT_MAX = threading.TIMEOUT_MAX  # a longer timeout raises OverflowError
 
 
 class _Waiter:
@@ -62,7 +63,7 @@ class WaitingLine:
         self.batches += slots > 1
         self._mutex.release()
         try:
-            waiter.lock.acquire(True, -1 if timeout is None else timeout)
+            waiter.lock.acquire(True, -1 if timeout is None else min(timeout, _WAIT_MAX))
         finally:
             self._mutex.acquire()
             if not waiter.woken:  # timed out or interrupted: still in the line
@@ -134,6 +135,12 @@ class Core:
         self.closing = False  # close() has started: no new jobs
         self.stopping = False  # close() gave up waiting: workers stop
         self.closed = False
+        # The entry whose handler called close(): close() does not wait for it, and the
+        # worker running it finishes closing once it is settled (see JobQueue.close).
+        self.closer: Entry | None = None
+        # Handlers of this queue waiting in enqueue() for room that only a worker taking a
+        # job can free: once every worker would wait, none ever frees it (admission).
+        self.handlers_waiting_for_room = 0
 
     def room_freed_locked(self, priority: Priority, slots: int = 1) -> None:
         """Wake who waits for room in ``priority``: producers, and the claimer."""
@@ -168,7 +175,7 @@ class Core:
     def wait_changed_locked(self, timeout: float | None) -> None:
         self.change_waiters += 1
         try:
-            self.changed.wait(timeout)
+            self.changed.wait(None if timeout is None else min(timeout, _WAIT_MAX))
         finally:
             self.change_waiters -= 1
 
@@ -176,13 +183,17 @@ class Core:
         """True when close() has nothing left to wait for.
 
         A persistent store keeps jobs waiting for a retry for the next start; in memory they
-        would be lost, so close() waits for them too.
+        would be lost, so close() waits for them too. It never waits for the job whose
+        handler called it.
         """
         table = self.table
+        closer = self.closer
         for priority in _PRIORITIES:
             if table.count(NEW, priority) or table.count(QUEUED, priority):
                 return False
-            if table.count(PROCESSING, priority):
+            running = table.count(PROCESSING, priority)
+            if running and not (running == 1 and closer is not None
+                                and closer.state is PROCESSING and closer.job.priority is priority):
                 return False
             if table.count(RETRYING, priority) and not self.store.persistent:
                 return False

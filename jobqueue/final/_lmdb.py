@@ -31,7 +31,13 @@ import lmdb
 from jobqueue._priority import Priority
 from jobqueue.errors import DuplicateJob, StoreError
 from jobqueue.final._lmdb_backlog import Backlog
-from jobqueue.final._lmdb_files import MapGate, Tables, check_directory, take_ownership
+from jobqueue.final._lmdb_files import (
+    MapGate,
+    Tables,
+    check_directory,
+    give_up_ownership,
+    take_ownership,
+)
 from jobqueue.final._lmdb_replay import replay_log
 from jobqueue.final._lmdb_writer import Writer
 from jobqueue.final._records import RecordError, decode, encode, order_key
@@ -100,7 +106,7 @@ class LmdbStore:
         if self._tables is not None:
             self._tables.close()
         if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            give_up_ownership(self._lock_fd)
             self._lock_fd = None
 
     def last_seq(self) -> int:

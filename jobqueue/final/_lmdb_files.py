@@ -38,7 +38,14 @@ from jobqueue.final._records import FORMAT_VERSION, RecordError, decode, encode,
 from jobqueue.final._states import LIVE, Status
 from jobqueue.final._store import JobRecord
 
-__all__ = ["MapGate", "Tables", "check_directory", "owner_pid", "take_ownership"]
+__all__ = [
+    "MapGate",
+    "Tables",
+    "check_directory",
+    "give_up_ownership",
+    "owner_pid",
+    "take_ownership",
+]
 
 logger = logging.getLogger("jobqueue")
 
@@ -96,11 +103,36 @@ def owner_pid(path: str) -> int | None:
         return None
 
 
+# Lock descriptors this process holds. A flock belongs to the open file, which a forked child
+# shares: if the child kept its copy, the store would stay locked after the parent gave it up
+# for as long as the child lived. The child closes its copies, which releases nothing of the
+# parent's (the parent's descriptor still holds the lock).
+_owned_fds: set[int] = set()
+
+
+def _forget_ownership_in_child() -> None:
+    for fd in _owned_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _owned_fds.clear()
+
+
+os.register_at_fork(after_in_child=_forget_ownership_in_child)
+
+
+def give_up_ownership(fd: int) -> None:
+    """Close a descriptor from :func:`take_ownership`, which gives the store up."""
+    _owned_fds.discard(fd)
+    os.close(fd)
+
+
 def take_ownership(path: str) -> int:
     """Lock the store for this process and return the lock file's descriptor.
 
     Raises ``StoreLocked`` naming the owner if another queue or repair holds it. Closing the
-    descriptor gives the store up.
+    descriptor (:func:`give_up_ownership`) gives the store up.
     """
     lock_path = os.path.join(path, LOCK_FILE)
     try:
@@ -118,6 +150,7 @@ def take_ownership(path: str) -> int:
         raise StoreLocked(path, owner_pid(path)) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
+    _owned_fds.add(fd)
     return fd
 
 

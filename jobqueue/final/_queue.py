@@ -19,17 +19,29 @@ lets jobs in through :mod:`._admission`, answers questions, and closes.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from types import TracebackType
 
 from jobqueue.errors import QueueClosed
 from jobqueue.final import _admission, _claimer, _workers
+from jobqueue.final._context import running_in
 from jobqueue.final._core import Core
-from jobqueue.final._model import Config, Handler, Job, JobInfo, Metrics
+from jobqueue.final._model import (
+    Config,
+    Handler,
+    Job,
+    JobInfo,
+    Metrics,
+    check_handler,
+    check_timeout,
+)
 from jobqueue.final._retry import RetryPolicy
 from jobqueue.final._states import GONE, LIVE, NEW, Status
 from jobqueue.final._store import open_store
+from jobqueue.final._table import Entry
 
 __all__ = ["JobQueue"]
 
@@ -39,6 +51,22 @@ logger = logging.getLogger("jobqueue")
 # this long to return before close() reports them as refusing to.
 _CANCEL_GRACE = 1.0
 _IDS_LOGGED = 20  # a log line names at most this many job ids
+
+# Every queue of this process, so that a forked child can mark them unusable (see _forked).
+_queues: weakref.WeakSet[JobQueue] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for queue in list(_queues):
+        queue._forked = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _check_id(job_id: object) -> None:
+    if not isinstance(job_id, str):
+        raise TypeError(f"job_id must be a str, not {type(job_id).__name__}")
 
 
 class JobQueue:
@@ -56,6 +84,10 @@ class JobQueue:
     def __init__(self, config: Config) -> None:
         if not isinstance(config, Config):
             raise TypeError(f"config must be a jobqueue.final.Config, not {type(config).__name__}")
+        # A forked child has none of the threads and must not touch the parent's store:
+        # every call there raises (close() does nothing). Set in the child, at fork.
+        self._forked = False
+        self._pid = os.getpid()
         self._config = config
         self._core = core = Core(config, open_store(config))
         policy = RetryPolicy(config.max_retries, config.base_delay, config.max_delay, config.jitter)
@@ -66,13 +98,23 @@ class JobQueue:
         try:
             for number in range(config.num_workers):
                 self._start_thread(
-                    lambda: _workers.work(core, policy), f"jobqueue-final-worker-{number}"
+                    lambda: _workers.work(core, policy, self._finish_close),
+                    f"jobqueue-final-worker-{number}",
                 )
             self._start_thread(lambda: _workers.retry_timer(core), "jobqueue-final-retry")
             self._start_thread(lambda: _claimer.claim(core, policy), "jobqueue-final-claimer")
         except BaseException:
             self.close(timeout=0)
             raise
+        _queues.add(self)
+
+    def _refuse_if_forked(self) -> None:
+        if self._forked:
+            raise RuntimeError(
+                f"this JobQueue belongs to process {self._pid}, and this process is a fork of "
+                "it: its threads and its store are the parent's. Make a new JobQueue here "
+                "(after the fork), or fork before making one"
+            )
 
     def _start_thread(self, target: Callable[[], None], name: str) -> None:
         # Daemon threads: a handler that never returns must not stop the interpreter exiting.
@@ -92,6 +134,8 @@ class JobQueue:
         this id is queued, processing or retrying, ``ValueError`` if no handler can run it,
         and ``StoreError`` if the store cannot take it. A call that raises leaves no trace.
         """
+        if self._forked:
+            self._refuse_if_forked()
         _admission.enqueue(self._core, (job,), None, block, timeout)
 
     def enqueue_with_handler(
@@ -102,8 +146,8 @@ class JobQueue:
         A closure cannot be persisted: if the process dies before the job finishes, the job is
         recovered at the next start and runs with ``handlers[job.kind]`` or ``handler``.
         """
-        if not callable(handler):
-            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        self._refuse_if_forked()
+        check_handler("handler", handler)
         _admission.enqueue(self._core, (job,), handler, block, timeout)
 
     def enqueue_many(
@@ -114,6 +158,7 @@ class JobQueue:
         Blocks until the batch fits; raises ``ValueError`` if it holds more jobs of one
         priority than ``queue_size``, since it could never fit. Otherwise as :meth:`enqueue`.
         """
+        self._refuse_if_forked()
         batch = tuple(jobs)
         if batch:
             _admission.enqueue(self._core, batch, None, block, timeout)
@@ -123,10 +168,10 @@ class JobQueue:
 
         Stored jobs of that kind that were waiting for a handler are claimed as room frees.
         """
+        self._refuse_if_forked()
         if not isinstance(kind, str):
             raise TypeError(f"kind must be a str, not {type(kind).__name__}")
-        if not callable(handler):
-            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        check_handler("handler", handler)
         core = self._core
         with core.mutex:
             new_kind = kind not in core.handlers
@@ -142,6 +187,8 @@ class JobQueue:
         Raises ``KeyError`` for an unknown id, ``ValueError`` if the job is not FAILED,
         and otherwise as :meth:`enqueue` (it blocks while the priority is full).
         """
+        self._refuse_if_forked()
+        _check_id(job_id)
         core = self._core
         with core.mutex:
             entry = core.table.get(job_id)
@@ -161,6 +208,8 @@ class JobQueue:
 
     def status(self, job_id: str) -> Status | None:
         """Return the job's status, or ``None`` if the queue does not know the id."""
+        self._refuse_if_forked()
+        _check_id(job_id)
         core = self._core
         with core.mutex:
             entry = core.table.get(job_id)
@@ -171,6 +220,8 @@ class JobQueue:
 
     def info(self, job_id: str) -> JobInfo | None:
         """Return what the queue knows about a job, or ``None`` if it does not know the id."""
+        self._refuse_if_forked()
+        _check_id(job_id)
         core = self._core
         with core.mutex:
             entry = core.table.get(job_id)
@@ -182,10 +233,18 @@ class JobQueue:
     def wait(self, job_id: str, timeout: float | None = None) -> Status:
         """Block until the job is COMPLETED or FAILED and return that status.
 
-        Raises ``KeyError`` for an unknown id, ``TimeoutError`` after ``timeout`` seconds, and
-        ``QueueClosed`` if close() left the job unfinished.
+        Raises ``KeyError`` for an unknown id, ``TimeoutError`` after ``timeout`` seconds (None
+        or ``inf``: no limit), ``QueueClosed`` if close() left the job unfinished, and
+        ``RuntimeError`` from the handler running that very job (it would wait for itself).
         """
+        self._refuse_if_forked()
+        _check_id(job_id)
+        timeout = check_timeout("timeout", timeout)
         core = self._core
+        context = running_in(core)
+        if context is not None and context.job.id == job_id:
+            raise RuntimeError(f"wait({job_id!r}) called by that job's own handler would "
+                               "never return: the job finishes when the handler does")
         endtime = None if timeout is None else core.clock() + timeout
         with core.mutex:
             entry = core.table.get(job_id)
@@ -226,10 +285,17 @@ class JobQueue:
     def join(self, timeout: float | None = None) -> bool:
         """Block until nothing is queued, processing or waiting for a retry.
 
-        Returns False if ``timeout`` seconds passed first, or if close() left work unfinished.
-        Stored jobs whose kind has no handler do not count: they cannot run.
+        Returns False if ``timeout`` seconds (None or ``inf``: no limit) passed first, or if
+        close() left work unfinished. Stored jobs whose kind has no handler do not count: they
+        cannot run. Raises ``RuntimeError`` from a handler of this queue, whose own job would
+        keep the queue from ever being idle.
         """
+        self._refuse_if_forked()
+        timeout = check_timeout("timeout", timeout)
         core = self._core
+        if running_in(core) is not None:
+            raise RuntimeError("join() called from a handler of this queue would never "
+                               "return: the handler's own job keeps the queue busy")
         endtime = None if timeout is None else core.clock() + timeout
         with core.mutex:
             while True:
@@ -244,6 +310,7 @@ class JobQueue:
 
     def dead_letters(self) -> list[JobInfo]:
         """Return the FAILED jobs still kept (see ``status_retention``), oldest first."""
+        self._refuse_if_forked()
         core = self._core
         records = core.store.dead_letters()
         with core.mutex:  # an id enqueued again since is live, not dead
@@ -251,6 +318,7 @@ class JobQueue:
 
     def metrics(self) -> Metrics:
         """Return an atomic snapshot of the counters."""
+        self._refuse_if_forked()
         core = self._core
         with core.mutex:
             elapsed = core.clock() - self._started_at
@@ -262,36 +330,78 @@ class JobQueue:
         """Stop accepting jobs, finish the accepted ones, stop the threads.
 
         Blocks until queued jobs, running handlers and (in memory) jobs waiting for a retry
-        have finished, or ``timeout`` seconds (default ``Config.shutdown_timeout``) have
-        passed. Then it signals cancellation to running handlers (see :func:`current_job`),
-        waits briefly for them, logs at WARNING what it could not finish and returns those
-        ids. In memory they are lost and counted in ``metrics().abandoned``; a persistent
-        store keeps them, and jobs waiting for a retry, for the next start.
+        have finished, or ``timeout`` seconds (default ``Config.shutdown_timeout``; None or
+        ``inf``: no limit) have passed. Then it signals cancellation to running handlers (see
+        :func:`current_job`), waits briefly for them, logs at WARNING what it could not
+        finish and returns those ids. In memory they are lost and counted in
+        ``metrics().abandoned``; a persistent store keeps them, and jobs waiting for a retry,
+        for the next start.
         A second call, even from another thread at the same time, returns the same list;
         if the store's last commit outlived the first call, it waits for it again, up to
         ``timeout``, and gives the store up once that commit ends.
+
+        Called from a handler of this queue, it waits for everything but the handler's own
+        job, and returns; the worker running that handler finishes closing (stops, and gives
+        the store up) once the handler has returned and its job is settled. If another
+        close() is under way, it returns ``[]`` at once. In a forked child, it does nothing.
         """
-        if timeout is None:
-            timeout = self._config.shutdown_timeout
+        if self._forked:
+            return []  # the threads and the store are the parent's: touch nothing
+        timeout = check_timeout(
+            "timeout", self._config.shutdown_timeout if timeout is None else timeout
+        )
+        context = running_in(self._core)
+        if context is not None:
+            return self._close_from_handler(timeout, context._entry)  # type: ignore[arg-type]
         with self._close_lock:
             if not self._core.closed:
-                self._close(timeout)
+                self._close(timeout, None)
             else:
                 self._core.store.close(timeout)  # returns at once if it is closed already
             return list(self._abandoned)
 
-    def _close(self, timeout: float) -> None:
+    def _close_from_handler(self, timeout: float | None, own: Entry) -> list[str]:
+        if not self._close_lock.acquire(blocking=False):
+            return []  # another close() runs, and waits for this handler: do not wait for it
+        try:
+            core = self._core
+            if core.closed or core.closing:
+                return list(self._abandoned)
+            self._close(timeout, own)
+            return list(self._abandoned)
+        finally:
+            self._close_lock.release()
+
+    def _finish_close(self) -> None:
+        """Run by the worker whose handler called close(), once its job is settled."""
         core = self._core
-        endtime = core.clock() + timeout
+        if not self._close_lock.acquire(blocking=False):
+            return  # a close() from another thread runs: it gives the store up
+        try:
+            with core.mutex:
+                if core.closed:
+                    return
+                core.closer = None
+                core.closed = True
+                core.changed_locked()
+            core.store.close(check_timeout("shutdown_timeout", self._config.shutdown_timeout))
+        finally:
+            self._close_lock.release()
+
+    def _close(self, timeout: float | None, own: Entry | None) -> None:
+        """Close; ``own`` is the entry of the handler calling, if one is."""
+        core = self._core
+        endtime = None if timeout is None else core.clock() + timeout
         with core.mutex:
+            core.closer = own
             core.closing = True
             for line in core.room:
                 line.wake_all()
             core.claim_wake.notify_all()
             core.changed_locked()
             while not core.drained_locked():
-                remaining = endtime - core.clock()
-                if remaining <= 0:
+                remaining = None if endtime is None else endtime - core.clock()
+                if remaining is not None and remaining <= 0:
                     break
                 core.wait_changed_locked(remaining)
             gave_up = not core.drained_locked()
@@ -301,17 +411,22 @@ class JobQueue:
                 core.wake_workers_locked()
                 core.retry_due.notify()
                 core.changed.notify_all()
-        grace = _CANCEL_GRACE if gave_up else max(_CANCEL_GRACE, endtime - core.clock())
-        join_until = core.clock() + grace
+        if gave_up:
+            grace: float | None = _CANCEL_GRACE
+        else:
+            grace = None if endtime is None else max(_CANCEL_GRACE, endtime - core.clock())
+        join_until = None if grace is None else core.clock() + grace
         for thread in self._threads:
             if thread is not threading.current_thread():
-                thread.join(max(0.0, join_until - core.clock()))
-        stuck = [t.name for t in self._threads if t.is_alive()]
+                thread.join(None if join_until is None else max(0.0, join_until - core.clock()))
+        stuck = [t.name for t in self._threads
+                 if t.is_alive() and t is not threading.current_thread()]
         with core.mutex:
             if gave_up:
-                self._abandoned = core.table.drop_all(core.clock())
-            core.closed = True
-            core.changed_locked()  # waiters whose jobs will not finish now must know
+                self._abandoned = core.table.drop_all(core.clock(), keep=own)
+            if own is None:
+                core.closed = True
+                core.changed_locked()  # waiters whose jobs will not finish now must know
         if gave_up:
             where = "stay stored for the next start" if core.store.persistent else "are lost"
             shown = ", ".join(self._abandoned[:_IDS_LOGGED])
@@ -323,7 +438,9 @@ class JobQueue:
             )
         if stuck:
             logger.warning("handlers did not return; threads still running: %s", stuck)
-        core.store.close(max(_CANCEL_GRACE, endtime - core.clock()))
+        if own is None:
+            remaining = None if endtime is None else endtime - core.clock()
+            core.store.close(None if remaining is None else max(_CANCEL_GRACE, remaining))
 
     def __enter__(self) -> JobQueue:
         return self

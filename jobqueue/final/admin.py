@@ -26,7 +26,13 @@ from typing import TypeVar
 import lmdb
 
 from jobqueue.errors import StoreError
-from jobqueue.final._lmdb_files import Tables, check_directory, owner_pid, take_ownership
+from jobqueue.final._lmdb_files import (
+    Tables,
+    check_directory,
+    give_up_ownership,
+    owner_pid,
+    take_ownership,
+)
 from jobqueue.final._lmdb_replay import read_logged, replay_log
 from jobqueue.final._records import RecordError, decode
 from jobqueue.final._states import Status
@@ -122,7 +128,7 @@ def _owned(path: str) -> Iterator[Tables]:
         finally:
             tables.close()
     finally:
-        os.close(lock_fd)
+        give_up_ownership(lock_fd)
 
 
 def _transaction(tables: Tables, change: Callable[[lmdb.Transaction], _T]) -> _T:
