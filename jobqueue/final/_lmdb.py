@@ -35,7 +35,9 @@ from jobqueue.final._lmdb_files import (
     MapGate,
     Tables,
     check_directory,
+    disk_full_note,
     give_up_ownership,
+    id_key,
     take_ownership,
 )
 from jobqueue.final._lmdb_replay import replay_log
@@ -43,7 +45,7 @@ from jobqueue.final._lmdb_writer import Writer
 from jobqueue.final._records import RecordError, decode, encode, order_key
 from jobqueue.final._states import LIVE
 from jobqueue.final._store import JobRecord
-from jobqueue.final._wal import WriteAheadLog, frame
+from jobqueue.final._wal import FIRST_SEGMENT_SIZE, WriteAheadLog, frame
 
 __all__ = ["LmdbStore"]
 
@@ -87,10 +89,14 @@ class LmdbStore:
             log = WriteAheadLog(path, first_segment)
         except lmdb.Error as exc:
             self._release()
-            raise StoreError(f"cannot open store {path!r}: {exc}") from None
+            note = disk_full_note(path, exc)
+            raise StoreError(f"cannot open store {path!r}: {exc}{note}") from None
         except OSError as exc:
             self._release()
-            raise StoreError(f"cannot open the log of store {path!r}: {exc}") from None
+            note = disk_full_note(path, exc)
+            if note:
+                note += f"; a new store needs {FIRST_SEGMENT_SIZE} bytes for its log"
+            raise StoreError(f"cannot open the log of store {path!r}: {exc}{note}") from None
         except BaseException:
             self._release()
             raise
@@ -129,7 +135,8 @@ class LmdbStore:
             try:
                 writer.log.append(prepared.frames)
             except OSError as exc:
-                raise StoreError(f"cannot write to store {self.path!r}: {exc}") from None
+                note = disk_full_note(self.path, exc)
+                raise StoreError(f"cannot write to store {self.path!r}: {exc}{note}") from None
             writer.logged_locked(prepared.records)
             return None
 
@@ -149,7 +156,8 @@ class LmdbStore:
             try:
                 ticket.start = writer.log.append(ticket.frames)
             except OSError as exc:
-                raise StoreError(f"cannot write to store {self.path!r}: {exc}") from None
+                note = disk_full_note(self.path, exc)
+                raise StoreError(f"cannot write to store {self.path!r}: {exc}{note}") from None
             self._appended += 1
             ticket.number = self._appended
             writer.unsettled[ticket.number] = ticket.start  # holds the checkpoint back
@@ -170,7 +178,8 @@ class LmdbStore:
             for descriptor in descriptors:
                 os.fdatasync(descriptor)
         except OSError as exc:
-            error = StoreError(f"cannot flush store {self.path!r} to disk: {exc}")
+            note = disk_full_note(self.path, exc)
+            error = StoreError(f"cannot flush store {self.path!r} to disk: {exc}{note}")
         with writer.cond:
             writer.syncing = False
             self._synced = last
@@ -237,10 +246,13 @@ class LmdbStore:
             told = writer.latest_locked(job_id)
         if told is not None:
             return told
+        key = id_key(job_id)
+        if key is None:
+            return None
         tables = self._tables
         assert tables is not None
         with self._gate.reading(tables.env) as txn:
-            raw = txn.get(job_id.encode(), db=tables.jobs)
+            raw = txn.get(key, db=tables.jobs)
         if raw is None:
             return None
         try:

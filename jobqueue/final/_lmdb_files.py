@@ -34,6 +34,7 @@ from contextlib import contextmanager
 import lmdb
 
 from jobqueue.errors import StoreError, StoreLocked
+from jobqueue.final._model import MAX_ID_BYTES
 from jobqueue.final._records import FORMAT_VERSION, RecordError, decode, encode, order_key, seq_key
 from jobqueue.final._states import LIVE, Status
 from jobqueue.final._store import JobRecord
@@ -42,7 +43,10 @@ __all__ = [
     "MapGate",
     "Tables",
     "check_directory",
+    "begin_read",
+    "disk_full_note",
     "give_up_ownership",
+    "id_key",
     "owner_pid",
     "take_ownership",
 ]
@@ -51,26 +55,41 @@ logger = logging.getLogger("jobqueue")
 
 MAGIC = b"jobqueue-store"
 LOCK_FILE = "owner.lock"
+_STORE_FILES = frozenset({LOCK_FILE, "data.mdb", "lock.mdb"})  # and the log's wal-*.log
 INITIAL_MAP_SIZE = 64 << 20
 _MAX_DBS = 8
 
 
+def _is_store_file(name: str) -> bool:
+    return name in _STORE_FILES or (name.startswith("wal-") and name.endswith(".log"))
+
+
 def check_directory(path: str, *, create: bool) -> None:
-    """Refuse a path that is not (and, with ``create``, cannot become) a store directory."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise StoreError(f"store path {path!r} is not a directory")
-    if not os.path.exists(path):
-        if not create:
-            raise StoreError(f"store path {path!r} does not exist")
-        try:
-            os.makedirs(path)
-        except OSError as exc:
-            raise StoreError(f"cannot create store directory {path!r}: {exc}") from None
-    if create and not os.access(path, os.W_OK | os.X_OK):
-        raise StoreError(f"store directory {path!r} is not writable")
-    names = set(os.listdir(path))
-    if names and "data.mdb" not in names:
-        raise StoreError(f"{path!r} is not a jobqueue store: it holds other files")
+    """Refuse a path that is not (and, with ``create``, cannot become) a store directory.
+
+    A directory holding only a store's files is one, whatever stage of its creation it is
+    in: another process may be creating it now (it holds the lock: ``StoreLocked`` follows),
+    or one was killed while creating it (the next open completes it).
+    """
+    try:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise StoreError(f"store path {path!r} is not a directory")
+        if not os.path.exists(path):
+            if not create:
+                raise StoreError(f"store path {path!r} does not exist")
+            try:
+                os.makedirs(path, exist_ok=True)  # another process may create it at once
+            except OSError as exc:
+                raise StoreError(f"cannot create store directory {path!r}: {exc}") from None
+        if create and not os.access(path, os.W_OK | os.X_OK):
+            raise StoreError(f"store directory {path!r} is not writable")
+        names = os.listdir(path)
+    except OSError as exc:
+        raise StoreError(f"cannot use store directory {path!r}: {exc}") from None
+    foreign = sorted(name for name in names if not _is_store_file(name))
+    if foreign:
+        shown = ", ".join(repr(name) for name in foreign[:3])
+        raise StoreError(f"{path!r} is not a jobqueue store: it holds other files ({shown})")
 
 
 def owner_pid(path: str) -> int | None:
@@ -152,6 +171,51 @@ def take_ownership(path: str) -> int:
     os.write(fd, f"{os.getpid()}\n".encode())
     _owned_fds.add(fd)
     return fd
+
+
+# Below this much free space, an I/O error writing the store is taken for a full disk: LMDB
+# reports a failed write of its pages as "Input/output error" as often as "No space left".
+_NEARLY_FULL = 16 << 20
+_RESIZE_TRIES = 10  # the owner doubles its map each time: ten tries cover 1,000x growth
+
+
+def disk_full_note(path: str, error: BaseException) -> str:
+    """Words to add to a failure to write the store at ``path`` when the disk is full."""
+    number = getattr(error, "errno", None)
+    text = str(error)
+    full = number in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text
+    try:
+        stat = os.statvfs(path)
+        free = stat.f_bavail * stat.f_frsize
+    except OSError:
+        free = None
+    io_error = number == errno.EIO or "Input/output error" in text
+    if not full and not (io_error and free is not None and free < _NEARLY_FULL):
+        return ""
+    room = "" if free is None else f", {free} bytes free"
+    return f" (the disk is full{room}: free some space, and the store carries on)"
+
+
+def begin_read(env: lmdb.Environment) -> lmdb.Transaction:
+    """A read transaction, for a reader beside the owner: when the owner has grown the map
+    since the reader opened, LMDB refuses the transaction (``MapResizedError``) until the
+    reader adopts the new size."""
+    for _ in range(_RESIZE_TRIES):
+        try:
+            return env.begin()
+        except lmdb.MapResizedError:
+            env.set_mapsize(0)  # adopt the size the owner grew it to; no transaction is open
+    return env.begin()
+
+
+def id_key(job_id: str) -> bytes | None:
+    """The ``jobs`` key of an id, or None for a str no job can have (``Job`` refuses it):
+    empty, not encodable, or too long. LMDB would raise for some of them."""
+    try:
+        key = job_id.encode()
+    except UnicodeEncodeError:
+        return None
+    return key if 0 < len(key) <= MAX_ID_BYTES else None
 
 
 class MapGate:
@@ -288,7 +352,7 @@ class Tables:
             return
         try:
             meta = env.open_db(b"meta", create=False)
-            with env.begin() as txn:
+            with begin_read(env) as txn:
                 magic = txn.get(b"magic", db=meta)
                 version = int(txn.get(b"format", b"0", db=meta))
         except (lmdb.Error, ValueError):
@@ -326,7 +390,8 @@ class Tables:
 
     def stored(self, txn: lmdb.Transaction, job_id: str) -> tuple[JobRecord, int] | None:
         """A job's record and finish seq; raises RecordError if it cannot be read."""
-        raw = txn.get(job_id.encode(), db=self.jobs)
+        key = id_key(job_id)
+        raw = None if key is None else txn.get(key, db=self.jobs)
         return None if raw is None else decode(raw)
 
     def put_live(self, txn: lmdb.Transaction, record: JobRecord, new: bool) -> None:

@@ -19,7 +19,7 @@ import os
 
 import lmdb
 
-from jobqueue.final._lmdb_files import Tables
+from jobqueue.final._lmdb_files import Tables, begin_read
 from jobqueue.final._records import RecordError, decode
 from jobqueue.final._states import LIVE, Status
 from jobqueue.final._store import JobRecord
@@ -119,7 +119,7 @@ def replay_log(tables: Tables) -> int:
 def read_logged(tables: Tables) -> dict[str, JobRecord]:
     """Jobs in the log that LMDB does not have yet, without changing anything."""
     logged: dict[str, JobRecord] = {}
-    with tables.env.begin() as txn:
+    with begin_read(tables.env) as txn:
         checkpoint = tables.meta_int(txn, b"checkpoint")
         for segment in segment_paths(tables.path):
             try:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import lmdb
 
 from jobqueue.errors import StoreError
-from jobqueue.final._lmdb_files import MapGate, Tables
+from jobqueue.final._lmdb_files import MapGate, Tables, disk_full_note
 from jobqueue.final._store import JobRecord
 from jobqueue.final._wal import WriteAheadLog
 
@@ -272,7 +272,8 @@ class Writer:
                     logger.info("store %r was full; its map is now %d bytes", self._path, size)
                     tables.note_map_size()
         except lmdb.Error as exc:
-            return StoreError(f"cannot write to store {self._path!r}: {exc}")
+            note = disk_full_note(self._path, exc)
+            return StoreError(f"cannot write to store {self._path!r}: {exc}{note}")
         except BaseException as exc:  # keep the protocol: waiters must wake
             return StoreError(f"cannot write to store {self._path!r}: {exc!r}")
 

@@ -35,6 +35,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 
 __all__ = [
+    "FIRST_SEGMENT_SIZE",
     "SEGMENT_SIZE",
     "WriteAheadLog",
     "frame",
@@ -48,8 +49,11 @@ logger = logging.getLogger("jobqueue")
 
 _FRAME = struct.Struct("<II")
 _REVOKED = 1 << 31
-#: Bytes preallocated per segment: about 80,000 small jobs.
+#: Bytes preallocated per segment once the log is busy: about 40,000 small jobs.
 SEGMENT_SIZE = 8 << 20
+#: Bytes preallocated for a store's first segment: each next one is twice the last, up to
+#: SEGMENT_SIZE. A store opens on a volume with this much room, not 8 MiB.
+FIRST_SEGMENT_SIZE = 64 << 10
 _PREFIX = "wal-"
 _SUFFIX = ".log"
 _OFFSET_BITS = 40
@@ -121,10 +125,11 @@ class WriteAheadLog:
     def __init__(self, directory: str, first_number: int, segment_size: int | None = None) -> None:
         self._directory = directory
         self._segment_size = SEGMENT_SIZE if segment_size is None else segment_size
+        self._next_size = min(FIRST_SEGMENT_SIZE, self._segment_size)
         self._full: list[_Segment] = []  # oldest first; kept open for sync, revoke, retire
         self._unsynced: list[_Segment] = []  # segments appended to since the last sync
         self._offset = 0
-        self._current = self._allocate(first_number, self._segment_size)
+        self._current = self._allocate(first_number, self._next_size)
 
     def _allocate(self, number: int, size: int) -> _Segment:
         path = os.path.join(self._directory, f"{_PREFIX}{number:08d}{_SUFFIX}")
@@ -145,7 +150,8 @@ class WriteAheadLog:
         """
         current = self._current
         if self._offset + len(frames) > len(current.map):
-            size = max(self._segment_size, len(frames) + _FRAME.size)
+            self._next_size = min(2 * self._next_size, self._segment_size)
+            size = max(self._next_size, len(frames) + _FRAME.size)
             current = self._allocate(current.number + 1, size)
             self._full.append(self._current)
             self._current = current

@@ -28,7 +28,9 @@ import lmdb
 from jobqueue.errors import StoreError
 from jobqueue.final._lmdb_files import (
     Tables,
+    begin_read,
     check_directory,
+    disk_full_note,
     give_up_ownership,
     owner_pid,
     take_ownership,
@@ -70,7 +72,7 @@ class StoreReader:
     def records(self) -> Iterator[JobRecord]:
         """Every readable job record, in id order; unreadable ones are skipped."""
         logged = dict(self._logged)
-        with self._tables.env.begin() as txn:
+        with begin_read(self._tables.env) as txn:
             for _, raw in txn.cursor(db=self._tables.jobs):
                 try:
                     record = decode(raw)[0]
@@ -83,7 +85,7 @@ class StoreReader:
         """One job's record, or None; ``StoreError`` if it is stored but cannot be read."""
         if job_id in self._logged:
             return self._logged[job_id]
-        with self._tables.env.begin() as txn:
+        with begin_read(self._tables.env) as txn:
             try:
                 found = self._tables.stored(txn, job_id)
             except RecordError as exc:
@@ -91,7 +93,7 @@ class StoreReader:
         return None if found is None else found[0]
 
     def map_size(self) -> int:
-        with self._tables.env.begin() as txn:
+        with begin_read(self._tables.env) as txn:
             noted = self._tables.meta_int(txn, b"map_size")
         return noted or int(self._tables.env.info()["map_size"])
 
@@ -140,7 +142,8 @@ def _transaction(tables: Tables, change: Callable[[lmdb.Transaction], _T]) -> _T
         except lmdb.MapFullError:
             tables.env.set_mapsize(tables.env.info()["map_size"] * 2)
         except lmdb.Error as exc:
-            raise StoreError(f"cannot write to store {tables.path!r}: {exc}") from None
+            note = disk_full_note(tables.path, exc)
+            raise StoreError(f"cannot write to store {tables.path!r}: {exc}{note}") from None
 
 
 def _stored(tables: Tables, txn: lmdb.Transaction, job_id: str) -> tuple[JobRecord, int]:
