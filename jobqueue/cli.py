@@ -5,19 +5,26 @@ readers never block the owning process. Repairs (requeue, purge) need the store 
 each is one transaction. All of it goes through the public :mod:`jobqueue.final.admin`.
 
 Exit status: 0 done; 1 refused because a process owns the store; 2 bad input (a missing path,
-not a store, an unknown id, a store from a newer jobqueue).
+not a store, an unknown id, a store from a newer jobqueue, a store it may not read); 3 an error
+it did not expect, told in one line like the others: the command never prints a traceback.
+
+What it prints comes from the store, which anyone may have written to: ids, kinds and errors
+are shown with control characters escaped, and JSON never holds NaN or Infinity.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+import lmdb
 
 from jobqueue import __version__
 from jobqueue.errors import StoreError, StoreLocked
@@ -28,6 +35,8 @@ __all__ = ["main"]
 
 EXIT_OWNED = 1
 EXIT_USAGE = 2
+EXIT_UNEXPECTED = 3
+_MAP_RESIZED_TRIES = 5  # the owner grew its map while a command read: read again
 
 _STATUSES = [status.value for status in Status]
 _PRIORITIES = ["high", "medium", "low"]
@@ -51,6 +60,12 @@ def _open(path: str) -> StoreReader:
         raise CommandError(str(exc)) from None
 
 
+def _finite(value: float | None) -> float | None:
+    """A time for JSON: NaN and infinities (a store written by hand, or by an old version)
+    become null, as JSON has no such numbers."""
+    return value if value is not None and math.isfinite(value) else None
+
+
 def _job_json(record: JobRecord, payload: bool = False) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": record.id,
@@ -59,9 +74,9 @@ def _job_json(record: JobRecord, payload: bool = False) -> dict[str, Any]:
         "kind": record.kind,
         "attempts": record.attempts,
         "last_error": record.last_error,
-        "created_at": record.created_at,
-        "started_at": record.started_at,
-        "finished_at": record.finished_at,
+        "created_at": _finite(record.created_at),
+        "started_at": _finite(record.started_at),
+        "finished_at": _finite(record.finished_at),
         "payload_size": len(record.payload),
     }
     if payload:
@@ -126,8 +141,20 @@ def show(path: str, job_id: str) -> JobRecord:
 
 # -- printing ------------------------------------------------------------------------------
 
+def _dumps(data: object) -> str:
+    return json.dumps(data, allow_nan=False)  # never NaN or Infinity: not JSON
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (newlines, escapes) and lone surrogates escaped, so
+    that what a store holds cannot break a table or drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _age(since: float | None) -> str:
-    if since is None:
+    if since is None or not math.isfinite(since):
         return "-"
     seconds = max(0.0, time.time() - since)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -173,8 +200,9 @@ def _print_stats(data: dict[str, Any]) -> None:
 def _print_list(records: Iterable[JobRecord]) -> None:
     rows = [["ID", "STATUS", "PRIORITY", "KIND", "ATTEMPTS", "AGE", "LAST ERROR"]]
     for r in records:
-        rows.append([r.id, r.status.value, r.priority.name.lower(), r.kind or "-",
-                     str(r.attempts), _age(r.created_at), r.last_error or ""])
+        rows.append([_printable(r.id), r.status.value, r.priority.name.lower(),
+                     _printable(r.kind) or "-", str(r.attempts), _age(r.created_at),
+                     _printable(r.last_error or "")])
     if len(rows) == 1:
         print("no jobs match")
         return
@@ -182,13 +210,19 @@ def _print_list(records: Iterable[JobRecord]) -> None:
 
 
 def _stamp(epoch: float | None) -> str:
-    return "-" if epoch is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+    if epoch is None:
+        return "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+    except (OverflowError, ValueError, OSError):  # NaN, or beyond what the C library can tell
+        return f"{epoch!r} (epoch seconds)"
 
 
 def _print_show(record: JobRecord) -> None:
     data = _job_json(record)
     for key in ("id", "status", "priority", "kind", "attempts", "last_error"):
-        print(f"{key:<12} {data[key] if data[key] not in (None, '') else '-'}")
+        value = data[key]
+        print(f"{key:<12} {_printable(str(value)) if value not in (None, '') else '-'}")
     for key in ("created_at", "started_at", "finished_at"):
         print(f"{key:<12} {_stamp(data[key])}")
     if record.status is Status.RETRYING:
@@ -199,7 +233,7 @@ def _print_show(record: JobRecord) -> None:
         return
     try:
         text = payload.decode("utf-8")
-        print(f"{'payload':<12} {len(payload)} bytes, UTF-8: {text}")
+        print(f"{'payload':<12} {len(payload)} bytes, UTF-8: {_printable(text)}")
     except UnicodeDecodeError:
         preview = payload[:32].hex(" ")
         more = " …" if len(payload) > 32 else ""
@@ -236,7 +270,27 @@ EXAMPLES = """examples:
   jobqueue requeue ./jobs.db --all-failed  after the outage: run the failed jobs again
   jobqueue purge ./jobs.db --completed     forget finished jobs
 
-exit status: 0 done, 1 refused (a process owns the store), 2 bad input"""
+exit status: 0 done, 1 refused (a process owns the store), 2 bad input, 3 unexpected error"""
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0: {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -260,14 +314,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("stats", "counts by status and priority, dead letters, size, owner",
                   "jobqueue stats ./jobs.db --json")
     sub.add_argument("--json", action="store_true", help="print JSON for scripts")
-    sub.add_argument("--watch", type=float, metavar="SECONDS", help="refresh until Ctrl-C")
+    sub.add_argument("--watch", type=_seconds, metavar="SECONDS", help="refresh until Ctrl-C")
 
     sub = command("list", "one line a job, oldest first",
                   "jobqueue list ./jobs.db --status failed --kind email --limit 20")
     sub.add_argument("--status", choices=_STATUSES)
     sub.add_argument("--priority", choices=_PRIORITIES)
     sub.add_argument("--kind", help="only jobs of this kind")
-    sub.add_argument("--limit", type=int, default=100, help="at most N jobs (default 100)")
+    sub.add_argument("--limit", type=_count, default=100, help="at most N jobs (default 100)")
     sub.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     sub = command("show", "everything stored about one job", "jobqueue show ./jobs.db job-42")
@@ -292,7 +346,7 @@ def _run(args: argparse.Namespace) -> None:
         while True:
             data = stats(args.path)
             if args.json:
-                print(json.dumps(data), flush=True)
+                print(_dumps(data), flush=True)
             else:
                 _print_stats(data)
             if not args.watch:
@@ -305,20 +359,21 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "list":
         records = select(args.path, args.status, args.priority, args.kind, args.limit)
         if args.json:
-            print(json.dumps([_job_json(r) for r in records]))
+            print(_dumps([_job_json(r) for r in records]))
         else:
             _print_list(records)
     elif args.command == "show":
         record = show(args.path, args.id)
         if args.json:
-            print(json.dumps(_job_json(record, payload=True)))
+            print(_dumps(_job_json(record, payload=True)))
         else:
             _print_show(record)
     elif args.command == "requeue":
         if bool(args.ids) == args.all_failed:
             raise CommandError("requeue takes job ids or --all-failed, not both or neither")
         done = _repair(args.path, "requeue", None if args.all_failed else args.ids, [])
-        print(f"requeued {len(done)} jobs" + (f": {', '.join(done[:20])}" if done else ""))
+        shown = ", ".join(_printable(job_id) for job_id in done[:20])
+        print(f"requeued {len(done)} jobs" + (f": {shown}" if done else ""))
     elif args.command == "purge":
         statuses = [s for s, on in ((Status.COMPLETED, args.completed),
                                     (Status.FAILED, args.failed)) if on]
@@ -332,15 +387,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
     try:
-        _run(args)
+        for attempt in range(_MAP_RESIZED_TRIES):
+            try:
+                _run(args)
+                break
+            except lmdb.MapResizedError:  # the owner grew its map as this read it
+                if attempt == _MAP_RESIZED_TRIES - 1:
+                    raise
     except CommandError as exc:
-        print(f"jobqueue: error: {exc}", file=sys.stderr)
-        return exc.status
+        return _fail(str(exc), exc.status)
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:
         return 0
+    except StoreError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except OSError as exc:  # a store it may not read (permissions), a disk error
+        where = f" {exc.filename!r}" if exc.filename else ""
+        return _fail(f"cannot read{where}: {exc.strerror or exc}", EXIT_USAGE)
+    except Exception as exc:  # a bug: one line, and the way to report it
+        return _fail(f"unexpected {type(exc).__name__}: {exc} (please report it)",
+                     EXIT_UNEXPECTED)
     return 0
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"jobqueue: error: {_printable(message)}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":
