@@ -255,3 +255,117 @@ class TestErrors:
     def test_console_script_is_installed(self) -> None:
         script = Path(sys.executable).with_name("jobqueue")
         assert script.exists()
+
+
+class TestNeverATraceback:
+    @pytest.mark.parametrize("seconds", ["-1", "0", "nan", "inf", "soon"])
+    def test_a_watch_interval_must_be_finite_and_positive(self, store: str, seconds: str) -> None:
+        done = jobqueue("stats", store, "--watch", seconds)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert "--watch" in done.stderr
+
+    def test_a_negative_limit_is_refused_not_a_row_dropped(self, store: str) -> None:
+        done = jobqueue("list", store, "--limit", "-1")
+        assert done.returncode == 2 and "must be 0 or more" in done.stderr
+
+    def test_control_characters_in_ids_are_escaped(self, tmp_path: Path) -> None:
+        path = str(tmp_path / "jobs")
+
+        def handler(payload: bytes) -> None:
+            raise RuntimeError("line one\nline two \x1b[31mred")
+
+        config = final.Config(persist_path=path, handler=handler, max_retries=0)
+        with final.JobQueue(config) as queue:
+            queue.enqueue(final.Job("evil\nid\x1b[2J", kind="k\tind"))
+            assert queue.join(timeout=10)
+        listed = jobqueue("list", path)
+        assert listed.returncode == 0
+        assert "\x1b" not in listed.stdout and "evil\\nid\\x1b[2J" in listed.stdout
+        assert len(listed.stdout.splitlines()) == 2  # the header and one row
+        shown = jobqueue("show", path, "evil\nid\x1b[2J")
+        assert shown.returncode == 0 and "\x1b" not in shown.stdout
+        assert "line one\\nline two" in shown.stdout
+
+    def test_times_beyond_the_calendar_print_and_stay_valid_json(self, tmp_path: Path) -> None:
+        path = str(tmp_path / "jobs")
+        with final.JobQueue(final.Config(persist_path=path, handler=print)) as queue:
+            queue.enqueue(final.Job("far-future", created=1e300))
+            assert queue.join(timeout=10)
+        shown = jobqueue("show", path, "far-future")
+        assert shown.returncode == 0 and "1e+300" in shown.stdout, shown.stderr
+        for args in (("list", path, "--json"), ("show", path, "far-future", "--json")):
+            done = jobqueue(*args)
+            assert done.returncode == 0, done.stderr
+            json.loads(done.stdout)
+
+    def test_json_never_holds_nan_or_infinity(self) -> None:
+        from jobqueue import cli
+        from jobqueue.final import Priority, Status
+        from jobqueue.final._store import JobRecord
+
+        record = JobRecord("x", b"", Priority.MEDIUM, "", None, float("nan"), Status.QUEUED,
+                           0, None, float("inf"), None, None, 1)
+        data = cli._job_json(record)  # a store written by hand or by an old version
+        assert data["created_at"] is None and data["started_at"] is None
+        json.loads(cli._dumps(data))
+
+    def test_a_store_it_may_not_read(
+        self, store: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        # As root, mode 000 reads anyway: the error is what os.listdir raises for others.
+        from jobqueue import cli
+
+        def denied(path: str) -> list[str]:
+            raise PermissionError(13, "Permission denied", path)
+
+        monkeypatch.setattr(os, "listdir", denied)
+        assert cli.main(["stats", store]) == 2
+        err = capsys.readouterr().err
+        assert "Permission denied" in err and "Traceback" not in err
+
+    def test_an_unexpected_error_is_one_line(
+        self, store: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        from jobqueue import cli
+
+        def broken(*args: object) -> None:
+            raise ZeroDivisionError("a bug")
+
+        monkeypatch.setattr(cli, "stats", broken)
+        assert cli.main(["stats", store]) == 3
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "ZeroDivisionError: a bug" in err
+
+    def test_reads_while_the_owner_grows_its_map(self, store: str) -> None:
+        from jobqueue.final.admin import StoreReader
+
+        with StoreReader(store) as reader:
+            before = {r.id for r in reader.records()}
+            grow = (
+                "import lmdb, sys\n"
+                "env = lmdb.open(sys.argv[1], map_size=256 << 20, max_dbs=8)\n"
+                "big = env.open_db(b'corrupt')\n"
+                "with env.begin(write=True) as txn:\n"
+                "    txn.put(b'filler', b'x' * (100 << 20), db=big)\n"
+            )
+            subprocess.run([sys.executable, "-c", grow, store], check=True, timeout=60)
+            assert {r.id for r in reader.records()} == before  # MapResizedError before
+            assert reader.get("mail-0") is not None
+
+
+class TestDiskFull:
+    def test_an_io_error_on_a_nearly_full_disk_says_the_disk_is_full(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from jobqueue.final._lmdb_files import disk_full_note
+
+        class Full:
+            f_bavail, f_frsize = 3, 4096
+
+        monkeypatch.setattr(os, "statvfs", lambda path: Full())
+        error = lmdb.Error("mdb_txn_commit: Input/output error")
+        assert "the disk is full, 12288 bytes free" in disk_full_note(str(tmp_path), error)
+        assert disk_full_note(str(tmp_path), OSError(28, "No space left on device"))
+        monkeypatch.setattr(os, "statvfs", lambda path: type("Roomy", (), {
+            "f_bavail": 1 << 30, "f_frsize": 4096})())
+        assert disk_full_note(str(tmp_path), error) == ""  # an I/O error, not a full disk

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -404,3 +405,146 @@ class TestFork:
             os.close(go_w)
             _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
+
+
+SURROGATE = "bad\udcffid"
+
+
+class TestOneSetOfRules:
+    """Validated once, in Job and Config, the same for every store."""
+
+    @pytest.mark.parametrize(
+        ("fields", "error", "message"),
+        [
+            ({"id": SURROGATE}, ValueError, "id must be valid Unicode"),
+            ({"id": "x", "kind": SURROGATE}, ValueError, "kind must be valid Unicode"),
+            ({"id": "x", "kind": "k" * 65_536}, ValueError, "kind must be at most 256"),
+            ({"id": "é" * 129}, ValueError, "id must be at most 256 UTF-8 bytes"),
+            ({"id": "x", "max_retries": 2**31}, ValueError, "max_retries must be <="),
+            ({"id": "x", "created": NAN}, ValueError, "created must be a finite"),
+            ({"id": "x", "created": INF}, ValueError, "created must be a finite"),
+            ({"id": "x", "created": -INF}, ValueError, "created must be a finite"),
+        ],
+    )
+    def test_job(self, fields: dict[str, object], error: type[Exception], message: str) -> None:
+        with pytest.raises(error, match=message):
+            final.Job(**fields)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize(
+        ("fields", "error", "message"),
+        [
+            ({"persist_path": "/tmp/\udcffjobs"}, ValueError, "persist_path must be encodable"),
+            ({"persist_path": "/tmp/a\0b"}, ValueError, "persist_path must not contain a NUL"),
+            ({"persist_path": ""}, ValueError, "persist_path must not be empty"),
+            ({"persist_path": b"/tmp/jobs"}, TypeError, "persist_path must be a path"),
+            ({"max_retries": 2**31}, ValueError, "max_retries must be <="),
+            ({"handlers": {SURROGATE: ignore}}, ValueError, "must be valid Unicode"),
+            ({"shutdown_timeout": NAN}, ValueError, "shutdown_timeout"),
+            ({"job_timeout": NAN}, ValueError, "job_timeout"),
+        ],
+    )
+    def test_config(self, fields: dict[str, object], error: type[Exception], message: str) -> None:
+        with pytest.raises(error, match=message):
+            final.Config(**fields)  # type: ignore[arg-type]
+
+    def test_the_largest_values_a_job_may_have_are_stored(self, make: Make) -> None:
+        queue = make(num_workers=1, handler=ignore)
+        job = final.Job("é" * 128, kind="k" * 256, max_retries=2**31 - 1, created=1e300)
+        queue.enqueue(job)
+        assert queue.wait(job.id, timeout=10) is Status.COMPLETED
+        info = queue.info(job.id)
+        assert info is not None and (info.kind, info.created_at) == (job.kind, 1e300)
+
+    @pytest.mark.parametrize("job_id", [None, 42, b"bytes", ["list"]])
+    def test_an_id_that_is_not_a_str_is_a_type_error_everywhere(
+        self, make: Make, job_id: object
+    ) -> None:
+        queue = make(handler=ignore)
+        for call in (queue.status, queue.info, queue.wait, queue.requeue):
+            with pytest.raises(TypeError, match="job_id must be a str"):
+                call(job_id)  # type: ignore[operator]
+
+    @pytest.mark.parametrize("job_id", ["", SURROGATE, "x" * 1000, "é" * 200])
+    def test_an_id_no_job_can_have_is_unknown_everywhere(self, make: Make, job_id: str) -> None:
+        queue = make(handler=ignore)
+        assert queue.status(job_id) is None
+        assert queue.info(job_id) is None
+        with pytest.raises(KeyError):
+            queue.wait(job_id)
+        with pytest.raises(KeyError):
+            queue.requeue(job_id)
+
+
+class TestNewStore:
+    def test_a_store_left_half_created_is_completed_at_the_next_open(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "jobs"
+        path.mkdir()
+        (path / "owner.lock").write_text("12345\n")  # killed between the lock and LMDB
+        config = final.Config(handler=ignore, persist_path=path)
+        with final.JobQueue(config) as queue:
+            queue.enqueue(final.Job("works"))
+            assert queue.wait("works", timeout=10) is Status.COMPLETED
+
+    def test_a_store_another_queue_is_creating_is_locked_not_foreign(
+        self, tmp_path: Path
+    ) -> None:
+        from jobqueue.final._lmdb_files import give_up_ownership, take_ownership
+
+        path = tmp_path / "jobs"
+        path.mkdir()
+        creating = take_ownership(str(path))  # holds the lock; no LMDB files yet
+        try:
+            with pytest.raises(final.StoreLocked):
+                final.JobQueue(final.Config(handler=ignore, persist_path=path))
+        finally:
+            give_up_ownership(creating)
+
+    def test_two_processes_creating_one_store_at_once(self, tmp_path: Path) -> None:
+        opener = (
+            "import sys, time\n"
+            "from jobqueue import final\n"
+            "start = float(sys.argv[2])\n"
+            "while time.time() < start: pass\n"
+            "try:\n"
+            "    queue = final.JobQueue(final.Config(handler=print, persist_path=sys.argv[1]))\n"
+            "except final.StoreLocked:\n"
+            "    print('locked')\n"
+            "else:\n"
+            "    print('opened'); time.sleep(0.2); queue.close()\n"
+        )
+        for round_ in range(8):
+            path = str(tmp_path / f"jobs-{round_}")
+            start = str(time.time() + 0.5)
+            children = [
+                subprocess.Popen([sys.executable, "-c", opener, path, start],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(2)
+            ]
+            outcomes = []
+            for child in children:
+                out, err = child.communicate(timeout=30)
+                assert child.returncode == 0, err
+                outcomes.append(out.strip())
+            assert "opened" in outcomes and set(outcomes) <= {"opened", "locked"}, outcomes
+
+
+class TestLogSize:
+    def test_a_new_store_needs_little_room(self, tmp_path: Path) -> None:
+        path = tmp_path / "jobs"
+        with final.JobQueue(final.Config(handler=ignore, persist_path=path)):
+            logs = [p for p in path.iterdir() if p.name.startswith("wal-")]
+            assert logs and all(p.stat().st_size <= 64 << 10 for p in logs)
+
+    def test_a_full_disk_at_open_says_how_much_room_is_needed(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import errno
+
+        def no_space(fd: int, offset: int, length: int) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(os, "posix_fallocate", no_space)
+        with pytest.raises(final.StoreError, match=r"the disk is full.*needs 65536 bytes"):
+            final.JobQueue(final.Config(handler=ignore, persist_path=tmp_path / "jobs"))
