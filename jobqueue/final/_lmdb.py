@@ -41,6 +41,7 @@ from jobqueue.final._lmdb_files import (
     take_ownership,
 )
 from jobqueue.final._lmdb_replay import replay_log
+from jobqueue.final._lmdb_starts import RING_FILE, StartRing, replay_starts
 from jobqueue.final._lmdb_writer import Writer
 from jobqueue.final._records import RecordError, decode, encode, order_key
 from jobqueue.final._states import LIVE
@@ -85,7 +86,9 @@ class LmdbStore:
         try:
             self._tables = tables = Tables(path, create=True, sync=fsync)
             first_segment = replay_log(tables)
+            replay_starts(tables)
             tables.note_map_size()
+            self._starts = StartRing(path)
             log = WriteAheadLog(path, first_segment)
         except lmdb.Error as exc:
             self._release()
@@ -109,6 +112,9 @@ class LmdbStore:
         self._sync_failures: list[tuple[int, int, StoreError]] = []
 
     def _release(self) -> None:
+        starts: StartRing | None = getattr(self, "_starts", None)  # unset if opening failed
+        if starts is not None:
+            starts.close()
         if self._tables is not None:
             self._tables.close()
         if self._lock_fd is not None:
@@ -222,9 +228,10 @@ class LmdbStore:
     # -- moves of held jobs: batched --------------------------------------------------------
 
     def started(self, record: JobRecord) -> None:
-        # In the log before the handler runs, not only in the next batch: if the handler
+        self._writer.event(record)
+        # In the ring before the handler runs, not only in the next batch: if the handler
         # kills the process, the next start finds the attempt and counts it as failed.
-        self._writer.attempt_started(record, frame(encode(record)))
+        self._starts.record(record)
 
     def retrying(self, record: JobRecord) -> None:
         self._writer.event(record)
@@ -325,7 +332,7 @@ class LmdbStore:
             clean = writer.everything_written_locked()
             segments = writer.log.close()
         if clean:
-            WriteAheadLog.remove(segments)
+            WriteAheadLog.remove([*segments, os.path.join(self.path, RING_FILE)])
         else:
             logger.error("store %r: not everything reached LMDB at close; the log keeps the "
                          "new jobs, and jobs whose outcome was lost run again", self.path)

@@ -55,7 +55,8 @@ logger = logging.getLogger("jobqueue")
 
 MAGIC = b"jobqueue-store"
 LOCK_FILE = "owner.lock"
-_STORE_FILES = frozenset({LOCK_FILE, "data.mdb", "lock.mdb"})  # and the log's wal-*.log
+# and the log's wal-*.log; attempts.ring is _lmdb_starts's
+_STORE_FILES = frozenset({LOCK_FILE, "data.mdb", "lock.mdb", "attempts.ring"})
 INITIAL_MAP_SIZE = 64 << 20
 _MAX_DBS = 8
 

@@ -6,10 +6,6 @@ checkpoint): frames before it are in LMDB already and are skipped, since their j
 run, finished and been pruned since. Frames from the checkpoint on are jobs the owner
 acknowledged and LMDB may not have: a new owner moves them in before anything else
 (:func:`replay_log`); a reader shows them as they are (:func:`read_logged`).
-
-The log also holds the start of each attempt, written before the handler runs. A job LMDB
-then holds as PROCESSING was running when its process died; the queue that claims it counts
-that attempt as failed (:mod:`jobqueue.final._claimer`).
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ import lmdb
 
 from jobqueue.final._lmdb_files import Tables, begin_read
 from jobqueue.final._records import RecordError, decode
-from jobqueue.final._states import LIVE, Status
 from jobqueue.final._store import JobRecord
 from jobqueue.final._wal import WriteAheadLog, position, read_segment, segment_number, segment_paths
 
@@ -30,28 +25,15 @@ __all__ = ["read_logged", "replay_log"]
 logger = logging.getLogger("jobqueue")
 
 
-def _stored(raw: bytes | None) -> JobRecord | None:
-    if raw is None:
-        return None
+def _newer_add(existing: bytes | None, record: JobRecord) -> bool:
+    """Whether a logged add must still be applied over what LMDB holds for that id."""
+    if existing is None:
+        return True
     try:
-        return decode(raw)[0]
+        stored, _ = decode(existing)
     except RecordError:
-        return None
-
-
-def _supersedes(record: JobRecord, current: JobRecord | None) -> bool:
-    """Whether a logged record must be applied over ``current``, the job's latest state in
-    LMDB or in an earlier frame.
-
-    A frame is a new job, or the start of an attempt (PROCESSING). A new job applies unless
-    that life is there already (same seq: applied, and maybe run since). The start of an
-    attempt applies only over the same life, still live, with fewer attempts counted: once
-    the attempt's outcome is written, or the job pruned, it is old news.
-    """
-    if record.status is Status.PROCESSING:
-        return (current is not None and current.seq == record.seq
-                and current.status in LIVE and current.attempts < record.attempts)
-    return current is None or current.seq < record.seq
+        return True
+    return stored.seq < record.seq  # equal: applied already, and maybe run since
 
 
 def replay_log(tables: Tables) -> int:
@@ -68,7 +50,7 @@ def replay_log(tables: Tables) -> int:
     next_number = (checkpoint >> 40) + 1
     if not segments:
         return next_number
-    batch: dict[str, tuple[JobRecord, bool]] = {}  # id -> (record, new: not in LMDB yet)
+    batch: dict[str, JobRecord] = {}
     quarantine: dict[str, bytes] = {}
     with env.begin() as txn:
         for segment in segments:
@@ -85,21 +67,14 @@ def replay_log(tables: Tables) -> int:
                                  "'corrupt' table", name, exc)
                     quarantine[name] = raw
                     continue
-                logged = batch.get(record.id)
-                if logged is None:
-                    current = _stored(txn.get(record.id.encode(), db=tables.jobs))
-                    new = False
-                else:
-                    current, new = logged
-                if _supersedes(record, current):
-                    starts_life = current is None or current.seq < record.seq
-                    batch[record.id] = record, new or starts_life
+                if _newer_add(txn.get(record.id.encode(), db=tables.jobs), record):
+                    batch[record.id] = record
     while True:
         try:
             with env.begin(write=True) as txn:
                 last_seq = tables.meta_int(txn, b"seq")
-                for record, new in batch.values():
-                    tables.put_live(txn, record, new=new)
+                for record in batch.values():
+                    tables.put_live(txn, record, new=True)
                     last_seq = max(last_seq, record.seq)
                 for name, raw in quarantine.items():
                     txn.put(name.encode(), raw, db=tables.corrupt)
@@ -128,10 +103,7 @@ def read_logged(tables: Tables) -> dict[str, JobRecord]:
                     if position(number, offset) < checkpoint:
                         continue
                     record, _ = decode(raw)
-                    current = logged.get(record.id)
-                    if current is None:
-                        current = _stored(txn.get(record.id.encode(), db=tables.jobs))
-                    if _supersedes(record, current):
+                    if _newer_add(txn.get(record.id.encode(), db=tables.jobs), record):
                         logged[record.id] = record
             except (OSError, RecordError):
                 continue  # deleted by the owner meanwhile: LMDB has its jobs now

@@ -116,20 +116,6 @@ class Writer:
             with self.cond:
                 self._wake_locked()
 
-    def attempt_started(self, record: JobRecord, logged: bytes) -> None:
-        """A held job started an attempt: log it (``logged``, its frame) at once, then
-        write it with the next batch. Appending copies into the mapped log: no system call."""
-        with self.cond:
-            if not self.closed:
-                try:
-                    self.log.append(logged)
-                except OSError as exc:  # a new segment could not be allocated
-                    logger.error("store %r: cannot log the start of job %r (%s); if the "
-                                 "process dies while running it, the attempt is not counted",
-                                 self._path, record.id, exc)
-            self._events.append(record)
-            self._wake_locked()
-
     def set_aside_locked(self, name: str, raw: bytes, key: bytes | None) -> None:
         """Move an unreadable record to the ``corrupt`` table with the next batch."""
         self._quarantine[name] = (raw, key)

@@ -13,9 +13,6 @@ frames from the checkpoint on are replayed, and segments wholly before it are de
 Segments are preallocated with ``posix_fallocate``, so a full disk fails the allocation with
 an error instead of killing the process with SIGBUS when a page is first written.
 
-Besides new jobs, the log holds the start of each attempt (a PROCESSING record), appended
-before the handler runs, so that a handler that kills the process leaves its attempt counted.
-
 A segment ``wal-NNNNNNNN.log`` is a run of frames: ``<II`` (record length, CRC-32 of the
 record) followed by the record (:mod:`jobqueue.final._records`), then zeros. The top bit of
 the length marks a revoked frame, one whose ``enqueue()`` raised after it was written (its

@@ -8,8 +8,9 @@ The ``jobqueue`` command is built on this module; scripts can use it too::
         failed = [r.id for r in reader.records() if r.status is Status.FAILED]
     admin.requeue("./jobs.db", failed)                  # only once no process owns it
 
-- :class:`StoreReader` opens LMDB read-only and also reads the owner's write-ahead log: it
-  never writes and never blocks the owner (LMDB readers take no lock the writer waits for).
+- :class:`StoreReader` opens LMDB read-only and also reads the owner's write-ahead log and
+  its ring of attempts started: it never writes and never blocks the owner (LMDB readers
+  take no lock the writer waits for).
 - :func:`requeue` and :func:`purge` each change the store in one LMDB transaction, all or
   nothing, and only while no process owns it (``StoreLocked`` names the owner otherwise).
   They take the store over the way a queue would, moving a dead owner's log into LMDB
@@ -36,6 +37,7 @@ from jobqueue.final._lmdb_files import (
     take_ownership,
 )
 from jobqueue.final._lmdb_replay import read_logged, replay_log
+from jobqueue.final._lmdb_starts import read_starts, started
 from jobqueue.final._records import RecordError, decode
 from jobqueue.final._states import Status
 from jobqueue.final._store import JobRecord
@@ -65,6 +67,7 @@ class StoreReader:
         self._tables = Tables(path, readonly=True)
         try:
             self._logged = read_logged(self._tables)
+            self._starts = read_starts(path)
         except lmdb.Error as exc:
             self._tables.close()
             raise StoreError(f"cannot read store {path!r}: {exc}") from None
@@ -78,19 +81,24 @@ class StoreReader:
                     record = decode(raw)[0]
                 except RecordError:
                     continue
-                yield logged.pop(record.id, record)
-        yield from sorted(logged.values(), key=lambda record: record.id)
+                yield self._latest(logged.pop(record.id, record))
+        for record in sorted(logged.values(), key=lambda record: record.id):
+            yield self._latest(record)
+
+    def _latest(self, record: JobRecord) -> JobRecord:
+        """With an attempt started since, as the owner's ring of starts tells."""
+        return started(record, self._starts) or record
 
     def get(self, job_id: str) -> JobRecord | None:
         """One job's record, or None; ``StoreError`` if it is stored but cannot be read."""
         if job_id in self._logged:
-            return self._logged[job_id]
+            return self._latest(self._logged[job_id])
         with begin_read(self._tables.env) as txn:
             try:
                 found = self._tables.stored(txn, job_id)
             except RecordError as exc:
                 raise StoreError(f"the record of job {job_id!r} cannot be read: {exc}") from None
-        return None if found is None else found[0]
+        return None if found is None else self._latest(found[0])
 
     def map_size(self) -> int:
         with begin_read(self._tables.env) as txn:
