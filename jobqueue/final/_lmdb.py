@@ -103,6 +103,9 @@ class LmdbStore:
         except BaseException:
             self._release()
             raise
+        # In the ring before the handler runs, not only in the next batch: if the handler
+        # kills the process, the next start finds the attempt and counts it as failed.
+        self.running = self._starts.record
         self._gate = MapGate()
         self._writer = writer = Writer(path, tables, self._gate, log, retention)
         self._backlog = Backlog(path, tables, self._gate, writer.last_seq, self._live_record)
@@ -229,12 +232,8 @@ class LmdbStore:
 
     def started(self, record: JobRecord) -> None:
         self._writer.event(record)
-        # In the ring before the handler runs, not only in the next batch: if the handler
-        # kills the process, the next start finds the attempt and counts it as failed.
-        self._starts.record(record)
 
-    def retrying(self, record: JobRecord) -> None:
-        self._writer.event(record)
+    retrying = started
 
     def finished(self, record: JobRecord) -> None:
         self._backlog.release(record.id)

@@ -4,8 +4,8 @@ A handler may kill its process (``os._exit``, a fatal signal, a crash in a C ext
 before the batch that tells LMDB its attempt started is written. Run again at every restart,
 such a job would never use up its retries. So the start of each attempt is also written,
 before the handler runs, into a small file mapped into memory, ``attempts.ring``: a copy of
-32 bytes into the page cache, with no system call and no lock (the queue's mutex already
-orders ``Store.started`` calls), which survives the process being killed.
+32 bytes into the page cache, with no system call and no lock, by the worker just before the
+handler runs (``Store.running``), which survives the process being killed.
 
 The file is a ring of fixed slots, each ``(seq, priority, attempts, started_at, check)``: the
 job's life is found by its arrival order key, which LMDB's ``order`` index maps to its id, so
@@ -24,6 +24,7 @@ finished, pruned or enqueued again) changes nothing, so replaying twice is harml
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import mmap
 import os
@@ -57,8 +58,8 @@ def _check(seq: int, attempts: int, priority: int) -> int:
 
 
 class StartRing:
-    """The ring of one open store, emptied when opened. Not thread-safe: the queue's mutex
-    orders the calls to :meth:`record`."""
+    """The ring of one open store, emptied when opened. Workers record starts at once, each
+    in a slot of its own: taking the next slot number is one atomic ``next()``."""
 
     def __init__(self, directory: str) -> None:
         path = os.path.join(directory, RING_FILE)
@@ -70,18 +71,16 @@ class StartRing:
             self._map = mmap.mmap(fd, size)
         finally:
             os.close(fd)  # the mapping keeps the file
-        self._size = size
-        self._offset = 0  # of the slot to write next
+        self._slots = itertools.count()  # next() is atomic: no two workers share a slot
         self._pack = functools.partial(_SLOT.pack_into, self._map)
 
     def record(self, record: JobRecord) -> None:
-        """The attempt ``record.attempts`` of this job is starting (on every job's path)."""
-        offset = self._offset
-        following = offset + _SLOT_SIZE
-        self._offset = following if following < self._size else 0
+        """The attempt ``record.attempts`` of this job is starting (on every job's path).
+        Raises ``ValueError`` once the ring is closed."""
         (_, _, priority, _, _, _, _, attempts, _, started_at, _, _, seq) = record
-        self._pack(offset, seq, seq ^ (attempts << 32) ^ (priority << 30) ^ _MIX, attempts,
-                   priority, started_at or 0.0)
+        self._pack(next(self._slots) % SLOTS * _SLOT_SIZE, seq,
+                   seq ^ (attempts << 32) ^ (priority << 30) ^ _MIX, attempts, priority,
+                   started_at or 0.0)
 
     def close(self) -> None:
         self._map.close()

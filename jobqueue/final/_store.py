@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import NamedTuple, Protocol
 
 from jobqueue._priority import Priority
@@ -81,6 +81,12 @@ class Store(Protocol):
     These four may be batched and written later, in call order: losing them in a crash only
     runs a job again, which at-least-once allows. ``released`` hands a job back, unheld.
 
+    Called by a worker without the mutex, just before a handler runs, by several workers at
+    once: ``running(record)``, the attempt ``record`` (PROCESSING) is about to run. The store
+    may record it where a process that dies running the handler leaves it (the LMDB store
+    counts such an attempt as failed at the next start). ``running`` is None for a store with
+    no use for it, so that a queue in memory pays nothing for it.
+
     Called from any thread, free to block:
 
     - ``claim(priority, limit, kinds)``: up to ``limit`` live jobs of ``priority`` that no
@@ -96,6 +102,9 @@ class Store(Protocol):
 
     #: True when jobs left in the store by close() are there for the next queue to claim.
     persistent: bool
+
+    #: Told of an attempt about to run, without the queue's mutex; or None (see above).
+    running: Callable[[JobRecord], None] | None
 
     def last_seq(self) -> int:
         """The highest ``seq`` the store holds, so new jobs sort after stored ones."""
@@ -148,6 +157,7 @@ class MemoryStore:
     """
 
     persistent = False
+    running = None  # nothing in memory outlives a process that dies running a handler
 
     def __init__(self, retention: int) -> None:
         self._retention = retention

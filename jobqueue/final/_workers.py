@@ -109,6 +109,12 @@ def _run(core: Core, policy: RetryPolicy, entry: Entry) -> Outcome:
     started = entry.started
     assert started is not None
     deadline = None if job_timeout is None else started + job_timeout
+    running = core.running
+    if running is not None:
+        try:
+            running(entry.record)
+        except ValueError:  # the store is closed: close() gave up on this worker long ago
+            logger.warning("job %r runs after its store was closed", job.id)
     worker_local.context = JobContext(job, entry.attempts, deadline, core.shutdown, core, entry)
     error: BaseException | None = None
     try:
