@@ -316,10 +316,11 @@ class TestCallsFromInsideAHandler:
         assert result == [None]
         assert queue.wait("waited", timeout=10) is Status.COMPLETED
 
+    @pytest.mark.parametrize("workers", [1, 2])
     def test_close_from_a_handler_does_not_wait_for_its_own_job(
-        self, make: Make, store: str, tmp_path: Path
+        self, make: Make, store: str, tmp_path: Path, workers: int
     ) -> None:
-        queue = make(num_workers=2, handler=ignore, shutdown_timeout=INF)
+        queue = make(num_workers=workers, handler=ignore, shutdown_timeout=INF)
         returned = threading.Event()
         closed_with: list[object] = []
 
@@ -331,15 +332,16 @@ class TestCallsFromInsideAHandler:
         queue.enqueue_with_handler(final.Job("closer"), closer)
         assert returned.wait(10), "close() from a handler waited for its own job"
         assert closed_with == [[]]
-        assert queue.status("queued-before-close") is Status.COMPLETED
         assert until(lambda: not jobqueue_threads()), [t.name for t in jobqueue_threads()]
         assert queue.close() == []
         if store == "lmdb":  # the store was given up, with the closer's outcome in it
-            with final.JobQueue(final.Config(handler=ignore,
-                                             persist_path=str(tmp_path / "jobs-0"))) as again:
+            config = final.Config(handler=ignore, persist_path=str(tmp_path / "jobs-0"))
+            with final.JobQueue(config) as again:
                 assert again.status("closer") is Status.COMPLETED
+                assert again.status("queued-before-close") is Status.COMPLETED
         else:
             assert queue.status("closer") is Status.COMPLETED
+            assert queue.status("queued-before-close") is Status.COMPLETED
 
 
 class TestFork:

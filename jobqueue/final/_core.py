@@ -19,7 +19,7 @@ from jobqueue.final._lock import YieldingLock
 from jobqueue.final._model import Config, Handler
 from jobqueue.final._states import NEW, PROCESSING, QUEUED, RETRYING
 from jobqueue.final._store import Store
-from jobqueue.final._table import Entry, JobTable
+from jobqueue.final._table import JobTable
 
 __all__ = ["Core", "WaitingLine"]
 
@@ -136,9 +136,9 @@ class Core:
         self.closing = False  # close() has started: no new jobs
         self.stopping = False  # close() gave up waiting: workers stop
         self.closed = False
-        # The entry whose handler called close(): close() does not wait for it, and the
-        # worker running it finishes closing once it is settled (see JobQueue.close).
-        self.closer: Entry | None = None
+        # close() was called from a handler: it could not wait, so the workers finish the
+        # queue and the first of them to exit gives the store up (see JobQueue.close).
+        self.close_when_drained = False
         # Handlers of this queue waiting in enqueue() for room that only a worker taking a
         # job can free: once every worker would wait, none ever frees it (admission).
         self.handlers_waiting_for_room = 0
@@ -184,17 +184,13 @@ class Core:
         """True when close() has nothing left to wait for.
 
         A persistent store keeps jobs waiting for a retry for the next start; in memory they
-        would be lost, so close() waits for them too. It never waits for the job whose
-        handler called it.
+        would be lost, so close() waits for them too.
         """
         table = self.table
-        closer = self.closer
         for priority in _PRIORITIES:
             if table.count(NEW, priority) or table.count(QUEUED, priority):
                 return False
-            running = table.count(PROCESSING, priority)
-            if running and not (running == 1 and closer is not None
-                                and closer.state is PROCESSING and closer.job.priority is priority):
+            if table.count(PROCESSING, priority):
                 return False
             if table.count(RETRYING, priority) and not self.store.persistent:
                 return False

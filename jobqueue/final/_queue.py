@@ -41,7 +41,6 @@ from jobqueue.final._model import (
 from jobqueue.final._retry import RetryPolicy
 from jobqueue.final._states import GONE, LIVE, NEW, Status
 from jobqueue.final._store import open_store
-from jobqueue.final._table import Entry
 
 __all__ = ["JobQueue"]
 
@@ -340,65 +339,63 @@ class JobQueue:
         if the store's last commit outlived the first call, it waits for it again, up to
         ``timeout``, and gives the store up once that commit ends.
 
-        Called from a handler of this queue, it waits for everything but the handler's own
-        job, and returns; the worker running that handler finishes closing (stops, and gives
-        the store up) once the handler has returned and its job is settled. If another
-        close() is under way, it returns ``[]`` at once. In a forked child, it does nothing.
+        Called from a handler of this queue, it cannot wait (the handler's own job would
+        keep it waiting): it stops new jobs and returns ``[]`` at once; the workers finish
+        what was accepted, the handler's job included, and then stop and give the store up
+        by themselves. A later close() from outside a handler waits for that, as above.
+        In a forked child, close() does nothing.
         """
         if self._forked:
             return []  # the threads and the store are the parent's: touch nothing
         timeout = check_timeout(
             "timeout", self._config.shutdown_timeout if timeout is None else timeout
         )
-        context = running_in(self._core)
-        if context is not None:
-            return self._close_from_handler(timeout, context._entry)  # type: ignore[arg-type]
+        core = self._core
+        if running_in(core) is not None:
+            with core.mutex:
+                if not core.closing:
+                    core.close_when_drained = True
+                    self._start_closing_locked()
+            return []
         with self._close_lock:
-            if not self._core.closed:
-                self._close(timeout, None)
+            if not core.closed:
+                self._close(timeout)
             else:
-                self._core.store.close(timeout)  # returns at once if it is closed already
+                core.store.close(timeout)  # returns at once if it is closed already
             return list(self._abandoned)
 
-    def _close_from_handler(self, timeout: float | None, own: Entry) -> list[str]:
-        if not self._close_lock.acquire(blocking=False):
-            return []  # another close() runs, and waits for this handler: do not wait for it
-        try:
-            core = self._core
-            if core.closed or core.closing:
-                return list(self._abandoned)
-            self._close(timeout, own)
-            return list(self._abandoned)
-        finally:
-            self._close_lock.release()
+    def _start_closing_locked(self) -> None:
+        core = self._core
+        core.closing = True
+        for line in core.room:
+            line.wake_all()
+        core.claim_wake.notify_all()
+        core.changed_locked()  # wakes the workers and the retry timer if nothing is left
 
     def _finish_close(self) -> None:
-        """Run by the worker whose handler called close(), once its job is settled."""
+        """After close() from a handler: the workers, drained, call this on their way out."""
         core = self._core
         if not self._close_lock.acquire(blocking=False):
-            return  # a close() from another thread runs: it gives the store up
+            return  # another worker does it, or a close() from outside a handler
         try:
+            if core.closed:
+                return
+            # The other threads are on their way out too: nothing is left to run.
+            for thread in self._threads:
+                if thread is not threading.current_thread():
+                    thread.join(_CANCEL_GRACE)
             with core.mutex:
-                if core.closed:
-                    return
-                core.closer = None
                 core.closed = True
                 core.changed_locked()
             core.store.close(check_timeout("shutdown_timeout", self._config.shutdown_timeout))
         finally:
             self._close_lock.release()
 
-    def _close(self, timeout: float | None, own: Entry | None) -> None:
-        """Close; ``own`` is the entry of the handler calling, if one is."""
+    def _close(self, timeout: float | None) -> None:
         core = self._core
         endtime = None if timeout is None else core.clock() + timeout
         with core.mutex:
-            core.closer = own
-            core.closing = True
-            for line in core.room:
-                line.wake_all()
-            core.claim_wake.notify_all()
-            core.changed_locked()
+            self._start_closing_locked()
             while not core.drained_locked():
                 remaining = None if endtime is None else endtime - core.clock()
                 if remaining is not None and remaining <= 0:
@@ -416,17 +413,16 @@ class JobQueue:
         else:
             grace = None if endtime is None else max(_CANCEL_GRACE, endtime - core.clock())
         join_until = None if grace is None else core.clock() + grace
+        here = threading.current_thread()  # a log handler a worker ran may call close()
         for thread in self._threads:
-            if thread is not threading.current_thread():
+            if thread is not here:
                 thread.join(None if join_until is None else max(0.0, join_until - core.clock()))
-        stuck = [t.name for t in self._threads
-                 if t.is_alive() and t is not threading.current_thread()]
+        stuck = [t.name for t in self._threads if t.is_alive() and t is not here]
         with core.mutex:
             if gave_up:
-                self._abandoned = core.table.drop_all(core.clock(), keep=own)
-            if own is None:
-                core.closed = True
-                core.changed_locked()  # waiters whose jobs will not finish now must know
+                self._abandoned = core.table.drop_all(core.clock())
+            core.closed = True
+            core.changed_locked()  # waiters whose jobs will not finish now must know
         if gave_up:
             where = "stay stored for the next start" if core.store.persistent else "are lost"
             shown = ", ".join(self._abandoned[:_IDS_LOGGED])
@@ -438,9 +434,8 @@ class JobQueue:
             )
         if stuck:
             logger.warning("handlers did not return; threads still running: %s", stuck)
-        if own is None:
-            remaining = None if endtime is None else endtime - core.clock()
-            core.store.close(None if remaining is None else max(_CANCEL_GRACE, remaining))
+        remaining = None if endtime is None else endtime - core.clock()
+        core.store.close(None if remaining is None else max(_CANCEL_GRACE, remaining))
 
     def __enter__(self) -> JobQueue:
         return self

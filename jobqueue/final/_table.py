@@ -228,22 +228,19 @@ class JobTable:
             self.transition(entry, QUEUED, now)
         return due
 
-    def drop_all(self, now: float, keep: Entry | None = None) -> list[str]:
+    def drop_all(self, now: float) -> list[str]:
         """Forget every job (close() gave up): the store keeps what it was told. Their ids.
 
         Running jobs go back to the store first (``released``), their attempt neither
         finished nor failed: shutdown interrupted it, not the job. Left PROCESSING, the next
         start would count it as an attempt the process died in. Reservations (NEW) stay:
         their producers are still in enqueue(), waiting for the store, and settle them
-        either way when it answers. ``keep`` stays too: the running job whose handler called
-        close(), which its worker settles.
+        either way when it answers.
         """
         entries = self._entries
         for entry in [entry for entry in entries.values() if entry.state is PROCESSING]:
-            if entry is not keep:
-                self.transition(entry, QUEUED, now)
-        dropped = sorted(job_id for job_id, entry in entries.items()
-                         if entry.state is not NEW and entry is not keep)
+            self.transition(entry, QUEUED, now)
+        dropped = sorted(job_id for job_id, entry in entries.items() if entry.state is not NEW)
         for job_id in dropped:
             del entries[job_id]
         for ready in self._ready:
@@ -251,8 +248,6 @@ class JobTable:
         self.retries = RetrySchedule(self.retries.clock)
         for state in (QUEUED, PROCESSING, RETRYING):
             self._counts[state] = [0, 0, 0]
-        if keep is not None and keep.state is PROCESSING:
-            self._counts[PROCESSING][keep.job.priority] = 1
         return dropped
 
     # -- describing -------------------------------------------------------------------------

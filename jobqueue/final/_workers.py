@@ -21,7 +21,7 @@ from jobqueue.final._context import JobContext, worker_local
 from jobqueue.final._core import Core
 from jobqueue.final._model import Job
 from jobqueue.final._retry import RetryPolicy
-from jobqueue.final._states import COMPLETED, FAILED, PROCESSING, QUEUED, RETRYING
+from jobqueue.final._states import COMPLETED, FAILED, QUEUED, RETRYING
 from jobqueue.final._table import Entry
 
 __all__ = ["failed_attempt", "retry_timer", "settle_locked", "work"]
@@ -36,8 +36,8 @@ Outcome = tuple[str, float | None] | None
 def work(core: Core, policy: RetryPolicy, finish_close: Callable[[], None]) -> None:
     """A worker thread: run jobs until the queue is closed and drained, or gives up.
 
-    ``finish_close`` finishes a close() that a handler called, once that handler's job is
-    settled: the worker that settled it, on its way out, calls it.
+    ``finish_close`` finishes a close() that a handler called, which could not wait: the
+    workers call it on their way out, once the queue is drained.
     """
     mutex, clock = core.mutex, core.clock
     entry: Entry | None = None
@@ -53,8 +53,7 @@ def work(core: Core, policy: RetryPolicy, finish_close: Callable[[], None]) -> N
         finally:
             mutex.release()
         if entry is None:
-            closer = core.closer
-            if closer is not None and closer.state is not PROCESSING:
+            if core.close_when_drained:
                 finish_close()
             return
         outcome = _run(core, policy, entry)
