@@ -94,14 +94,16 @@ class WaitingLine:
 
 class Core:
     """The shared state of one queue. Fields are read and written with ``mutex`` held,
-    except ``config``, ``store``, ``clock``, ``running``, ``seq`` and ``shutdown``, which never
-    change or are safe on their own."""
+    except ``config``, ``store``, ``clock``, ``running``, ``ran``, ``forked``, ``seq`` and
+    ``shutdown``, which never change or are safe on their own."""
 
     def __init__(self, config: Config, store: Store) -> None:
         self.config = config
         self.store = store
         self.clock = time.monotonic
         self.running = store.running  # told of each attempt about to run, if not None
+        self.ran = store.ran  # and of its handler returning
+        self.forked = False  # set in a child forked from this process: workers there stop
         self.seq = itertools.count(store.last_seq() + 1)  # next() is atomic
         # Cooperative cancellation for every running handler once close() gives up waiting.
         self.shutdown = threading.Event()

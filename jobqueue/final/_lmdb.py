@@ -106,6 +106,7 @@ class LmdbStore:
         # In the ring before the handler runs, not only in the next batch: if the handler
         # kills the process, the next start finds the attempt and counts it as failed.
         self.running = self._starts.record
+        self.ran = self._starts.finish
         self._gate = MapGate()
         self._writer = writer = Writer(path, tables, self._gate, log, retention)
         self._backlog = Backlog(path, tables, self._gate, writer.last_seq, self._live_record)
@@ -322,14 +323,16 @@ class LmdbStore:
                 if remaining is not None and remaining <= 0:
                     break
                 writer.cond.wait(remaining)
-            if not stopped or writer.unsettled:
-                logger.warning(
-                    "store %r: a commit is still running; the log keeps its jobs, and the "
-                    "store stays owned until it ends and close() is called again", self.path,
-                )
-                return
-            clean = writer.everything_written_locked()
-            segments = writer.log.close()
+            still_running = not stopped or bool(writer.unsettled)
+            if not still_running:
+                clean = writer.everything_written_locked()
+                segments = writer.log.close()
+        if still_running:  # logged without the lock: a log handler may call close() again
+            logger.warning(
+                "store %r: a commit is still running; the log keeps its jobs, and the "
+                "store stays owned until it ends and close() is called again", self.path,
+            )
+            return
         if clean:
             WriteAheadLog.remove([*segments, os.path.join(self.path, RING_FILE)])
         else:

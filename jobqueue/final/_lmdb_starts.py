@@ -2,23 +2,31 @@
 
 A handler may kill its process (``os._exit``, a fatal signal, a crash in a C extension)
 before the batch that tells LMDB its attempt started is written. Run again at every restart,
-such a job would never use up its retries. So the start of each attempt is also written,
+such a job would never use up its retries. So each worker writes the start of an attempt,
 before the handler runs, into a small file mapped into memory, ``attempts.ring``: a copy of
-32 bytes into the page cache, with no system call and no lock, by the worker just before the
-handler runs (``Store.running``), which survives the process being killed.
+32 bytes into the page cache, with no system call and no lock (``Store.running``), which
+survives the process being killed. When the handler returns or raises, the worker marks the
+slot done (``Store.ran``): one byte.
 
-The file is a ring of fixed slots, each ``(seq, priority, attempts, started_at, check)``: the
-job's life is found by its arrival order key, which LMDB's ``order`` index maps to its id, so
-a slot needs no id and has a fixed size. A slot matters only until LMDB holds that attempt,
-a few milliseconds later; the ring keeps the last :data:`SLOTS` starts, far more than
-that. ``check`` mixes the other fields, so that a slot half written as the process died is
-ignored.
+The file is a ring of fixed slots, each ``(seq, check, attempts, priority, done,
+started_at)``: the job's life is found by its arrival order key, which LMDB's ``order`` index
+maps to its id, so a slot needs no id and has a fixed size. A slot matters only until LMDB
+holds the attempt's outcome, a few milliseconds later; the ring keeps the last :data:`SLOTS`
+starts, far more than that. ``check`` mixes seq, attempts and priority, so that a slot half
+written as the process died is ignored.
 
-At the next start, after the write-ahead log is replayed, :func:`replay_starts` applies every
-slot whose job LMDB still holds live, in that life, with fewer attempts: the job becomes
-PROCESSING with the attempt counted, and the queue that claims it settles that attempt as
-failed (:mod:`jobqueue.final._claimer`). A stale slot (its attempt written since, its job
-finished, pruned or enqueued again) changes nothing, so replaying twice is harmless.
+At the next start, after the write-ahead log is replayed, :func:`replay_starts` corrects the
+live jobs LMDB holds in the same life with the newest slot of each:
+
+- started and not done: the process died while the handler ran. The job becomes
+  PROCESSING with that attempt counted, and the queue that claims it settles the attempt as
+  failed (:mod:`jobqueue.final._claimer`);
+- done, but LMDB never got the outcome (it holds the job as PROCESSING, or with fewer
+  attempts): the attempt ran, and only its outcome was lost. The job becomes QUEUED with the
+  attempt counted, to run again (at least once), not charged with a death.
+
+A stale slot (its outcome written since, its job finished, pruned or enqueued again)
+changes nothing, so replaying twice is harmless.
 """
 
 from __future__ import annotations
@@ -44,12 +52,15 @@ logger = logging.getLogger("jobqueue")
 RING_FILE = "attempts.ring"
 #: Starts the ring keeps: at 32 bytes a slot, 1 MiB.
 SLOTS = 32_768
-_SLOT = struct.Struct("<QQIBxxxd")  # seq, check, attempts, priority, started_at
+_SLOT = struct.Struct("<QQIBBxxd")  # seq, check, attempts, priority, done, started_at
 _SLOT_SIZE = _SLOT.size
+_DONE_AT = 21  # the offset of ``done`` in a slot
+_SEQ = struct.Struct("<Q")
+_OFFSET_BITS = 20  # a ticket is seq << 20 | the slot's offset, which is below 1 MiB
 _MIX = 0x1E3779B97F4A7C15  # below 2**63: the check fits its field for any seq below that
 
-#: (priority, seq) -> (attempts, started_at) of the newest start recorded for that life.
-Starts = dict[tuple[int, int], tuple[int, float]]
+#: (priority, seq) -> (attempts, started_at, done) of the newest start recorded for a life.
+Starts = dict[tuple[int, int], tuple[int, float, bool]]
 
 
 def _check(seq: int, attempts: int, priority: int) -> int:
@@ -74,13 +85,22 @@ class StartRing:
         self._slots = itertools.count()  # next() is atomic: no two workers share a slot
         self._pack = functools.partial(_SLOT.pack_into, self._map)
 
-    def record(self, record: JobRecord) -> None:
+    def record(self, record: JobRecord) -> int:
         """The attempt ``record.attempts`` of this job is starting (on every job's path).
-        Raises ``ValueError`` once the ring is closed."""
+        Returns the ticket for :meth:`finish`; ``ValueError`` once the ring is closed."""
         (_, _, priority, _, _, _, _, attempts, _, started_at, _, _, seq) = record
-        self._pack(next(self._slots) % SLOTS * _SLOT_SIZE, seq,
-                   seq ^ (attempts << 32) ^ (priority << 30) ^ _MIX, attempts, priority,
-                   started_at or 0.0)
+        offset = next(self._slots) % SLOTS * _SLOT_SIZE
+        self._pack(offset, seq, seq ^ (attempts << 32) ^ (priority << 30) ^ _MIX, attempts,
+                   priority, 0, started_at or 0.0)
+        return seq << _OFFSET_BITS | offset
+
+    def finish(self, ticket: int) -> None:
+        """The handler of a recorded attempt has returned or raised."""
+        offset = ticket & ((1 << _OFFSET_BITS) - 1)
+        ring = self._map
+        # Unless SLOTS starts since took the slot over for another job: leave that one be.
+        if _SEQ.unpack_from(ring, offset)[0] == ticket >> _OFFSET_BITS:
+            ring[offset + _DONE_AT] = 1
 
     def close(self) -> None:
         self._map.close()
@@ -94,26 +114,36 @@ def read_starts(directory: str) -> Starts:
     except FileNotFoundError:
         return {}
     starts: Starts = {}
-    for seq, check, attempts, priority, started_at in _SLOT.iter_unpack(
+    for seq, check, attempts, priority, done, started_at in _SLOT.iter_unpack(
         data[: len(data) - len(data) % _SLOT.size]
     ):
         if check != _check(seq, attempts, priority) or priority > 2:
             continue  # never written, or written as the process died
         known = starts.get((priority, seq))
-        if known is None or known[0] < attempts:
-            starts[priority, seq] = attempts, started_at
+        if known is None or known[0] < attempts or (known[0] == attempts and done):
+            starts[priority, seq] = attempts, started_at, bool(done)
     return starts
 
 
 def started(record: JobRecord, starts: Starts) -> JobRecord | None:
-    """``record`` as a recorded start leaves it (PROCESSING, that attempt counted), or None
-    when no start recorded for it is newer than what it says."""
+    """``record`` as the ring corrects it (see the module's docstring), or None when the ring
+    has nothing newer to say of it."""
     found = starts.get((record.priority, record.seq))
-    if found is None or record.status not in LIVE or record.attempts >= found[0]:
+    if found is None or record.status not in LIVE:
         return None
-    attempts, started_at = found
-    return record._replace(status=Status.PROCESSING, attempts=attempts,
-                           started_at=started_at or record.started_at, due_at=None)
+    attempts, started_at, done = found
+    if attempts < record.attempts:
+        return None  # its outcome, and later attempts, are written
+    if done:
+        if attempts == record.attempts and record.status is not Status.PROCESSING:
+            return None  # its outcome is written
+        status = Status.QUEUED  # it ran; only its outcome was lost: run it again
+    elif attempts > record.attempts:
+        status = Status.PROCESSING  # the process died while its handler ran
+    else:
+        return None  # PROCESSING in LMDB already, as it should be
+    return record._replace(status=status, attempts=attempts, due_at=None,
+                           started_at=started_at or record.started_at)
 
 
 def replay_starts(tables: Tables) -> int:
@@ -138,10 +168,10 @@ def replay_starts(tables: Tables) -> int:
                         continue  # set aside when the backlog reads it
                     if record.seq != seq:
                         continue
-                    now_running = started(record, starts)
-                    if now_running is not None:
-                        tables.put_live(txn, now_running, new=False)
-                        running += 1
+                    corrected = started(record, starts)
+                    if corrected is not None:
+                        tables.put_live(txn, corrected, new=False)
+                        running += corrected.status is Status.PROCESSING
             break
         except lmdb.MapFullError:
             env.set_mapsize(env.info()["map_size"] * 2)  # nothing else runs yet

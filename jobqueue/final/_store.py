@@ -81,11 +81,12 @@ class Store(Protocol):
     These four may be batched and written later, in call order: losing them in a crash only
     runs a job again, which at-least-once allows. ``released`` hands a job back, unheld.
 
-    Called by a worker without the mutex, just before a handler runs, by several workers at
-    once: ``running(record)``, the attempt ``record`` (PROCESSING) is about to run. The store
-    may record it where a process that dies running the handler leaves it (the LMDB store
-    counts such an attempt as failed at the next start). ``running`` is None for a store with
-    no use for it, so that a queue in memory pays nothing for it.
+    Called by a worker without the mutex, by several workers at once: ``running(record)``,
+    just before a handler runs the attempt ``record`` (PROCESSING), returns a ticket, and
+    ``ran(ticket)`` as soon as the handler has returned or raised. The store may keep them
+    where a process that dies leaves them: the LMDB store counts an attempt its process died
+    in as failed at the next start, and one whose handler had returned as merely
+    interrupted. Both are None for a store with no use for them (memory pays nothing).
 
     Called from any thread, free to block:
 
@@ -103,8 +104,9 @@ class Store(Protocol):
     #: True when jobs left in the store by close() are there for the next queue to claim.
     persistent: bool
 
-    #: Told of an attempt about to run, without the queue's mutex; or None (see above).
-    running: Callable[[JobRecord], None] | None
+    #: Told of an attempt about to run, and of its handler returning; or None (see above).
+    running: Callable[[JobRecord], int] | None
+    ran: Callable[[int], None] | None
 
     def last_seq(self) -> int:
         """The highest ``seq`` the store holds, so new jobs sort after stored ones."""
@@ -157,7 +159,7 @@ class MemoryStore:
     """
 
     persistent = False
-    running = None  # nothing in memory outlives a process that dies running a handler
+    running = ran = None  # nothing in memory outlives a process that dies in a handler
 
     def __init__(self, retention: int) -> None:
         self._retention = retention

@@ -57,6 +57,8 @@ def work(core: Core, policy: RetryPolicy, finish_close: Callable[[], None]) -> N
                 finish_close()
             return
         outcome = _run(core, policy, entry)
+        if core.forked:
+            return  # the handler forked, and this is the child: the queue is the parent's
 
 
 def _next_locked(core: Core, now: float) -> Entry | None:
@@ -86,7 +88,12 @@ _UNRUN = (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType)
 
 def _describe(error: BaseException) -> str:
     """The failure as text, whatever the exception does; never raises."""
-    name = type(error).__name__
+    try:
+        name = type(error).__name__
+        if type(name) is not str:
+            raise TypeError
+    except BaseException:  # a metaclass made even the name raise
+        name = "an exception that cannot be named"
     try:
         text = str(error)
         if type(text) is not str:
@@ -100,44 +107,61 @@ def _describe(error: BaseException) -> str:
 
 
 def _run(core: Core, policy: RetryPolicy, entry: Entry) -> Outcome:
-    """Run one attempt; on failure, log it and decide its retry."""
+    """Run one attempt; on failure, log it and decide its retry.
+
+    The job's context stays set until the failure is logged: a log handler that calls the
+    queue runs in this worker, and must be told, as the handler would be, that waiting for
+    this very job would never end.
+    """
     job = entry.job
     config = core.config
-    handler = entry.handler or core.handlers.get(job.kind) or config.handler
     job_timeout = config.job_timeout
     started = entry.started
     assert started is not None
     deadline = None if job_timeout is None else started + job_timeout
-    running = core.running
-    if running is not None:
+    ticket = None
+    if core.running is not None:
         try:
-            running(entry.record)
+            ticket = core.running(entry.record)
         except ValueError:  # the store is closed: close() gave up on this worker long ago
             logger.warning("job %r runs after its store was closed", job.id)
     worker_local.context = JobContext(job, entry.attempts, deadline, core.shutdown, core, entry)
-    error: BaseException | None = None
     try:
-        if handler is None:  # its handler was replaced away; keep the job, fail the attempt
-            raise LookupError(f"no handler for kind {job.kind!r}")
-        result = handler(job.payload)
-        if result is not None and isinstance(result, _UNRUN):
-            _discard(result)
-            raise TypeError(f"the handler returned {type(result).__name__} {result!r} without "
-                            "running: handlers must be plain functions, not async or generators")
-    except BaseException as exc:  # even SystemExit: the worker must live to settle it
-        error = exc
+        error: BaseException | None = None
+        try:
+            handler = entry.handler  # tested against None only: a callable may be falsy
+            if handler is None:
+                handler = core.handlers.get(job.kind)
+                if handler is None:
+                    handler = config.handler
+            if handler is None:  # its handler was replaced away; fail the attempt
+                raise LookupError(f"no handler for kind {job.kind!r}")
+            result = handler(job.payload)
+            if result is not None and isinstance(result, _UNRUN):
+                _discard(result)
+                raise TypeError(
+                    f"the handler returned {type(result).__name__} {result!r} without "
+                    "running: handlers must be plain functions, not async or generators"
+                )
+        except BaseException as exc:  # even SystemExit: the worker must live to settle it
+            error = exc
+        if ticket is not None:
+            try:
+                core.ran(ticket)  # type: ignore[misc]
+            except ValueError:  # closed, as above
+                pass
+        if error is None:
+            if deadline is None:
+                return None
+            elapsed = core.clock() - started
+            if elapsed <= job_timeout:  # type: ignore[operator]
+                return None
+            error = JobTimeout(f"timed out after {elapsed:.3f} s (job_timeout={job_timeout} s)")
+        # Logged before the outcome is visible: a waiter woken by the failure finds it
+        # logged, and a slow log handler holds up no other thread.
+        return failed_attempt(core, policy, job, entry.attempts, _describe(error), error)
     finally:
         worker_local.context = None
-    if error is None:
-        if deadline is None:
-            return None
-        elapsed = core.clock() - started
-        if elapsed <= job_timeout:  # type: ignore[operator]
-            return None
-        error = JobTimeout(f"timed out after {elapsed:.3f} s (job_timeout={job_timeout} s)")
-    # Logged before the outcome is visible: a waiter woken by the failure finds it logged,
-    # and a slow log handler holds up no other thread.
-    return failed_attempt(core, policy, job, entry.attempts, _describe(error), error)
 
 
 def _discard(unrun: object) -> None:
