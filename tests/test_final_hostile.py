@@ -4,6 +4,7 @@ calls, forks, and races on a new store. Each test here failed before the fix it 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import subprocess
@@ -76,6 +77,40 @@ class TestPoisonJobs:
         ran = Path(runlog).read_text().split()
         assert set(ran) == {f"job-{i}" for i in range(others)}
 
+    def test_a_job_that_finished_as_the_process_died_is_not_charged_with_the_death(
+        self, tmp_path: Path
+    ) -> None:
+        # "finisher" returns, with its start already in LMDB; "poison" kills the process as
+        # soon as finisher is COMPLETED, before the batch with that outcome is written.
+        child = (
+            "import os, sys\n"
+            "from jobqueue import final\n"
+            "queue = None\n"
+            "def finisher(payload):\n"
+            "    if sys.argv[2] == 'seed':\n"
+            "        queue._core.store.flush()  # its start is in LMDB now\n"
+            "def poison(payload):\n"
+            "    queue.wait('finisher', timeout=10)\n"
+            "    os._exit(3)\n"
+            "config = final.Config(num_workers=2, persist_path=sys.argv[1], max_retries=0,\n"
+            "                      handlers={'finisher': finisher, 'poison': poison})\n"
+            "queue = final.JobQueue(config)\n"
+            "if sys.argv[2] == 'seed':\n"
+            "    queue.enqueue(final.Job('finisher', kind='finisher'))\n"
+            "    queue.enqueue(final.Job('poison', kind='poison'))\n"
+            "queue.join(timeout=10)\n"
+            "print(queue.status('finisher').value, queue.status('poison').value)\n"
+            "queue.close()\n"
+        )
+        path = str(tmp_path / "jobs")
+        seeded = subprocess.run([sys.executable, "-c", child, path, "seed"],
+                                capture_output=True, text=True, timeout=30)
+        assert seeded.returncode == 3, seeded.stderr
+        restarted = subprocess.run([sys.executable, "-c", child, path, "restart"],
+                                   capture_output=True, text=True, timeout=30)
+        assert restarted.returncode == 0, restarted.stderr
+        assert restarted.stdout.split() == ["completed", "failed"]
+
 
 class TestMisbehavingHandlers:
     class StrRaises(Exception):
@@ -102,6 +137,49 @@ class TestMisbehavingHandlers:
         queue.enqueue(final.Job("next", b"fine"))  # the one worker still runs jobs
         assert queue.wait("next", timeout=10) is Status.COMPLETED
         assert queue.close() == []
+
+    def test_an_exception_class_whose_name_raises(self, make: Make) -> None:
+        class NamelessMeta(type):
+            @property
+            def __name__(cls) -> str:  # type: ignore[override]
+                raise RuntimeError("no name")
+
+        class Nameless(Exception, metaclass=NamelessMeta):
+            pass
+
+        def handler(payload: bytes) -> None:
+            if payload == b"bad":
+                raise Nameless("what")
+
+        queue = make(num_workers=1, handler=handler, max_retries=0)
+        queue.enqueue(final.Job("bad", b"bad"))
+        assert queue.wait("bad", timeout=10) is Status.FAILED
+        queue.enqueue(final.Job("next", b"fine"))
+        assert queue.wait("next", timeout=10) is Status.COMPLETED
+
+    def test_a_handler_object_is_called_however_it_answers_bool(self, make: Make) -> None:
+        ran: list[str] = []
+
+        class Empty:  # falsy: len() is 0
+            def __len__(self) -> int:
+                return 0
+
+            def __call__(self, payload: bytes) -> None:
+                ran.append("empty")
+
+        class Moody:
+            def __bool__(self) -> bool:
+                raise RuntimeError("no opinion")
+
+            def __call__(self, payload: bytes) -> None:
+                ran.append("moody")
+
+        queue = make(num_workers=1, handler=lambda payload: ran.append("default"))
+        queue.enqueue_with_handler(final.Job("a"), Empty())
+        queue.enqueue_with_handler(final.Job("b"), Moody())
+        assert queue.wait("a", timeout=10) is Status.COMPLETED
+        assert queue.wait("b", timeout=10) is Status.COMPLETED
+        assert ran == ["empty", "moody"]
 
     def test_a_huge_error_message_is_cut_to_a_bound(self, make: Make) -> None:
         def handler(payload: bytes) -> None:
@@ -344,7 +422,82 @@ class TestCallsFromInsideAHandler:
             assert queue.status("queued-before-close") is Status.COMPLETED
 
 
+class CallingLogHandler(logging.Handler):
+    """A log handler that calls the queue back when a job fails for good, as a hostile
+    operator's alerting hook might: it runs on the worker thread that logs."""
+
+    def __init__(self, queue: final.JobQueue) -> None:
+        super().__init__(logging.ERROR)
+        self.queue = queue
+        self.outcomes: list[object] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        for call in (self.queue.join, lambda: self.queue.wait("doomed"), self.queue.close):
+            try:
+                self.outcomes.append(call())
+            except RuntimeError as exc:
+                self.outcomes.append(type(exc))
+
+
+class TestCallsFromALogHandler:
+    def test_join_wait_and_close_from_a_log_handler_on_a_worker(self, make: Make) -> None:
+        def fail(payload: bytes) -> None:
+            raise ValueError("doomed")
+
+        queue = make(num_workers=1, handler=fail, max_retries=0, shutdown_timeout=INF)
+        calling = CallingLogHandler(queue)
+        logger = logging.getLogger("jobqueue")
+        logger.addHandler(calling)
+        try:
+            queue.enqueue(final.Job("doomed"))
+            assert queue.wait("doomed", timeout=10) is Status.FAILED
+        finally:
+            logger.removeHandler(calling)
+        assert calling.outcomes == [RuntimeError, RuntimeError, []]
+        assert until(lambda: not jobqueue_threads())
+        assert queue.close() == []
+
+
 class TestFork:
+    def test_a_handler_that_forks_leaves_the_queue_to_the_parent(
+        self, make: Make, tmp_path: Path
+    ) -> None:
+        runlog = tmp_path / "runs"
+        runlog.touch()
+        children: list[int] = []
+
+        def handler(payload: bytes) -> None:
+            if payload == b"fork":
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    pid = os.fork()
+                if pid == 0:
+                    return  # the child returns into the worker, which must stop there
+                children.append(pid)
+                return
+            with open(runlog, "a") as log:
+                log.write(f"{os.getpid()} {payload.decode()}\n")
+
+        queue = make(num_workers=1, handler=handler)
+        gate = hold_worker(queue)
+        queue.enqueue(final.Job("forker", b"fork"))
+        for i in range(5):
+            queue.enqueue(final.Job(f"job-{i}", f"job-{i}".encode()))
+        gate.release.set()
+        assert queue.join(timeout=10)
+        assert len(children) == 1
+        reaped: list[int] = []
+        reaper = threading.Thread(target=lambda: reaped.append(os.waitpid(children[0], 0)[1]),
+                                  daemon=True)
+        reaper.start()
+        reaper.join(10)
+        assert reaped and os.waitstatus_to_exitcode(reaped[0]) == 0, "the child went on"
+        runs = runlog.read_text().split("\n")[:-1]
+        assert sorted(line.split()[1] for line in runs) == [f"job-{i}" for i in range(5)]
+        assert {line.split()[0] for line in runs} == {str(os.getpid())}
+        assert queue.close() == []
+
+
     def test_a_forked_child_refuses_every_call_and_leaves_the_parent_whole(
         self, make: Make, store: str, tmp_path: Path
     ) -> None:

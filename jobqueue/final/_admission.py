@@ -150,7 +150,8 @@ def _admit_locked(
                         "handlers and the config has no default handler"
                     )
             for full, count in needed:
-                if core.unclaimed[full] or table.occupied(full) + count > limit:
+                crowded = table.occupied(full) + count > limit
+                if crowded or core.unclaimed[full]:
                     break
             else:
                 return now
@@ -164,10 +165,10 @@ def _admit_locked(
                         f"the {full.name} queue stayed full ({limit} jobs) for {timeout} s"
                     )
             waited = True
-            if running_in(core) is None:
-                core.room[full].wait(count, remaining)
-            else:
+            if crowded and running_in(core) is not None:
                 _wait_in_handler_locked(core, full, count, remaining)
+            else:  # (the claimer, not a worker, ends a wait for unclaimed stored jobs)
+                core.room[full].wait(count, remaining)
             now = core.clock()
     except BaseException:
         if waited:
@@ -182,10 +183,10 @@ def _admit_locked(
 def _wait_in_handler_locked(
     core: Core, priority: Priority, count: int, timeout: float | None
 ) -> None:
-    """A handler of this queue waits for room: only a worker taking a job frees it, so the
-    wait that would leave no worker free to take one would never end."""
+    """A handler of this queue waits for room: only a worker taking a job frees it, so a
+    wait without a timeout that would leave no worker free to take one would never end."""
     workers = core.config.num_workers
-    if core.handlers_waiting_for_room + 1 >= workers:
+    if timeout is None and core.handlers_waiting_for_room + 1 >= workers:
         raise RuntimeError(
             f"enqueue() from a handler would wait for room in the full {priority.name} queue "
             f"that only a worker can free, and all {workers} workers would be waiting: use "

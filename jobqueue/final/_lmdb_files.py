@@ -87,7 +87,8 @@ def check_directory(path: str, *, create: bool) -> None:
         names = os.listdir(path)
     except OSError as exc:
         raise StoreError(f"cannot use store directory {path!r}: {exc}") from None
-    foreign = sorted(name for name in names if not _is_store_file(name))
+    # A store with its data file is one, whatever sits beside it (a .DS_Store, a note).
+    foreign = [] if "data.mdb" in names else sorted(n for n in names if not _is_store_file(n))
     if foreign:
         shown = ", ".join(repr(name) for name in foreign[:3])
         raise StoreError(f"{path!r} is not a jobqueue store: it holds other files ({shown})")

@@ -272,6 +272,8 @@ class Writer:
                 return True
             self.closing = True
             self.cond.notify_all()
+        if self._thread is threading.current_thread():
+            return False  # a log handler the flush thread ran called close(): it cannot wait
         self._thread.join(timeout)
         if self._thread.is_alive():
             return False

@@ -8,6 +8,7 @@ import math
 import os
 import threading
 import time
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -81,9 +82,14 @@ def check_timeout(name: str, value: object) -> float | None:
     return None if value >= threading.TIMEOUT_MAX else float(value)  # type: ignore[operator]
 
 
+_UNRUN_FLAGS = inspect.CO_COROUTINE | inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+
+
 def check_handler(name: str, value: object) -> None:
     """Refuse what cannot be a handler: not callable, or a function whose body a call would
     not run (``async def``, a generator function), which would complete without running."""
+    if type(value) is types.FunctionType and not value.__code__.co_flags & _UNRUN_FLAGS:
+        return  # a plain function: the common case, decided without inspect
     if not callable(value):
         raise TypeError(f"{name} must be callable, not {type(value).__name__}")
     target = value

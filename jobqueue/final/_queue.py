@@ -58,6 +58,7 @@ _queues: weakref.WeakSet[JobQueue] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     for queue in list(_queues):
         queue._forked = True
+        queue._core.forked = True  # a handler that forked: its worker stops in the child
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -90,7 +91,9 @@ class JobQueue:
         self._config = config
         self._core = core = Core(config, open_store(config))
         policy = RetryPolicy(config.max_retries, config.base_delay, config.max_delay, config.jitter)
-        self._close_lock = threading.Lock()  # one close() at a time; a second one waits
+        # One close() at a time; a second one waits. Reentrant: close() logs, and a log
+        # handler may call close() again on the same thread.
+        self._close_lock = threading.RLock()
         self._abandoned: list[str] = []  # set by close(), under _close_lock
         self._started_at = core.clock()
         self._threads: list[threading.Thread] = []
