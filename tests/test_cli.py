@@ -357,7 +357,7 @@ class TestDiskFull:
     def test_an_io_error_on_a_nearly_full_disk_says_the_disk_is_full(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        from jobqueue.final._lmdb_files import disk_full_note
+        from jobqueue.final._lmdb_dir import disk_full_note
 
         class Full:
             f_bavail, f_frsize = 3, 4096

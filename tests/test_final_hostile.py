@@ -645,7 +645,7 @@ class TestNewStore:
     def test_a_store_another_queue_is_creating_is_locked_not_foreign(
         self, tmp_path: Path
     ) -> None:
-        from jobqueue.final._lmdb_files import give_up_ownership, take_ownership
+        from jobqueue.final._lmdb_dir import give_up_ownership, take_ownership
 
         path = tmp_path / "jobs"
         path.mkdir()

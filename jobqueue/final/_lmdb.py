@@ -31,15 +31,13 @@ import lmdb
 from jobqueue._priority import Priority
 from jobqueue.errors import DuplicateJob, StoreError
 from jobqueue.final._lmdb_backlog import Backlog
-from jobqueue.final._lmdb_files import (
-    MapGate,
-    Tables,
+from jobqueue.final._lmdb_dir import (
     check_directory,
     disk_full_note,
     give_up_ownership,
-    id_key,
     take_ownership,
 )
+from jobqueue.final._lmdb_files import MapGate, Tables, id_key
 from jobqueue.final._lmdb_replay import replay_log
 from jobqueue.final._lmdb_starts import RING_FILE, StartRing, replay_starts
 from jobqueue.final._lmdb_writer import Writer

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 import lmdb
 
 from jobqueue.errors import StoreError
-from jobqueue.final._lmdb_files import MapGate, Tables, disk_full_note
+from jobqueue.final._lmdb_dir import disk_full_note
+from jobqueue.final._lmdb_files import MapGate, Tables
 from jobqueue.final._store import JobRecord
 from jobqueue.final._wal import WriteAheadLog
 

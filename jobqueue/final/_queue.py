@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 
 from jobqueue.errors import QueueClosed
-from jobqueue.final import _admission, _claimer, _workers
+from jobqueue.final import _admission, _claimer, _closing, _workers
 from jobqueue.final._context import running_in
 from jobqueue.final._core import Core
 from jobqueue.final._model import (
@@ -46,10 +46,6 @@ __all__ = ["JobQueue"]
 
 logger = logging.getLogger("jobqueue")
 
-# After shutdown_timeout has passed and cancellation is signalled, handlers that honour it get
-# this long to return before close() reports them as refusing to.
-_CANCEL_GRACE = 1.0
-_IDS_LOGGED = 20  # a log line names at most this many job ids
 
 # Every queue of this process, so that a forked child can mark them unusable (see _forked).
 _queues: weakref.WeakSet[JobQueue] = weakref.WeakSet()
@@ -358,87 +354,22 @@ class JobQueue:
             with core.mutex:
                 if not core.closing:
                     core.close_when_drained = True
-                    self._start_closing_locked()
+                    _closing.start_locked(core)
             return []
         with self._close_lock:
             if not core.closed:
-                self._close(timeout)
+                self._abandoned = _closing.close(core, self._threads, timeout)
             else:
                 core.store.close(timeout)  # returns at once if it is closed already
             return list(self._abandoned)
 
-    def _start_closing_locked(self) -> None:
-        core = self._core
-        core.closing = True
-        for line in core.room:
-            line.wake_all()
-        core.claim_wake.notify_all()
-        core.changed_locked()  # wakes the workers and the retry timer if nothing is left
-
     def _finish_close(self) -> None:
         """After close() from a handler: the workers, drained, call this on their way out."""
-        core = self._core
-        if not self._close_lock.acquire(blocking=False):
-            return  # another worker does it, or a close() from outside a handler
-        try:
-            if core.closed:
-                return
-            # The other threads are on their way out too: nothing is left to run.
-            for thread in self._threads:
-                if thread is not threading.current_thread():
-                    thread.join(_CANCEL_GRACE)
-            with core.mutex:
-                core.closed = True
-                core.changed_locked()
-            core.store.close(check_timeout("shutdown_timeout", self._config.shutdown_timeout))
-        finally:
-            self._close_lock.release()
-
-    def _close(self, timeout: float | None) -> None:
-        core = self._core
-        endtime = None if timeout is None else core.clock() + timeout
-        with core.mutex:
-            self._start_closing_locked()
-            while not core.drained_locked():
-                remaining = None if endtime is None else endtime - core.clock()
-                if remaining is not None and remaining <= 0:
-                    break
-                core.wait_changed_locked(remaining)
-            gave_up = not core.drained_locked()
-            if gave_up:
-                core.stopping = True
-                core.shutdown.set()
-                core.wake_workers_locked()
-                core.retry_due.notify()
-                core.changed.notify_all()
-        if gave_up:
-            grace: float | None = _CANCEL_GRACE
-        else:
-            grace = None if endtime is None else max(_CANCEL_GRACE, endtime - core.clock())
-        join_until = None if grace is None else core.clock() + grace
-        here = threading.current_thread()  # a log handler a worker ran may call close()
-        for thread in self._threads:
-            if thread is not here:
-                thread.join(None if join_until is None else max(0.0, join_until - core.clock()))
-        stuck = [t.name for t in self._threads if t.is_alive() and t is not here]
-        with core.mutex:
-            if gave_up:
-                self._abandoned = core.table.drop_all(core.clock())
-            core.closed = True
-            core.changed_locked()  # waiters whose jobs will not finish now must know
-        if gave_up:
-            where = "stay stored for the next start" if core.store.persistent else "are lost"
-            shown = ", ".join(self._abandoned[:_IDS_LOGGED])
-            more = len(self._abandoned) - _IDS_LOGGED
-            logger.warning(
-                "close() gave up after %s s; %d unfinished jobs %s: %s%s",
-                timeout, len(self._abandoned), where, shown,
-                f" and {more} more" if more > 0 else "",
-            )
-        if stuck:
-            logger.warning("handlers did not return; threads still running: %s", stuck)
-        remaining = None if endtime is None else endtime - core.clock()
-        core.store.close(None if remaining is None else max(_CANCEL_GRACE, remaining))
+        if self._close_lock.acquire(blocking=False):  # else another worker, or a close()
+            try:
+                _closing.finish(self._core, self._threads)
+            finally:
+                self._close_lock.release()
 
     def __enter__(self) -> JobQueue:
         return self

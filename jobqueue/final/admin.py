@@ -27,15 +27,14 @@ from typing import TypeVar
 import lmdb
 
 from jobqueue.errors import StoreError
-from jobqueue.final._lmdb_files import (
-    Tables,
-    begin_read,
+from jobqueue.final._lmdb_dir import (
     check_directory,
     disk_full_note,
     give_up_ownership,
     owner_pid,
     take_ownership,
 )
+from jobqueue.final._lmdb_files import Tables, begin_read
 from jobqueue.final._lmdb_replay import read_logged, replay_log
 from jobqueue.final._lmdb_starts import read_starts, started
 from jobqueue.final._records import RecordError, decode

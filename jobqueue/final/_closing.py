@@ -1,0 +1,98 @@
+"""Closing a queue: stop new jobs, let the accepted ones finish, stop the threads, give the
+store up; or, when time runs out, cancel, and hand back what could not finish.
+
+:meth:`JobQueue.close <jobqueue.final.JobQueue.close>` calls :func:`close`, one at a time,
+under its own lock. A close() called from a handler cannot wait (its own job would keep it
+waiting): it only calls :func:`start_locked`, and the workers, once drained, call
+:func:`finish` on their way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from jobqueue.final._core import Core
+from jobqueue.final._model import check_timeout
+
+__all__ = ["finish", "start_locked", "close"]
+
+logger = logging.getLogger("jobqueue")
+
+# After the timeout has passed and cancellation is signalled, handlers that honour it get
+# this long to return before close() reports them as refusing to.
+CANCEL_GRACE = 1.0
+_IDS_LOGGED = 20  # a log line names at most this many job ids
+
+
+def start_locked(core: Core) -> None:
+    """No new jobs from now on; wake whoever waits, so that they see it."""
+    core.closing = True
+    for line in core.room:
+        line.wake_all()
+    core.claim_wake.notify_all()
+    core.changed_locked()  # wakes the workers and the retry timer if nothing is left
+
+
+def close(core: Core, threads: Sequence[threading.Thread], timeout: float | None) -> list[str]:
+    """Close, waiting up to ``timeout`` seconds (None: no limit); return the ids given up."""
+    endtime = None if timeout is None else core.clock() + timeout
+    with core.mutex:
+        start_locked(core)
+        while not core.drained_locked():
+            remaining = None if endtime is None else endtime - core.clock()
+            if remaining is not None and remaining <= 0:
+                break
+            core.wait_changed_locked(remaining)
+        gave_up = not core.drained_locked()
+        if gave_up:
+            core.stopping = True
+            core.shutdown.set()
+            core.wake_workers_locked()
+            core.retry_due.notify()
+            core.changed.notify_all()
+    if gave_up:
+        grace: float | None = CANCEL_GRACE
+    else:
+        grace = None if endtime is None else max(CANCEL_GRACE, endtime - core.clock())
+    join_until = None if grace is None else core.clock() + grace
+    here = threading.current_thread()  # a log handler a worker ran may call close()
+    for thread in threads:
+        if thread is not here:
+            thread.join(None if join_until is None else max(0.0, join_until - core.clock()))
+    stuck = [t.name for t in threads if t.is_alive() and t is not here]
+    abandoned: list[str] = []
+    with core.mutex:
+        if gave_up:
+            abandoned = core.table.drop_all(core.clock())
+        core.closed = True
+        core.changed_locked()  # waiters whose jobs will not finish now must know
+    if gave_up:
+        where = "stay stored for the next start" if core.store.persistent else "are lost"
+        shown = ", ".join(abandoned[:_IDS_LOGGED])
+        more = len(abandoned) - _IDS_LOGGED
+        logger.warning(
+            "close() gave up after %s s; %d unfinished jobs %s: %s%s",
+            timeout, len(abandoned), where, shown, f" and {more} more" if more > 0 else "",
+        )
+    if stuck:
+        logger.warning("handlers did not return; threads still running: %s", stuck)
+    remaining = None if endtime is None else endtime - core.clock()
+    core.store.close(None if remaining is None else max(CANCEL_GRACE, remaining))
+    return abandoned
+
+
+def finish(core: Core, threads: Sequence[threading.Thread]) -> None:
+    """The end of a close() a handler called: the queue is drained; stop and give the store
+    up. Run by a worker on its way out, under the queue's close lock."""
+    if core.closed:
+        return
+    here = threading.current_thread()
+    for thread in threads:  # on their way out too: nothing is left to run
+        if thread is not here:
+            thread.join(CANCEL_GRACE)
+    with core.mutex:
+        core.closed = True
+        core.changed_locked()
+    core.store.close(check_timeout("shutdown_timeout", core.config.shutdown_timeout))
