@@ -322,8 +322,11 @@ class TestGracefulShutdown:
         closer.start()
         accepted = 0
         with pytest.raises(final.QueueClosed, match="after close"):
-            for i in range(100_000):  # until close() has started refusing jobs
-                queue.enqueue(final.Job(f"late-{i}", b"late"), block=False)
+            # Until close() has started refusing jobs. Blocking: once the queue is full, the
+            # producer waits for room, and close() wakes it to refuse (a block=False loop
+            # raced close() to the 1,000th job on a loaded machine).
+            for i in range(100_000):
+                queue.enqueue(final.Job(f"late-{i}", b"late"))
                 accepted += 1
         gate.release.set()  # the in-flight handler may now finish
         closer.join(10)

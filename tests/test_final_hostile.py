@@ -394,6 +394,30 @@ class TestCallsFromInsideAHandler:
         assert result == [None]
         assert queue.wait("waited", timeout=10) is Status.COMPLETED
 
+    def test_a_handler_enqueueing_while_stored_jobs_are_claimed_never_hangs(
+        self, tmp_path: Path
+    ) -> None:
+        from test_final_lmdb import queued, stored_backlog
+
+        path = str(tmp_path / "jobs")
+        stored_backlog(path, [queued(f"stored-{i}", i + 1) for i in range(13)])
+        outcome: list[object] = []
+
+        def handler(payload: bytes) -> None:
+            if payload == b"stored-0":
+                try:
+                    outcome.append(queue.enqueue(final.Job("from-handler")))
+                except RuntimeError as exc:  # the claimer filled the room first
+                    outcome.append(type(exc))
+
+        queue = final.JobQueue(final.Config(handler=handler, persist_path=path, num_workers=1,
+                                            queue_size=5))
+        try:
+            assert queue.join(timeout=30)
+            assert outcome in ([None], [RuntimeError])
+        finally:
+            assert queue.close() == []
+
     @pytest.mark.parametrize("workers", [1, 2])
     def test_close_from_a_handler_does_not_wait_for_its_own_job(
         self, make: Make, store: str, tmp_path: Path, workers: int
@@ -426,12 +450,19 @@ class CallingLogHandler(logging.Handler):
     """A log handler that calls the queue back when a job fails for good, as a hostile
     operator's alerting hook might: it runs on the worker thread that logs."""
 
-    def __init__(self, queue: final.JobQueue) -> None:
+    def __init__(self, queue: final.JobQueue | None = None) -> None:
         super().__init__(logging.ERROR)
-        self.queue = queue
+        self.ready = threading.Event()  # set once the queue is known
+        if queue is not None:
+            self.call_back(queue)
         self.outcomes: list[object] = []
 
+    def call_back(self, queue: final.JobQueue) -> None:
+        self.queue = queue
+        self.ready.set()
+
     def emit(self, record: logging.LogRecord) -> None:
+        assert self.ready.wait(10)
         for call in (self.queue.join, lambda: self.queue.wait("doomed"), self.queue.close):
             try:
                 self.outcomes.append(call())
@@ -456,6 +487,84 @@ class TestCallsFromALogHandler:
         assert calling.outcomes == [RuntimeError, RuntimeError, []]
         assert until(lambda: not jobqueue_threads())
         assert queue.close() == []
+
+
+class RaisingLogHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        raise RuntimeError("the log handler is broken")
+
+
+class TestHostileLogHandlers:
+    def test_a_log_handler_that_raises_does_not_kill_the_worker(self, make: Make) -> None:
+        def fail(payload: bytes) -> None:
+            if payload == b"fail":
+                raise ValueError("fails")
+
+        queue = make(num_workers=1, handler=fail, max_retries=0)
+        raising = RaisingLogHandler()
+        logger = logging.getLogger("jobqueue")
+        logger.addHandler(raising)
+        try:
+            queue.enqueue(final.Job("fails", b"fail"))
+            assert queue.wait("fails", timeout=10) is Status.FAILED
+            queue.enqueue(final.Job("next"))
+            assert queue.wait("next", timeout=10) is Status.COMPLETED
+            assert queue.close() == []
+        finally:
+            logger.removeHandler(raising)
+
+    def test_the_claimer_is_refused_too_when_a_log_handler_calls_back(
+        self, tmp_path: Path
+    ) -> None:
+        from test_final_lmdb import stored_backlog
+
+        from jobqueue.final._store import JobRecord
+
+        path = str(tmp_path / "jobs")
+        died_in = JobRecord("doomed", b"", MEDIUM, "", 0, 0.0, Status.PROCESSING, 1, None,
+                            1.0, None, None, 1)
+        stored_backlog(path, [died_in])  # as a process that died running it leaves it
+        calling = CallingLogHandler()  # the claimer logs as soon as the queue starts
+        logger = logging.getLogger("jobqueue")
+        logger.addHandler(calling)
+        try:
+            queue = final.JobQueue(final.Config(handler=ignore, persist_path=path,
+                                                shutdown_timeout=INF))
+            calling.call_back(queue)
+            assert until(lambda: len(calling.outcomes) == 3)
+        finally:
+            logger.removeHandler(calling)
+        assert calling.outcomes == [RuntimeError, RuntimeError, []]
+        assert until(lambda: not jobqueue_threads())
+        assert queue.close() == []
+        config = final.Config(handler=ignore, persist_path=path)
+        with final.JobQueue(config) as again:  # its outcome was written before the end
+            assert again.status("doomed") is Status.FAILED
+
+    def test_a_log_handler_calling_close_as_the_store_closes(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from jobqueue.final import _lmdb_writer
+
+        queue = final.JobQueue(final.Config(handler=ignore, persist_path=tmp_path / "jobs"))
+        queue.enqueue(final.Job("j"))
+        assert queue.wait("j", timeout=10) is Status.COMPLETED
+        # The store's close() logs an error when not everything reached LMDB.
+        monkeypatch.setattr(_lmdb_writer.Writer, "everything_written_locked", lambda self: False)
+        closes: list[object] = []
+
+        class Closing(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                closes.append(queue.close())
+
+        closing = Closing(logging.ERROR)
+        logger = logging.getLogger("jobqueue")
+        logger.addHandler(closing)
+        try:
+            assert queue.close() == []  # before: RecursionError
+        finally:
+            logger.removeHandler(closing)
+        assert closes == [[]]
 
 
 class TestFork:

@@ -151,7 +151,9 @@ def _admit_locked(
                     )
             for full, count in needed:
                 crowded = table.occupied(full) + count > limit
-                if crowded or core.unclaimed[full]:
+                # Stored jobs go first, but not before a handler's: the claimer may fill the
+                # room a handler waits for, and only a worker could free it again.
+                if crowded or (core.unclaimed[full] and running_in(core) is None):
                     break
             else:
                 return now
@@ -165,9 +167,9 @@ def _admit_locked(
                         f"the {full.name} queue stayed full ({limit} jobs) for {timeout} s"
                     )
             waited = True
-            if crowded and running_in(core) is not None:
+            if running_in(core) is not None:
                 _wait_in_handler_locked(core, full, count, remaining)
-            else:  # (the claimer, not a worker, ends a wait for unclaimed stored jobs)
+            else:
                 core.room[full].wait(count, remaining)
             now = core.clock()
     except BaseException:

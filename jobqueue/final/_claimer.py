@@ -21,7 +21,7 @@ import logging
 from collections.abc import Sequence
 
 from jobqueue._priority import Priority
-from jobqueue.final._core import Core
+from jobqueue.final._core import Core, log_safely
 from jobqueue.final._model import Job
 from jobqueue.final._retry import RetryPolicy
 from jobqueue.final._states import NEW, PROCESSING, RETRYING
@@ -30,7 +30,6 @@ from jobqueue.final._workers import Outcome, failed_attempt, settle_locked
 
 __all__ = ["claim"]
 
-logger = logging.getLogger("jobqueue")
 
 _PRIORITIES = tuple(Priority)
 
@@ -63,8 +62,9 @@ def claim(core: Core, policy: RetryPolicy) -> None:
             try:
                 records: list[JobRecord] | None = store.claim(priority, room, kinds)
             except Exception:
-                logger.exception("claiming stored jobs failed; they stay stored until "
-                                 "register() names a new kind or the next start")
+                log_safely(logging.ERROR, "claiming stored jobs failed; they stay stored "
+                           "until register() names a new kind or the next start",
+                           exc_info=True)
                 records = None
             interrupted = {
                 record.id: failed_attempt(core, policy, _job(record), record.attempts, DIED, None)
@@ -105,7 +105,8 @@ def _hold_locked(
         while (held := table.get(record.id)) is not None and held.state is NEW:
             core.wait_changed_locked(None)
         if held is not None:
-            logger.error("the store handed out job %r, which this queue holds", record.id)
+            log_safely(logging.ERROR, "the store handed out job %r, which this queue holds",
+                       record.id)
             continue
         now = core.clock()
         entry = table.claim(record, now)

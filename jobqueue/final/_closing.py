@@ -13,12 +13,10 @@ import logging
 import threading
 from collections.abc import Sequence
 
-from jobqueue.final._core import Core
+from jobqueue.final._core import Core, log_safely
 from jobqueue.final._model import check_timeout
 
 __all__ = ["finish", "start_locked", "close"]
-
-logger = logging.getLogger("jobqueue")
 
 # After the timeout has passed and cancellation is signalled, handlers that honour it get
 # this long to return before close() reports them as refusing to.
@@ -72,12 +70,13 @@ def close(core: Core, threads: Sequence[threading.Thread], timeout: float | None
         where = "stay stored for the next start" if core.store.persistent else "are lost"
         shown = ", ".join(abandoned[:_IDS_LOGGED])
         more = len(abandoned) - _IDS_LOGGED
-        logger.warning(
-            "close() gave up after %s s; %d unfinished jobs %s: %s%s",
+        log_safely(
+            logging.WARNING, "close() gave up after %s s; %d unfinished jobs %s: %s%s",
             timeout, len(abandoned), where, shown, f" and {more} more" if more > 0 else "",
         )
     if stuck:
-        logger.warning("handlers did not return; threads still running: %s", stuck)
+        log_safely(logging.WARNING, "handlers did not return; threads still running: %s",
+                   stuck)
     remaining = None if endtime is None else endtime - core.clock()
     core.store.close(None if remaining is None else max(CANCEL_GRACE, remaining))
     return abandoned

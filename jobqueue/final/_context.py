@@ -13,9 +13,10 @@ import time
 
 from jobqueue.final._model import Job, check_timeout
 
-__all__ = ["JobContext", "current_job", "running_in", "worker_local"]
+__all__ = ["JobContext", "current_job", "own_thread", "running_in", "worker_local"]
 
-#: Where a worker sets ``context`` before calling a handler, and clears it after.
+#: Where a worker sets ``context`` before calling a handler, and clears it once the attempt's
+#: failure, if any, is logged; and where each of a queue's threads sets ``owner``, its core.
 worker_local = threading.local()
 
 
@@ -61,6 +62,12 @@ class JobContext:
             timeout = min(timeout, threading.TIMEOUT_MAX)
         self._shutdown.wait(timeout)
         return self.cancelled()
+
+
+def own_thread(owner: object) -> bool:
+    """Whether the calling thread is one of ``owner``'s own (a worker, the retry timer, the
+    claimer), which a queue marks as it starts them (``worker_local.owner``)."""
+    return getattr(worker_local, "owner", None) is owner
 
 
 def running_in(owner: object) -> JobContext | None:

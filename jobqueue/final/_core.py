@@ -10,6 +10,7 @@ change, for the queue to drain.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -21,10 +22,26 @@ from jobqueue.final._states import NEW, PROCESSING, QUEUED, RETRYING
 from jobqueue.final._store import Store
 from jobqueue.final._table import JobTable
 
-__all__ = ["Core", "WaitingLine"]
+__all__ = ["Core", "WaitingLine", "log_safely"]
 
 _PRIORITIES = tuple(Priority)
 _WAIT_MAX = threading.TIMEOUT_MAX  # a longer timeout raises OverflowError
+
+
+logger = logging.getLogger("jobqueue")
+
+
+def log_safely(level: int, message: str, *args: object, exc_info: object = None) -> None:
+    """Log from a queue's thread or its close(), whatever a log handler does.
+
+    logging leaves a handler's failures to the handler (``handleError``); one that raises
+    anyway, or calls the queue back and is refused, must not kill a worker with a job in
+    hand, or stop close() before it gives the store up.
+    """
+    try:
+        logger.log(level, message, *args, exc_info=exc_info)  # type: ignore[arg-type]
+    except BaseException:  # noqa: S110 - nothing is left to tell it to
+        pass
 
 
 class _Waiter:

@@ -105,6 +105,7 @@ class LmdbStore:
         # kills the process, the next start finds the attempt and counts it as failed.
         self.running = self._starts.record
         self.ran = self._starts.finish
+        self._closing = False  # close() runs (its logging may call it again)
         self._gate = MapGate()
         self._writer = writer = Writer(path, tables, self._gate, log, retention)
         self._backlog = Backlog(path, tables, self._gate, writer.last_seq, self._live_record)
@@ -310,8 +311,15 @@ class LmdbStore:
         the last LMDB commit and for enqueues between their log append and its outcome (a
         group sync). One still running then keeps the store until it ends: call close()
         again to give it up."""
-        if self._lock_fd is None:
-            return  # given up already
+        if self._lock_fd is None or self._closing:
+            return  # given up already; or a log handler called close() while it closes
+        self._closing = True
+        try:
+            self._close(timeout)
+        finally:
+            self._closing = False
+
+    def _close(self, timeout: float | None) -> None:
         endtime = None if timeout is None else time.monotonic() + timeout
         writer = self._writer
         stopped = writer.stop(timeout)

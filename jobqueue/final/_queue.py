@@ -27,7 +27,7 @@ from types import TracebackType
 
 from jobqueue.errors import QueueClosed
 from jobqueue.final import _admission, _claimer, _closing, _workers
-from jobqueue.final._context import running_in
+from jobqueue.final._context import JobContext, own_thread, running_in, worker_local
 from jobqueue.final._core import Core
 from jobqueue.final._model import (
     Config,
@@ -58,6 +58,12 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _whose(context: JobContext | None) -> str:
+    if context is not None:
+        return f"the handler of job {context.job.id!r} (or a log handler it ran)"
+    return "one of this queue's own threads (a log handler it ran)"
 
 
 def _check_id(job_id: object) -> None:
@@ -115,8 +121,14 @@ class JobQueue:
             )
 
     def _start_thread(self, target: Callable[[], None], name: str) -> None:
+        core = self._core
+
+        def run() -> None:
+            worker_local.owner = core  # calls from this thread are calls from the queue's own
+            target()
+
         # Daemon threads: a handler that never returns must not stop the interpreter exiting.
-        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread = threading.Thread(target=run, name=name, daemon=True)
         self._threads.append(thread)
         thread.start()
 
@@ -239,10 +251,14 @@ class JobQueue:
         _check_id(job_id)
         timeout = check_timeout("timeout", timeout)
         core = self._core
-        context = running_in(core)
-        if context is not None and context.job.id == job_id:
-            raise RuntimeError(f"wait({job_id!r}) called by that job's own handler would "
-                               "never return: the job finishes when the handler does")
+        if own_thread(core):
+            context = running_in(core)
+            if context is not None and context.job.id == job_id:
+                raise RuntimeError(f"wait({job_id!r}) called by that job's own handler would "
+                                   "never return: the job finishes when the handler does")
+            if context is None:
+                raise RuntimeError(f"wait({job_id!r}) called from {_whose(None)} would block "
+                                   "a thread the job may need to move it")
         endtime = None if timeout is None else core.clock() + timeout
         with core.mutex:
             entry = core.table.get(job_id)
@@ -291,9 +307,9 @@ class JobQueue:
         self._refuse_if_forked()
         timeout = check_timeout("timeout", timeout)
         core = self._core
-        if running_in(core) is not None:
-            raise RuntimeError("join() called from a handler of this queue would never "
-                               "return: the handler's own job keeps the queue busy")
+        if own_thread(core):
+            raise RuntimeError(f"join() called from {_whose(running_in(core))} would never "
+                               "return: that thread's own work keeps the queue busy")
         endtime = None if timeout is None else core.clock() + timeout
         with core.mutex:
             while True:
@@ -338,10 +354,11 @@ class JobQueue:
         if the store's last commit outlived the first call, it waits for it again, up to
         ``timeout``, and gives the store up once that commit ends.
 
-        Called from a handler of this queue, it cannot wait (the handler's own job would
-        keep it waiting): it stops new jobs and returns ``[]`` at once; the workers finish
-        what was accepted, the handler's job included, and then stop and give the store up
-        by themselves. A later close() from outside a handler waits for that, as above.
+        Called from a handler of this queue (or from any of its threads, say by a log
+        handler), it cannot wait (the handler's own job would keep it waiting): it stops new
+        jobs and returns ``[]`` at once; the workers finish what was accepted, the handler's
+        job included, and then stop and give the store up by themselves. A later close()
+        from outside a handler waits for that, as above.
         In a forked child, close() does nothing.
         """
         if self._forked:
@@ -350,7 +367,7 @@ class JobQueue:
             "timeout", self._config.shutdown_timeout if timeout is None else timeout
         )
         core = self._core
-        if running_in(core) is not None:
+        if own_thread(core):
             with core.mutex:
                 if not core.closing:
                     core.close_when_drained = True

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from jobqueue.errors import JobTimeout
 from jobqueue.final._context import JobContext, worker_local
-from jobqueue.final._core import Core
+from jobqueue.final._core import Core, log_safely
 from jobqueue.final._model import Job
 from jobqueue.final._retry import RetryPolicy
 from jobqueue.final._states import COMPLETED, FAILED, QUEUED, RETRYING
@@ -26,7 +26,6 @@ from jobqueue.final._table import Entry
 
 __all__ = ["failed_attempt", "retry_timer", "settle_locked", "work"]
 
-logger = logging.getLogger("jobqueue")
 
 #: An attempt's outcome, worked out without the mutex: None for success, else the error as
 #: text and the delay before a retry (None: no retry).
@@ -123,8 +122,8 @@ def _run(core: Core, policy: RetryPolicy, entry: Entry) -> Outcome:
     if core.running is not None:
         try:
             ticket = core.running(entry.record)
-        except ValueError:  # the store is closed: close() gave up on this worker long ago
-            logger.warning("job %r runs after its store was closed", job.id)
+        except Exception:  # the store is closed: close() gave up on this worker long ago
+            log_safely(logging.WARNING, "job %r runs after its store was closed", job.id)
     worker_local.context = JobContext(job, entry.attempts, deadline, core.shutdown, core, entry)
     try:
         error: BaseException | None = None
@@ -145,10 +144,10 @@ def _run(core: Core, policy: RetryPolicy, entry: Entry) -> Outcome:
                 )
         except BaseException as exc:  # even SystemExit: the worker must live to settle it
             error = exc
-        if ticket is not None:
+        if ticket is not None and not core.forked:  # (a child must not mark the parent's)
             try:
                 core.ran(ticket)  # type: ignore[misc]
-            except ValueError:  # closed, as above
+            except Exception:  # noqa: S110 - closed, as above
                 pass
         if error is None:
             if deadline is None:
@@ -172,7 +171,7 @@ def _discard(unrun: object) -> None:
         else:
             unrun.close()  # type: ignore[attr-defined]
     except BaseException:  # nothing here may keep the attempt from its outcome
-        logger.debug("closing what a handler returned failed", exc_info=True)
+        log_safely(logging.DEBUG, "closing what a handler returned failed", exc_info=True)
 
 
 def failed_attempt(
@@ -185,18 +184,19 @@ def failed_attempt(
 ) -> Outcome:
     """Decide the retry of a failed attempt and log the failure; call without the mutex."""
     if core.stopping:
-        logger.warning("job %r failed as close() gave up on it: %s", job.id, message)
+        log_safely(logging.WARNING, "job %r failed as close() gave up on it: %s", job.id,
+                   message)
         return message, None
     delay = policy.next_delay(attempts, job.max_retries)
     if delay is not None:
         allowed = policy.max_retries if job.max_retries is None else job.max_retries
-        logger.warning(
-            "job %r failed (attempt %d of %d), retrying in %.3f s: %s",
+        log_safely(
+            logging.WARNING, "job %r failed (attempt %d of %d), retrying in %.3f s: %s",
             job.id, attempts, allowed + 1, delay, message,
         )
     else:
-        logger.error("job %r failed after %d attempts: %s", job.id, attempts, message,
-                     exc_info=error)
+        log_safely(logging.ERROR, "job %r failed after %d attempts: %s", job.id, attempts,
+                   message, exc_info=error)
     return message, delay
 
 
