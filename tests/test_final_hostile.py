@@ -538,8 +538,8 @@ class TestHostileLogHandlers:
         assert until(lambda: not jobqueue_threads())
         assert queue.close() == []
         config = final.Config(handler=ignore, persist_path=path)
-        with final.JobQueue(config) as again:  # its outcome was written before the end
-            assert again.status("doomed") is Status.FAILED
+        with final.JobQueue(config) as again:  # settled then, or by this claimer now
+            assert again.wait("doomed", timeout=10) is Status.FAILED
 
     def test_a_log_handler_calling_close_as_the_store_closes(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -718,6 +718,30 @@ class TestOneSetOfRules:
         assert queue.wait(job.id, timeout=10) is Status.COMPLETED
         info = queue.info(job.id)
         assert info is not None and (info.kind, info.created_at) == (job.kind, 1e300)
+
+    def test_every_entry_point_names_what_is_wrong(self, make: Make) -> None:
+        queue = make(handler=ignore)
+        job = final.Job("fine")
+        bad: list[tuple[Callable[[], object], type[Exception], str]] = [
+            (lambda: queue.enqueue("job"), TypeError, "job must be a jobqueue.final.Job"),  # type: ignore[arg-type]
+            (lambda: queue.enqueue(job, timeout=NAN), ValueError, "timeout"),
+            (lambda: queue.enqueue_many([job, None]), TypeError, "job must be"),  # type: ignore[list-item]
+            (lambda: queue.enqueue_many(42), TypeError, "not iterable"),  # type: ignore[arg-type]
+            (lambda: queue.enqueue_many([job, job]), final.DuplicateJob, "appears twice"),
+            (lambda: queue.enqueue_with_handler(job, 42), TypeError, "handler must be"),  # type: ignore[arg-type]
+            (lambda: queue.register(42, ignore), TypeError, "kind must be a str"),  # type: ignore[arg-type]
+            (lambda: queue.register("k", None), TypeError, "handler must be"),  # type: ignore[arg-type]
+            (lambda: queue.requeue(42), TypeError, "job_id must be a str"),  # type: ignore[arg-type]
+            (lambda: queue.wait("x", timeout=-INF), ValueError, "timeout"),
+            (lambda: queue.join(timeout=NAN), ValueError, "timeout"),
+            (lambda: queue.close(timeout=NAN), ValueError, "timeout"),
+            (lambda: final.JobQueue("config"), TypeError, "config must be"),  # type: ignore[arg-type]
+        ]
+        for call, error, message in bad:
+            with pytest.raises(error, match=message):
+                call()
+        assert queue.status("fine") is None  # nothing was let in
+        assert queue.close() == []
 
     @pytest.mark.parametrize("job_id", [None, 42, b"bytes", ["list"]])
     def test_an_id_that_is_not_a_str_is_a_type_error_everywhere(
