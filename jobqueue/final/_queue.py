@@ -47,14 +47,13 @@ __all__ = ["JobQueue"]
 logger = logging.getLogger("jobqueue")
 
 
-# Every queue of this process, so that a forked child can mark them unusable (see _forked).
+# Every queue of this process, so that a forked child can mark them unusable (Core.forked).
 _queues: weakref.WeakSet[JobQueue] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
     for queue in list(_queues):
-        queue._forked = True
-        queue._core.forked = True  # a handler that forked: its worker stops in the child
+        queue._core.forked = True  # its calls refuse, and a worker that forked stops
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -87,8 +86,7 @@ class JobQueue:
         if not isinstance(config, Config):
             raise TypeError(f"config must be a jobqueue.final.Config, not {type(config).__name__}")
         # A forked child has none of the threads and must not touch the parent's store:
-        # every call there raises (close() does nothing). Set in the child, at fork.
-        self._forked = False
+        # every call there raises (close() does nothing). See Core.forked.
         self._pid = os.getpid()
         self._config = config
         self._core = core = Core(config, open_store(config))
@@ -113,7 +111,7 @@ class JobQueue:
         _queues.add(self)
 
     def _refuse_if_forked(self) -> None:
-        if self._forked:
+        if self._core.forked:
             raise RuntimeError(
                 f"this JobQueue belongs to process {self._pid}, and this process is a fork of "
                 "it: its threads and its store are the parent's. Make a new JobQueue here "
@@ -144,7 +142,7 @@ class JobQueue:
         this id is queued, processing or retrying, ``ValueError`` if no handler can run it,
         and ``StoreError`` if the store cannot take it. A call that raises leaves no trace.
         """
-        if self._forked:
+        if self._core.forked:
             self._refuse_if_forked()
         _admission.enqueue(self._core, (job,), None, block, timeout)
 
@@ -361,7 +359,7 @@ class JobQueue:
         from outside a handler waits for that, as above.
         In a forked child, close() does nothing.
         """
-        if self._forked:
+        if self._core.forked:
             return []  # the threads and the store are the parent's: touch nothing
         timeout = check_timeout(
             "timeout", self._config.shutdown_timeout if timeout is None else timeout
