@@ -22,7 +22,6 @@ from collections.abc import Sequence
 
 from jobqueue._priority import Priority
 from jobqueue.final._core import Core, log_safely
-from jobqueue.final._model import Job
 from jobqueue.final._retry import RetryPolicy
 from jobqueue.final._states import NEW, PROCESSING, RETRYING
 from jobqueue.final._store import JobRecord
@@ -67,7 +66,7 @@ def claim(core: Core, policy: RetryPolicy) -> None:
                            exc_info=True)
                 records = None
             interrupted = {
-                record.id: failed_attempt(core, policy, _job(record), record.attempts, DIED, None)
+                record.id: failed_attempt(core, policy, record.job(), record.attempts, DIED, None)
                 for record in records or () if record.status is PROCESSING
             }
             with core.mutex:
@@ -88,11 +87,6 @@ def claim(core: Core, policy: RetryPolicy) -> None:
                     core.unclaimed[priority] = False
                     core.room[priority].wake_all()
                 core.changed_locked()
-
-
-def _job(record: JobRecord) -> Job:
-    return Job(record.id, record.payload, record.priority, record.kind, record.max_retries,
-               record.created_at)
 
 
 def _hold_locked(

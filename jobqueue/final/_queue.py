@@ -208,8 +208,7 @@ class JobQueue:
             raise KeyError(job_id)
         if record.status is not Status.FAILED:
             raise ValueError(f"job {job_id!r} is {record.status.value}, not failed")
-        job = Job(record.id, record.payload, record.priority, record.kind, record.max_retries,
-                  record.created_at)
+        job = record.job()
         _admission.enqueue(core, (job,), None, True, None)
 
     # -- asking -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import NamedTuple, Protocol
 
 from jobqueue._priority import Priority
 from jobqueue.errors import DuplicateJob, StoreError
-from jobqueue.final._model import Config, JobInfo
+from jobqueue.final._model import Config, Job, JobInfo
 from jobqueue.final._states import Status
 
 __all__ = ["JobRecord", "MemoryStore", "Store", "open_store"]
@@ -45,6 +45,11 @@ class JobRecord(NamedTuple):
     finished_at: float | None
     due_at: float | None
     seq: int
+
+    def job(self) -> Job:
+        """The job this record keeps, to run again."""
+        return Job(self.id, self.payload, self.priority, self.kind, self.max_retries,
+                   self.created_at)
 
     def info(self) -> JobInfo:
         return JobInfo(

@@ -191,10 +191,7 @@ class JobTable:
     def claim(self, record: JobRecord, now: float) -> Entry:
         """Hold a job the store handed out: QUEUED, RETRYING if a retry is still due, or
         PROCESSING if its last owner died while running it (the caller settles it)."""
-        job = Job(
-            record.id, record.payload, record.priority, record.kind, record.max_retries,
-            record.created_at,
-        )
+        job = record.job()
         entry = Entry(job, None, record.seq, now)
         entry.state = STORED
         entry.record = record
