@@ -6,12 +6,14 @@ Threads a test starts itself are daemon threads: if the code under test leaves o
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from bench.pgserver import PostgresServer, Unavailable
 from jobqueue import final
 
 Make = Callable[..., final.JobQueue]
@@ -36,19 +38,62 @@ def no_thread_leak() -> Iterator[None]:
     assert not leaked, f"threads still alive after the test: {leaked}"
 
 
-@pytest.fixture(params=["memory", "lmdb"])
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``bounded`` check that enqueue() waits for room: a queue in PostgreSQL
+    never does (its database holds the backlog), so they run over the other stores only."""
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        store = params.params.get("store") if params is not None else None
+        if store == "postgres" and item.get_closest_marker("bounded"):
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the whole run (see bench/pgserver.py).
+
+    Where none can start, the PostgreSQL tests skip, saying why; in CI (``CI=true``) that
+    is a failure instead: CI must run them.
+    """
+    try:
+        server = PostgresServer.start()
+    except Unavailable as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and no PostgreSQL server: {exc}")
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def database_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database for one test."""
+    return postgres_server.new_database()
+
+
+@pytest.fixture(params=["memory", "lmdb", "postgres"])
 def store(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
-def make(store: str, tmp_path: Path) -> Iterator[Make]:
+def make(store: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Make]:
     """Build queues with the store under test; close them all afterwards."""
     queues: list[final.JobQueue] = []
+    url = request.getfixturevalue("database_url") if store == "postgres" else None
 
     def build(**fields: object) -> final.JobQueue:
         if store == "lmdb":
             fields.setdefault("persist_path", str(tmp_path / f"jobs-{len(queues)}"))
+        elif store == "postgres":
+            fields.setdefault("database_url", url)
+            fields.setdefault("queue_name", f"jobs-{len(queues)}")
         queue = final.JobQueue(final.Config(**fields))  # type: ignore[arg-type]
         queues.append(queue)
         return queue

@@ -1,6 +1,7 @@
 """The Store contract, run against each store directly, as huey's storage tests run against
 every back end. The JobQueue suite (test_final_contract.py) runs over both stores too; this one
-pins down what a store itself promises, so a new store can be checked against it."""
+pins down what a store itself promises, so a new store can be checked against it.
+The PostgreSQL store runs it too, with its own numbering mapped back (``Renumbered``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from jobqueue.errors import DuplicateJob, StoreError
 from jobqueue.final import JobRecord, MemoryStore, Priority, Status
 from jobqueue.final._lmdb import LmdbStore
+from jobqueue.final._postgres import PostgresStore
 from jobqueue.final._store import Store
 
 HIGH, MEDIUM, LOW = Priority.HIGH, Priority.MEDIUM, Priority.LOW
@@ -34,17 +36,57 @@ def add(store: Store, records: list[JobRecord]) -> None:
     ticket = store.add(store.prepare(records))
     if ticket is not None:
         store.commit(ticket)
+    if isinstance(store, Renumbered):
+        store.given.update((record.id, record.seq) for record in records)
 
 
-@pytest.fixture(params=["memory", "lmdb"])
+class Renumbered:
+    """A shared store numbers jobs itself (``seq``, in arrival order across processes):
+    this maps its numbers back to the ones the test gave, so that records compare whole."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.given: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    def _given(self, record: JobRecord | None) -> JobRecord | None:
+        return None if record is None else record._replace(seq=self.given[record.id])
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return self._given(self.store.get(job_id))
+
+    def claim(self, *args: object) -> list[JobRecord]:
+        return [self._given(r) for r in self.store.claim(*args)]  # type: ignore[misc]
+
+    def dead_letters(self) -> list[JobRecord]:
+        return [self._given(r) for r in self.store.dead_letters()]  # type: ignore[misc]
+
+
+def _opener(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Callable[..., Store]:
+    if kind == "memory":
+        return MemoryStore
+    if kind == "lmdb":
+        return lambda retention=100_000: LmdbStore(str(tmp_path / "store"), retention=retention)
+    url = request.getfixturevalue("database_url")
+    given: dict[str, int] = {}  # (shared by reopened stores, as the database is)
+
+    def open_postgres(retention: int = 100_000) -> Store:
+        store = Renumbered(PostgresStore(url, retention=retention))
+        store.given = given
+        return store  # type: ignore[return-value]
+
+    return open_postgres
+
+
+@pytest.fixture(params=["memory", "lmdb", "postgres"])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Open]:
     opened: list[Store] = []
+    opener = _opener(request.param, tmp_path, request)
 
     def open_(retention: int = 100) -> Store:
-        if request.param == "memory":
-            store: Store = MemoryStore(retention)
-        else:
-            store = LmdbStore(str(tmp_path / "store"), retention=retention)
+        store = opener(retention)
         opened.append(store)
         return store
 
@@ -150,12 +192,13 @@ class TestClaims:
         assert store.get("taken") == record("taken", 1)
 
 
-@pytest.fixture
-def open_persistent(tmp_path: Path) -> Iterator[Open]:
+@pytest.fixture(params=["lmdb", "postgres"])
+def open_persistent(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Open]:
     opened: list[Store] = []
+    opener = _opener(request.param, tmp_path, request)
 
     def open_() -> Store:
-        opened.append(LmdbStore(str(tmp_path / "store")))
+        opened.append(opener())
         return opened[-1]
 
     yield open_

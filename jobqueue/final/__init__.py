@@ -28,7 +28,7 @@ from jobqueue.final._model import (
 from jobqueue.final._picker import DEFAULT_WEIGHTS, WeightedPicker
 from jobqueue.final._queue import JobQueue
 from jobqueue.final._states import InvalidTransition, Status
-from jobqueue.final._store import JobRecord, MemoryStore, Store
+from jobqueue.final._store import JobRecord, MemoryStore, QueueStats, Store
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -50,6 +50,7 @@ __all__ = [
     "PriorityMetrics",
     "QueueClosed",
     "QueueFull",
+    "QueueStats",
     "Status",
     "Store",
     "StoreError",

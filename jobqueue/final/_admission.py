@@ -35,9 +35,22 @@ def describe_state(state: State) -> str:
 
 
 def enqueue(
-    core: Core, jobs: Sequence[Job], handler: Handler | None, block: bool, timeout: float | None
+    core: Core,
+    jobs: Sequence[Job],
+    handler: Handler | None,
+    block: bool,
+    timeout: float | None,
+    connection: object = None,
 ) -> None:
     """Accept ``jobs``, all or none; see ``JobQueue.enqueue`` for what it raises."""
+    if core.shared and handler is None:
+        if timeout is not None:
+            check_timeout("timeout", timeout)  # checked, though a database is never full
+        _insert_shared(core, jobs, connection)
+        return
+    if connection is not None:
+        raise ValueError("connection= enqueues inside a PostgreSQL transaction: it needs a "
+                         "queue in PostgreSQL (Config(database_url=...))")
     if len(jobs) == 1:
         job = jobs[0]
         if not isinstance(job, Job):
@@ -98,6 +111,26 @@ def enqueue(
         core.changed_locked()  # the claimer may wait for these ids to be settled
 
 
+def _insert_shared(core: Core, jobs: Sequence[Job], connection: object) -> None:
+    """Jobs for a shared store: into the database, for whichever process claims them first.
+
+    The database holds the backlog, so nothing here waits for room (``queue_size`` bounds
+    what each process claims), and a kind no handler of this process runs is fine: another
+    process may run it.
+    """
+    ids = set()
+    for job in jobs:
+        if not isinstance(job, Job):
+            raise TypeError(f"job must be a jobqueue.final.Job, not {type(job).__name__}")
+        if job.id in ids:
+            raise DuplicateJob(f"job id {job.id!r} appears twice in one enqueue_many call")
+        ids.add(job.id)
+    if core.closing:
+        raise QueueClosed("cannot enqueue after close() has started")
+    records = [Entry(job, None, 0, 0.0).record for job in jobs]
+    core.store.insert(records, connection)  # type: ignore[attr-defined]
+
+
 def _batch_needs(core: Core, jobs: Sequence[Job]) -> _Needs:
     """Check a batch; return how many jobs of each priority it holds."""
     counts = [0, 0, 0]
@@ -153,7 +186,9 @@ def _admit_locked(
                 crowded = table.occupied(full) + count > limit
                 # Stored jobs go first, but not before a handler's: the claimer may fill the
                 # room a handler waits for, and only a worker could free it again.
-                if crowded or (core.unclaimed[full] and running_in(core) is None):
+                if crowded or (
+                    core.unclaimed[full] and not core.shared and running_in(core) is None
+                ):
                     break
             else:
                 return now

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from jobqueue._priority import Priority
 from jobqueue.final._core import Core, log_safely
 from jobqueue.final._retry import RetryPolicy
-from jobqueue.final._states import NEW, PROCESSING, RETRYING
+from jobqueue.final._states import NEW, PROCESSING, QUEUED, RETRYING
 from jobqueue.final._store import JobRecord
 from jobqueue.final._workers import Outcome, failed_attempt, settle_locked
 
@@ -44,17 +44,23 @@ def claim(core: Core, policy: RetryPolicy) -> None:
     (HIGH under a flood) cannot keep the others from being claimed.
     """
     table, store = core.table, core.store
-    limit = core.config.queue_size
+    # A shared store gets jobs from other processes, which notify; in case a notice is lost,
+    # look at every priority again once per poll interval.
+    poll = store.poll_interval if core.shared else None  # type: ignore[attr-defined]
+    next_poll = core.clock()
     while True:
         with core.mutex:
             while True:
                 if core.closing:
                     return
-                wanted = [(p, limit - table.occupied(p)) for p in _PRIORITIES
-                          if core.unclaimed[p] and table.occupied(p) < limit]
+                if poll is not None and core.clock() >= next_poll:
+                    core.unclaimed = [True, True, True]
+                    next_poll = core.clock() + poll
+                wanted = [(p, room) for p in _PRIORITIES
+                          if core.unclaimed[p] and (room := _room(core, p)) > 0]
                 if wanted:
                     break
-                core.claim_wake.wait()
+                core.claim_wake.wait(None if poll is None else next_poll - core.clock())
             kinds = None if core.config.handler is not None else frozenset(core.handlers)
             registered = core.registered
         for priority, room in wanted:
@@ -89,6 +95,19 @@ def claim(core: Core, policy: RetryPolicy) -> None:
                 core.changed_locked()
 
 
+def _room(core: Core, priority: Priority) -> int:
+    """How many jobs of ``priority`` to claim now: room up to ``queue_size``; from a shared
+    store, only a batch, and once the workers have taken half of the last one."""
+    table = core.table
+    room = core.config.queue_size - table.occupied(priority)
+    if core.shared:
+        queued = table.count(QUEUED, priority)
+        if queued >= core.refill_below:
+            return 0
+        room = min(room, core.claim_batch - queued)
+    return room
+
+
 def _hold_locked(
     core: Core, records: Sequence[JobRecord], interrupted: dict[str, Outcome]
 ) -> None:
@@ -104,6 +123,9 @@ def _hold_locked(
             continue
         now = core.clock()
         entry = table.claim(record, now)
+        watch = core.watched.get(record.id)
+        if watch is not None:
+            watch[1] = entry  # a wait() follows it from here
         if entry.state is PROCESSING:
             settle_locked(core, entry, interrupted[record.id], now)
         elif entry.state is RETRYING:

@@ -67,7 +67,12 @@ def close(core: Core, threads: Sequence[threading.Thread], timeout: float | None
         core.closed = True
         core.changed_locked()  # waiters whose jobs will not finish now must know
     if gave_up:
-        where = "stay stored for the next start" if core.store.persistent else "are lost"
+        if core.store.shared:
+            where = "go back to the queue, for any process"
+        elif core.store.persistent:
+            where = "stay stored for the next start"
+        else:
+            where = "are lost"
         shown = ", ".join(abandoned[:_IDS_LOGGED])
         more = len(abandoned) - _IDS_LOGGED
         log_safely(

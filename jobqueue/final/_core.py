@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 
 from jobqueue._priority import Priority
 from jobqueue.final._lock import YieldingLock
@@ -111,8 +112,9 @@ class WaitingLine:
 
 class Core:
     """The shared state of one queue. Fields are read and written with ``mutex`` held,
-    except ``config``, ``store``, ``clock``, ``running``, ``ran``, ``forked``, ``seq`` and
-    ``shutdown``, which never change or are safe on their own."""
+    except ``config``, ``store``, ``clock``, ``running``, ``ran``, ``forked``, ``seq``,
+    ``shared``, ``claim_batch``, ``refill_below`` and ``shutdown``, which never change or
+    are safe on their own."""
 
     def __init__(self, config: Config, store: Store) -> None:
         self.config = config
@@ -122,6 +124,16 @@ class Core:
         self.ran = store.ran  # and of its handler returning
         self.forked = False  # set in a child forked from this process: workers there stop
         self.seq = itertools.count(store.last_seq() + 1)  # next() is atomic
+        # A shared store (PostgreSQL) is the queue of many processes: this one claims what
+        # its workers will soon run, in batches, and looks again when half are taken, so
+        # that idle processes find work too. Otherwise stored jobs are this queue's alone,
+        # and it claims all it has room for.
+        self.shared = store.shared
+        self.claim_batch = (
+            min(config.queue_size, max(64, 8 * config.num_workers))
+            if store.shared else config.queue_size
+        )
+        self.refill_below = self.claim_batch // 2 + 1 if store.shared else float("inf")
         # Cooperative cancellation for every running handler once close() gives up waiting.
         self.shutdown = threading.Event()
 
@@ -151,6 +163,8 @@ class Core:
         # them in vain, at 0.4 us each).
         self.idle_workers = 0
         self.change_waiters = 0
+        # wait() calls for stored jobs not held yet: id -> [waiters, the entry once claimed].
+        self.watched: dict[str, list] = {}
         self.version = 0  # counts changes, so a waiter that read the store misses none
         self.closing = False  # close() has started: no new jobs
         self.stopping = False  # close() gave up waiting: workers stop
@@ -161,6 +175,18 @@ class Core:
         # Handlers of this queue waiting in enqueue() for room that only a worker taking a
         # job can free: once every worker would wait, none ever frees it (admission).
         self.handlers_waiting_for_room = 0
+
+    def jobs_ready(self, priorities: Iterable[Priority] | None) -> None:
+        """A shared store's news: jobs of ``priorities`` (None: any) may be claimable."""
+        with self.mutex:
+            for priority in _PRIORITIES if priorities is None else priorities:
+                self.unclaimed[priority] = True
+            self.claim_wake.notify()
+
+    def jobs_changed(self) -> None:
+        """A shared store's news: another process finished jobs."""
+        with self.mutex:
+            self.changed_locked()
 
     def room_freed_locked(self, priority: Priority, slots: int = 1) -> None:
         """Wake who waits for room in ``priority``: producers, and the claimer."""

@@ -74,6 +74,7 @@ class LmdbStore:
     """
 
     persistent = True
+    shared = False
 
     def __init__(self, path: str, *, fsync: bool = False, retention: int = 100_000) -> None:
         self.path = path

@@ -22,6 +22,8 @@ __all__ = [
     "MAX_DELAY",
     "MAX_ID_BYTES",
     "MAX_KIND_BYTES",
+    "MAX_LEASE",
+    "MIN_LEASE",
     "MAX_RETRIES",
     "Config",
     "Handler",
@@ -108,7 +110,10 @@ def check_handler(name: str, value: object) -> None:
 
 
 def _check_text(name: str, value: str, limit: int) -> None:
-    """A str a store keeps as UTF-8: encodable, and at most ``limit`` bytes."""
+    """A str a store keeps as UTF-8 text: encodable, no NUL (PostgreSQL's text cannot hold
+    one), and at most ``limit`` bytes."""
+    if "\0" in value:
+        raise ValueError(f"{name} must not contain a NUL character: {value!r}")
     if value.isascii():  # the common case, checked in C without encoding
         if len(value) > limit:
             raise ValueError(f"{name} must be at most {limit} UTF-8 bytes")
@@ -120,6 +125,29 @@ def _check_text(name: str, value: str, limit: int) -> None:
                          f"({value!r})") from None
     if size > limit:
         raise ValueError(f"{name} must be at most {limit} UTF-8 bytes")
+
+
+#: The shortest and longest lease a database store takes, in seconds.
+MIN_LEASE = 0.3
+MAX_LEASE = 7 * 24 * 3600.0
+
+
+def _check_database_url(url: object, persist_path: object) -> None:
+    if not isinstance(url, str):
+        raise TypeError(f"database_url must be a str, not {type(url).__name__}")
+    if persist_path is not None:
+        raise ValueError(
+            "database_url and persist_path are exclusive: a queue keeps its jobs in "
+            "PostgreSQL (database_url) or in LMDB (persist_path), not both"
+        )
+    if not url.strip():
+        raise ValueError("database_url must not be empty (use None to keep jobs in memory)")
+    if "\0" in url:
+        raise ValueError("database_url must not contain a NUL character")
+    if "://" in url and not url.startswith(("postgresql://", "postgres://")):
+        scheme = url.split("://", 1)[0]
+        raise ValueError(f"database_url must be a postgresql:// URI or a libpq key=value "
+                         f"string, not a {scheme}:// URL")
 
 
 def _check_path(path: object) -> None:
@@ -218,6 +246,9 @@ class Config:
     handler: Handler | None = None
     handlers: Mapping[str, Handler] | None = None
     status_retention: int = 100_000
+    database_url: str | None = None
+    queue_name: str = "default"
+    lease: float = 30.0
 
     def __post_init__(self) -> None:
         _check_int("num_workers", self.num_workers, 1)
@@ -246,6 +277,19 @@ class Config:
             object.__setattr__(self, "weights", MappingProxyType(dict(self.weights)))
         if self.persist_path is not None:
             _check_path(self.persist_path)
+        if self.database_url is not None:
+            _check_database_url(self.database_url, self.persist_path)
+        if not isinstance(self.queue_name, str):
+            raise TypeError(f"queue_name must be a str, not {type(self.queue_name).__name__}")
+        if not self.queue_name:
+            raise ValueError("queue_name must be a non-empty str")
+        _check_text("queue_name", self.queue_name, MAX_KIND_BYTES)
+        if "\0" in self.queue_name:
+            raise ValueError("queue_name must not contain a NUL character")
+        _check_seconds("lease", self.lease, allow_zero=False, maximum=MAX_LEASE)
+        if self.lease < MIN_LEASE:
+            raise ValueError(f"lease must be at least {MIN_LEASE} s (heartbeats go every third "
+                             f"of it), got {self.lease}")
         if not isinstance(self.fsync, bool):
             raise TypeError(f"fsync must be a bool, not {type(self.fsync).__name__}")
         if self.handler is not None:

@@ -40,7 +40,7 @@ from jobqueue.final._model import (
 )
 from jobqueue.final._retry import RetryPolicy
 from jobqueue.final._states import GONE, LIVE, NEW, Status
-from jobqueue.final._store import open_store
+from jobqueue.final._store import QueueStats, open_store
 
 __all__ = ["JobQueue"]
 
@@ -98,6 +98,8 @@ class JobQueue:
         self._started_at = core.clock()
         self._threads: list[threading.Thread] = []
         try:
+            if core.shared:  # other processes' news: new jobs to claim, jobs finished
+                core.store.listen(core.jobs_ready, core.jobs_changed)  # type: ignore[attr-defined]
             for number in range(config.num_workers):
                 self._start_thread(
                     lambda: _workers.work(core, policy, self._finish_close),
@@ -132,7 +134,14 @@ class JobQueue:
 
     # -- submitting -------------------------------------------------------------------------
 
-    def enqueue(self, job: Job, block: bool = True, timeout: float | None = None) -> None:
+    def enqueue(
+        self,
+        job: Job,
+        block: bool = True,
+        timeout: float | None = None,
+        *,
+        connection: object = None,
+    ) -> None:
         """Accept a job, run by ``handlers[job.kind]`` or else ``handler`` from the config.
 
         Blocks while the job's priority is full (``queue_size`` jobs queued or waiting for a
@@ -141,10 +150,17 @@ class JobQueue:
         Raises ``QueueClosed`` once :meth:`close` has started, ``DuplicateJob`` if a job with
         this id is queued, processing or retrying, ``ValueError`` if no handler can run it,
         and ``StoreError`` if the store cannot take it. A call that raises leaves no trace.
+
+        In PostgreSQL (``Config.database_url``) the job goes into the shared queue, for
+        whichever process claims it first: the call never waits for room (the database
+        holds the backlog; ``queue_size`` bounds what each process claims), and a kind no
+        handler here runs is accepted, for the processes that run it. ``connection``, an
+        open psycopg connection, inserts it inside that connection's transaction: the job
+        exists, and may run, only once the transaction commits.
         """
         if self._core.forked:
             self._refuse_if_forked()
-        _admission.enqueue(self._core, (job,), None, block, timeout)
+        _admission.enqueue(self._core, (job,), None, block, timeout, connection)
 
     def enqueue_with_handler(
         self, job: Job, handler: Handler, block: bool = True, timeout: float | None = None
@@ -153,23 +169,31 @@ class JobQueue:
 
         A closure cannot be persisted: if the process dies before the job finishes, the job is
         recovered at the next start and runs with ``handlers[job.kind]`` or ``handler``.
+        In PostgreSQL the job is held by this process from the start, as the closure runs
+        only here; should it die, the process that takes the job over runs it so too.
         """
         self._refuse_if_forked()
         check_handler("handler", handler)
         _admission.enqueue(self._core, (job,), handler, block, timeout)
 
     def enqueue_many(
-        self, jobs: Iterable[Job], block: bool = True, timeout: float | None = None
+        self,
+        jobs: Iterable[Job],
+        block: bool = True,
+        timeout: float | None = None,
+        *,
+        connection: object = None,
     ) -> None:
         """Accept several jobs at once, all or none: one store commit for the whole batch.
 
         Blocks until the batch fits; raises ``ValueError`` if it holds more jobs of one
-        priority than ``queue_size``, since it could never fit. Otherwise as :meth:`enqueue`.
+        priority than ``queue_size``, since it could never fit. Otherwise as :meth:`enqueue`,
+        ``connection`` included.
         """
         self._refuse_if_forked()
         batch = tuple(jobs)
         if batch:
-            _admission.enqueue(self._core, batch, None, block, timeout)
+            _admission.enqueue(self._core, batch, None, block, timeout, connection)
 
     def register(self, kind: str, handler: Handler) -> None:
         """Add or replace the handler for jobs of ``kind``, while the queue runs.
@@ -203,6 +227,11 @@ class JobQueue:
             if entry is not None:
                 state = _admission.describe_state(entry.state)
                 raise ValueError(f"job {job_id!r} is {state}, not failed")
+            if core.closing:
+                raise QueueClosed("cannot requeue after close() has started")
+        if core.shared:  # one statement, so that two processes cannot both requeue it
+            core.store.requeue(job_id)  # type: ignore[attr-defined]
+            return
         record = core.store.get(job_id)
         if record is None:
             raise KeyError(job_id)
@@ -257,24 +286,38 @@ class JobQueue:
                 raise RuntimeError(f"wait({job_id!r}) called from {_whose(None)} would block "
                                    "a thread the job may need to move it")
         endtime = None if timeout is None else core.clock() + timeout
+        watch: list | None = None
         with core.mutex:
             entry = core.table.get(job_id)
             version = core.version
-        while entry is None:
-            record = core.store.get(job_id)  # without the mutex: it may read the disk
-            with core.mutex:
-                entry = core.table.get(job_id)
-                if entry is not None:
-                    break
-                if record is None:
-                    raise KeyError(job_id)
-                if record.status not in LIVE:
-                    return record.status
-                # Stored and not claimed yet: look again after the next change. A change
-                # while the store was read bumped the version: look again at once.
-                if core.version == version:
-                    self._wait_for(job_id, endtime, timeout)
-                version = core.version
+            if entry is None:
+                # Stored, not held: the claimer hands this waiter the entry if it claims
+                # the job, which may finish, and be forgotten, before the waiter looks.
+                watch = core.watched.setdefault(job_id, [0, None])
+                watch[0] += 1
+        try:
+            while entry is None:
+                record = core.store.get(job_id)  # without the mutex: it may read the disk
+                with core.mutex:
+                    entry = core.table.get(job_id) or watch[1]
+                    if entry is not None:
+                        break
+                    if record is None:
+                        raise KeyError(job_id)
+                    if record.status not in LIVE:
+                        return record.status
+                    # Stored and not claimed yet: look again after the next change. A change
+                    # while the store was read bumped the version: look again at once.
+                    if core.version == version:
+                        self._wait_for(job_id, endtime, timeout)
+                        entry = core.table.get(job_id) or watch[1]
+                    version = core.version
+        finally:
+            if watch is not None:
+                with core.mutex:
+                    watch[0] -= 1
+                    if not watch[0]:
+                        del core.watched[job_id]
         with core.mutex:
             # Following the entry, not the id: its outcome counts even if the queue forgets
             # it at once (status_retention=0) or the id is enqueued again.
@@ -291,6 +334,9 @@ class JobQueue:
         remaining = None if endtime is None else endtime - core.clock()
         if remaining is not None and remaining <= 0:
             raise TimeoutError(f"job {job_id!r} did not finish within {timeout} s")
+        if core.shared:  # another process may finish it: look again, notified or not
+            poll = core.store.poll_interval  # type: ignore[attr-defined]
+            remaining = poll if remaining is None else min(remaining, poll)
         core.wait_changed_locked(remaining)
 
     def join(self, timeout: float | None = None) -> bool:
@@ -308,6 +354,8 @@ class JobQueue:
             raise RuntimeError(f"join() called from {_whose(running_in(core))} would never "
                                "return: that thread's own work keeps the queue busy")
         endtime = None if timeout is None else core.clock() + timeout
+        if core.shared:
+            return self._join_shared(endtime)
         with core.mutex:
             while True:
                 if core.stopping:  # close() gave up on work: it will not finish here
@@ -318,6 +366,49 @@ class JobQueue:
                 if core.closed or (remaining is not None and remaining <= 0):
                     return False
                 core.wait_changed_locked(remaining)
+
+    def _join_shared(self, endtime: float | None) -> bool:
+        """join() of a shared queue: until no process has work in it."""
+        core = self._core
+        poll = core.store.poll_interval  # type: ignore[attr-defined]
+        while True:
+            with core.mutex:
+                while len(core.table) and not (core.stopping or core.closed):
+                    remaining = None if endtime is None else endtime - core.clock()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    core.wait_changed_locked(remaining)
+                if core.stopping or core.closed:
+                    return False
+                version = core.version
+            if not core.store.has_live():  # type: ignore[attr-defined]
+                return True
+            with core.mutex:
+                remaining = None if endtime is None else endtime - core.clock()
+                if remaining is not None and remaining <= 0:
+                    return False
+                if core.version == version:
+                    core.wait_changed_locked(poll if remaining is None else min(poll, remaining))
+
+    def queue_stats(self) -> QueueStats:
+        """Counts by status of the whole queue: in PostgreSQL, the jobs of every process
+        sharing it, read in one query (finished ones as far as ``status_retention`` keeps
+        them). With a memory or LMDB store the queue is this process's own, and the counts
+        are those of :meth:`metrics`. Raises ``StoreError`` if the database cannot answer.
+        """
+        self._refuse_if_forked()
+        core = self._core
+        if core.shared:
+            return core.store.stats()  # type: ignore[attr-defined]
+        metrics = self.metrics()
+        per_priority = {
+            p: {Status.QUEUED: m.queued, Status.PROCESSING: m.processing,
+                Status.RETRYING: m.retrying, Status.COMPLETED: m.completed,
+                Status.FAILED: m.failed}
+            for p, m in metrics.per_priority.items()
+        }
+        counts = {status: sum(c[status] for c in per_priority.values()) for status in Status}
+        return QueueStats.of(counts, per_priority, 1)
 
     def dead_letters(self) -> list[JobInfo]:
         """Return the FAILED jobs still kept (see ``status_retention``), oldest first."""

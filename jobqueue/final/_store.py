@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from jobqueue._priority import Priority
@@ -22,7 +23,7 @@ from jobqueue.errors import DuplicateJob, StoreError
 from jobqueue.final._model import Config, Job, JobInfo
 from jobqueue.final._states import Status
 
-__all__ = ["JobRecord", "MemoryStore", "Store", "open_store"]
+__all__ = ["JobRecord", "MemoryStore", "QueueStats", "Store", "open_store"]
 
 
 class JobRecord(NamedTuple):
@@ -66,6 +67,28 @@ class JobRecord(NamedTuple):
         )
 
 
+@dataclass(frozen=True)
+class QueueStats:
+    """A whole queue's jobs by status, as its store keeps them (finished ones within the
+    retention); ``processes`` is how many processes hold jobs of it now."""
+
+    queued: int
+    processing: int
+    retrying: int
+    completed: int
+    failed: int
+    per_priority: Mapping[Priority, Mapping[Status, int]]
+    processes: int
+
+    @classmethod
+    def of(
+        cls, counts: Mapping[Status, int], per_priority: Mapping[Priority, Mapping[Status, int]],
+        processes: int,
+    ) -> QueueStats:
+        return cls(counts[Status.QUEUED], counts[Status.PROCESSING], counts[Status.RETRYING],
+                   counts[Status.COMPLETED], counts[Status.FAILED], per_priority, processes)
+
+
 class Store(Protocol):
     """What a queue needs from where its jobs are kept.
 
@@ -104,10 +127,19 @@ class Store(Protocol):
 
     The queue never assumes it is the store's only writer: ids it does not hold are the
     store's to check, and jobs it did not add reach it only through ``claim``.
+
+    Shared stores (``shared``; the PostgreSQL store) serve many processes at once, and
+    number jobs themselves (``seq``). The queue puts new jobs into them unheld, with
+    ``insert(records, connection)``, for any process to claim, and asks them what only the
+    whole queue knows: ``has_live()``, ``requeue(id)``, ``stats()``. ``listen(on_ready,
+    on_change)`` tells the queue when another process added or finished jobs, and the
+    claimer looks again every ``poll_interval`` seconds in case a notice was lost.
     """
 
     #: True when jobs left in the store by close() are there for the next queue to claim.
     persistent: bool
+    #: True when other processes share the store (see "Shared stores" above).
+    shared: bool
 
     #: Told of an attempt about to run, and of its handler returning; or None (see above).
     running: Callable[[JobRecord], int] | None
@@ -164,6 +196,7 @@ class MemoryStore:
     """
 
     persistent = False
+    shared = False
     running = ran = None  # nothing in memory outlives a process that dies in a handler
 
     def __init__(self, retention: int) -> None:
@@ -255,7 +288,15 @@ class MemoryStore:
 
 
 def open_store(config: Config) -> Store:
-    """The store a config asks for: LMDB at ``persist_path``, else memory."""
+    """The store a config asks for: PostgreSQL at ``database_url``, LMDB at
+    ``persist_path``, else memory."""
+    if config.database_url is not None:
+        from jobqueue.final._postgres import PostgresStore
+
+        return PostgresStore(
+            config.database_url, queue=config.queue_name, fsync=config.fsync,
+            retention=config.status_retention, lease=config.lease,
+        )
     if config.persist_path is None:
         return MemoryStore(config.status_retention)
     from jobqueue.final._lmdb import LmdbStore  # only persistent queues pay for the import

@@ -69,7 +69,10 @@ def _next_locked(core: Core, now: float) -> Entry | None:
         entry = table.take(now)
         if entry is not None:
             priority = entry.job.priority
-            if core.room[priority].waiting or core.unclaimed[priority]:
+            if core.room[priority].waiting or (
+                core.unclaimed[priority]
+                and table.count(QUEUED, priority) < core.refill_below
+            ):
                 core.room_freed_locked(priority)
             return entry
         if core.closing and core.drained_locked():
@@ -102,6 +105,11 @@ def _describe(error: BaseException) -> str:
     message = f"{name}: {text}" if text else name
     if len(message) > MAX_ERROR_CHARS:
         message = message[: MAX_ERROR_CHARS - 1] + "…"
+    # Text every store can keep: no lone surrogates, no NUL (PostgreSQL's text refuses both).
+    if not message.isascii():
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    if "\0" in message:
+        message = message.replace("\0", "\\x00")
     return message
 
 

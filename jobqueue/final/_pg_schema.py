@@ -1,0 +1,185 @@
+"""The PostgreSQL store's tables, made on first use, and the connections that reach them.
+
+One table holds the jobs of every queue in a database, one row per job id and queue name::
+
+    jobqueue_jobs    (queue, id) primary key; the job, its status, and who holds it:
+                     owner (a process's name), lease_id (one claim of the job, from the
+                     sequence jobqueue_lease_ids), lease_until (when the claim lapses)
+    jobqueue_meta    key/value: schema_version
+
+    jobqueue_jobs_ready     (queue, priority, seq) of live jobs no process holds: claims
+    jobqueue_jobs_leases    (queue, lease_until) of held jobs: heartbeats, lapsed leases
+    jobqueue_jobs_finished  (queue, finished_at) of finished jobs: retention, dead letters
+
+Creating them is idempotent and serialised by an advisory lock, so processes that start at
+once agree; a database made by a newer jobqueue (a higher schema version) is refused, since
+this code cannot know what the newer one changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from jobqueue.errors import StoreError
+
+__all__ = ["CHANNEL", "SCHEMA_VERSION", "ConnectionPool", "connect", "create_schema"]
+
+logger = logging.getLogger("jobqueue")
+
+SCHEMA_VERSION = 1
+#: Every queue of a database notifies on this channel; the payload names the queue.
+CHANNEL = "jobqueue"
+# Any constant will do: it names the lock that serialises schema creation.
+_SCHEMA_LOCK = 0x6A6F627175657565
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobqueue_meta (
+    key text PRIMARY KEY,
+    value text NOT NULL
+);
+CREATE SEQUENCE IF NOT EXISTS jobqueue_seq;
+CREATE SEQUENCE IF NOT EXISTS jobqueue_lease_ids;
+CREATE TABLE IF NOT EXISTS jobqueue_jobs (
+    queue text NOT NULL,
+    id text NOT NULL,
+    payload bytea NOT NULL,
+    priority smallint NOT NULL,
+    kind text NOT NULL,
+    max_retries integer,
+    created_at double precision NOT NULL,
+    status text NOT NULL,
+    attempts integer NOT NULL DEFAULT 0,
+    last_error text,
+    started_at double precision,
+    finished_at double precision,
+    due_at double precision,
+    seq bigint NOT NULL,
+    owner text,
+    lease_id bigint,
+    lease_until timestamptz,
+    PRIMARY KEY (queue, id)
+);
+CREATE INDEX IF NOT EXISTS jobqueue_jobs_ready ON jobqueue_jobs (queue, priority, seq)
+    WHERE owner IS NULL AND status IN ('queued', 'processing', 'retrying');
+CREATE INDEX IF NOT EXISTS jobqueue_jobs_leases ON jobqueue_jobs (queue, lease_until)
+    WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobqueue_jobs_finished ON jobqueue_jobs (queue, finished_at)
+    WHERE status IN ('completed', 'failed');
+"""
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise StoreError(
+            "a database_url needs psycopg 3: pip install 'jobqueue[postgres]'"
+        ) from None
+    return psycopg
+
+
+def connect(url: str, *, synchronous_commit: bool = True) -> Any:
+    """An autocommit connection to ``url``; raises StoreError naming the database."""
+    psycopg = _psycopg()
+    try:
+        conn = psycopg.connect(url, autocommit=True)
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot connect to the database: {_first_line(exc)}") from exc
+    if not synchronous_commit:
+        conn.execute("SET synchronous_commit = off")
+    return conn
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def create_schema(conn: Any) -> None:
+    """Make the tables if they are missing; raise StoreError if the database is newer."""
+    psycopg = _psycopg()
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            conn.execute(_SCHEMA)
+            row = conn.execute(
+                "SELECT value FROM jobqueue_meta WHERE key = 'schema_version'"
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO jobqueue_meta VALUES ('schema_version', %s)",
+                    (str(SCHEMA_VERSION),),
+                )
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the database's jobqueue schema is version {row[0]}, newer than this "
+                    f"jobqueue knows ({SCHEMA_VERSION}): upgrade jobqueue to use it"
+                )
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot create the jobqueue tables: {_first_line(exc)}") from exc
+
+
+def check_schema(conn: Any) -> None:
+    """Raise StoreError unless the database holds jobqueue tables this code can read."""
+    row = conn.execute(
+        "SELECT to_regclass('jobqueue_meta') IS NOT NULL"
+    ).fetchone()
+    if not row[0]:
+        raise StoreError("the database holds no jobqueue tables: no queue has used it")
+    version = conn.execute(
+        "SELECT value FROM jobqueue_meta WHERE key = 'schema_version'"
+    ).fetchone()
+    if version is not None and int(version[0]) > SCHEMA_VERSION:
+        raise StoreError(
+            f"the database's jobqueue schema is version {version[0]}, newer than this "
+            f"jobqueue knows ({SCHEMA_VERSION}): upgrade jobqueue to use it"
+        )
+
+
+class ConnectionPool:
+    """Connections for callers that come and go (producers, status, the CLI): one each at a
+    time, kept for the next caller. A connection that failed is dropped, not reused."""
+
+    def __init__(self, url: str, synchronous_commit: bool, keep: int = 8) -> None:
+        self._url = url
+        self._synchronous_commit = synchronous_commit
+        self._keep = keep
+        self._lock = threading.Lock()  # guards _idle and _closed
+        self._idle: list[Any] = []
+        self._closed = False
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        with self._lock:
+            if self._closed:
+                raise StoreError("the PostgreSQL store is closed")
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = connect(self._url, synchronous_commit=self._synchronous_commit)
+        try:
+            yield conn
+        except BaseException:
+            if conn.closed or conn.info.transaction_status != 0:  # broken, or mid-transaction
+                conn.close()
+            else:
+                self._put(conn)
+            raise
+        self._put(conn)
+
+    def _put(self, conn: Any) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < self._keep and not conn.closed:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()

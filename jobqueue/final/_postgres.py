@@ -1,0 +1,643 @@
+"""The PostgreSQL store: one queue shared by every process that names the same database and
+queue name, on any host.
+
+The :class:`~._store.Store` contract, for a store with many writers (``shared``):
+
+- **New jobs** go into the table unheld (:meth:`PostgresStore.insert`), in one statement that
+  also notifies: every process listening may claim them. A job whose handler is a closure
+  (``enqueue_with_handler``) can run only here, so ``add``/``commit`` insert it held.
+- **Claims** take jobs with ``FOR UPDATE SKIP LOCKED``, so processes never wait for each
+  other's rows, and stamp them with this process's name, a new ``lease_id`` and a lease.
+  Jobs whose lease lapsed (their process died, or stopped heartbeating) are claimed too.
+- **Moves** (``started``, ``retrying``, ``finished``, ``released``) are written by one thread
+  in batches, each conditional on the ``lease_id`` of the claim the job came from: a process
+  that lost a job to another cannot overwrite what the other did (it logs a WARNING). The
+  same thread heartbeats the leases of the jobs this process holds, every third of a lease,
+  and deletes finished jobs past the retention, in bounded batches.
+- **Wake-ups**: a listener thread hears ``NOTIFY`` for new jobs (the claimer looks again) and
+  for finished ones (``wait()`` and ``join()`` look again). The claimer also polls once a
+  second, for a notification missed while a connection was down.
+
+Durability: ``fsync=True`` commits with the server's ``synchronous_commit``; ``fsync=False``
+turns it off for this store's connections: a commit survives any crash of a client, and a
+server crash may lose its last fraction of a second of commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any
+
+from jobqueue._priority import Priority
+from jobqueue.errors import DuplicateJob, StoreError
+from jobqueue.final._pg_schema import CHANNEL, ConnectionPool, connect, create_schema
+from jobqueue.final._states import LIVE, Status
+from jobqueue.final._store import JobRecord, QueueStats
+
+__all__ = ["PostgresStore"]
+
+logger = logging.getLogger("jobqueue")
+
+_PRIORITIES = tuple(Priority)
+_LIVE_STATUSES = tuple(sorted(status.value for status in LIVE))
+#: Finished jobs deleted per statement, so that trimming never holds many row locks at once.
+_TRIM_BATCH = 1000
+#: The longest the writer waits before it tries a lost connection again.
+_MAX_BACKOFF = 5.0
+
+_COLUMNS = ("id, payload, priority, kind, max_retries, created_at, status, attempts, "
+            "last_error, started_at, finished_at, due_at, seq")
+
+_INSERT = f"""
+WITH added AS (
+    INSERT INTO jobqueue_jobs AS j
+        (queue, id, payload, priority, kind, max_retries, created_at, status, seq,
+         owner, lease_id, lease_until)
+    SELECT %(queue)s, u.id, u.payload, u.priority, u.kind, u.max_retries, u.created_at,
+           'queued', nextval('jobqueue_seq'),
+           %(owner)s, CASE WHEN %(owner)s::text IS NULL THEN NULL
+                           ELSE nextval('jobqueue_lease_ids') END,
+           CASE WHEN %(owner)s::text IS NULL THEN NULL
+                ELSE now() + make_interval(secs => %(lease)s) END
+    FROM unnest(%(ids)s::text[], %(payloads)s::bytea[], %(priorities)s::smallint[],
+                %(kinds)s::text[], %(max_retries)s::integer[], %(created)s::float8[])
+         AS u(id, payload, priority, kind, max_retries, created_at)
+    ON CONFLICT (queue, id) DO UPDATE SET
+        payload = excluded.payload, priority = excluded.priority, kind = excluded.kind,
+        max_retries = excluded.max_retries, created_at = excluded.created_at,
+        status = 'queued', attempts = 0, last_error = NULL, started_at = NULL,
+        finished_at = NULL, due_at = NULL, seq = excluded.seq, owner = excluded.owner,
+        lease_id = excluded.lease_id, lease_until = excluded.lease_until
+    WHERE j.status IN ('completed', 'failed')  -- a live id is a duplicate: no row
+    RETURNING j.id, j.priority, j.lease_id
+)
+SELECT id, lease_id, CASE WHEN %(owner)s::text IS NULL
+                          THEN pg_notify('{CHANNEL}', priority::text || %(queue)s) END
+FROM added
+"""
+
+# One claim: the oldest unheld live jobs of a priority, then jobs whose lease lapsed. Rows
+# another claimer has locked are skipped, not waited for.
+_CLAIM = f"""
+WITH unheld AS (
+    SELECT id, seq, NULL::text AS old_owner FROM jobqueue_jobs
+    WHERE queue = %(queue)s AND priority = %(priority)s AND owner IS NULL
+      AND status IN ('queued', 'processing', 'retrying') {{kinds}}
+    ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), lapsed AS (
+    SELECT id, seq, owner AS old_owner FROM jobqueue_jobs
+    WHERE queue = %(queue)s AND owner IS NOT NULL AND lease_until < now()
+      AND priority = %(priority)s {{kinds}}
+    ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT * FROM unheld UNION ALL SELECT * FROM lapsed ORDER BY seq LIMIT %(limit)s
+)
+UPDATE jobqueue_jobs AS j
+SET owner = %(owner)s, lease_id = nextval('jobqueue_lease_ids'),
+    lease_until = now() + make_interval(secs => %(lease)s)
+FROM picked WHERE j.queue = %(queue)s AND j.id = picked.id
+RETURNING {", ".join("j." + c.strip() for c in _COLUMNS.split(","))}, j.lease_id,
+          picked.old_owner
+"""
+
+# Moves, written in a batch. Each row is conditional on the claim it came from (lease_id).
+_MOVE = """
+UPDATE jobqueue_jobs AS j SET
+    status = u.status, attempts = u.attempts, last_error = u.last_error,
+    started_at = u.started_at, finished_at = u.finished_at, due_at = u.due_at,
+    payload = CASE WHEN u.status = 'completed' THEN ''::bytea ELSE j.payload END,
+    owner = CASE WHEN u.held THEN j.owner END,
+    lease_id = CASE WHEN u.held THEN j.lease_id END,
+    lease_until = CASE WHEN u.held THEN j.lease_until END
+FROM unnest(%(ids)s::text[], %(leases)s::bigint[], %(statuses)s::text[],
+            %(attempts)s::integer[], %(errors)s::text[], %(started)s::float8[],
+            %(finished)s::float8[], %(due)s::float8[], %(held)s::bool[])
+     AS u(id, lease_id, status, attempts, last_error, started_at, finished_at, due_at, held)
+WHERE j.queue = %(queue)s AND j.id = u.id AND j.lease_id = u.lease_id
+RETURNING j.id
+"""
+
+_TRIM = """
+DELETE FROM jobqueue_jobs WHERE queue = %(queue)s AND id IN (
+    SELECT id FROM jobqueue_jobs
+    WHERE queue = %(queue)s AND status IN ('completed', 'failed')
+    ORDER BY finished_at DESC OFFSET %(keep)s LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED)
+"""
+
+
+def _record(row: Sequence[Any]) -> JobRecord:
+    (job_id, payload, priority, kind, max_retries, created_at, status, attempts, last_error,
+     started_at, finished_at, due_at, seq) = row[:13]
+    return JobRecord(job_id, bytes(payload), _PRIORITIES[priority], kind, max_retries,
+                     created_at, Status(status), attempts, last_error, started_at,
+                     finished_at, due_at, seq)
+
+
+def _storable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\0" not in text
+
+
+def _arrays(records: Sequence[JobRecord]) -> dict[str, list[Any]]:
+    return {
+        "ids": [r.id for r in records],
+        "payloads": [r.payload for r in records],
+        "priorities": [int(r.priority) for r in records],
+        "kinds": [r.kind for r in records],
+        "max_retries": [r.max_retries for r in records],
+        "created": [r.created_at for r in records],
+    }
+
+
+class PostgresStore:
+    """The :class:`~._store.Store` contract in PostgreSQL, shared by many processes."""
+
+    persistent = True
+    shared = True
+    running = ran = None  # an attempt's process dying shows as its lease lapsing
+    #: The claimer looks for jobs at least this often (seconds), notified or not.
+    poll_interval = 1.0
+
+    def __init__(
+        self, url: str, *, queue: str = "default", fsync: bool = False,
+        retention: int = 100_000, lease: float = 30.0,
+    ) -> None:
+        self.queue = queue
+        self.lease = lease
+        self._url = url
+        self._fsync = fsync
+        self._retention = retention
+        #: This store's name in the owner column: host, pid and a nonce, for people to read.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._pool = ConnectionPool(url, synchronous_commit=fsync)
+        with self._pool.connection() as conn:
+            create_schema(conn)
+        # The lease_id of every job this store holds, by id. Single dict operations: the
+        # claimer adds, the queue's calls (under its mutex) read and remove.
+        self._leases: dict[str, int] = {}
+        self._on_ready: Callable[[Iterable[Priority] | None], None] | None = None
+        self._on_change: Callable[[], None] | None = None
+
+        # _lock guards the fields below; _work wakes the writer, _written its waiters.
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._written = threading.Condition(self._lock)
+        self._pending: dict[str, tuple[JobRecord, int]] = {}  # id -> latest move, its lease
+        self._writing: dict[str, tuple[JobRecord, int]] = {}  # the batch being written
+        self._told = 0  # moves told so far
+        self._done = 0  # moves written (or refused) so far
+        self._finished_since_trim = 0
+        self._closing = False  # close() started: write what is left, then stop
+        self._closed = False
+        self._listener: threading.Thread | None = None
+        self._listen_conn: Any = None
+        self._writer = threading.Thread(
+            target=self._write_loop, name="jobqueue-final-pg-writer", daemon=True
+        )
+        self._writer.start()
+
+    # -- wake-ups ---------------------------------------------------------------------------
+
+    def listen(
+        self,
+        on_ready: Callable[[Iterable[Priority] | None], None],
+        on_change: Callable[[], None],
+    ) -> None:
+        """Start hearing other processes: ``on_ready(priorities)`` when jobs of those
+        priorities (None: any) may be claimable, ``on_change()`` when jobs finished."""
+        self._on_ready = on_ready
+        self._on_change = on_change
+        self._listen_conn = connect(self._url)
+        self._listen_conn.execute(f"LISTEN {CHANNEL}")
+        self._listener = threading.Thread(
+            target=self._listen_loop, name="jobqueue-final-pg-listener", daemon=True
+        )
+        self._listener.start()
+
+    def _listen_loop(self) -> None:
+        stop = "s" + self.owner
+        queue = self.queue
+        conn = self._listen_conn
+        backoff = 0.1
+        while True:
+            try:
+                for notice in conn.notifies():
+                    payload = notice.payload
+                    if payload == stop:
+                        return
+                    kind, name = payload[:1], payload[1:]
+                    if name != queue:
+                        continue
+                    if kind == "d":
+                        self._on_change()  # type: ignore[misc]
+                    elif kind in ("0", "1", "2"):
+                        self._on_ready((_PRIORITIES[int(kind)],))  # type: ignore[misc]
+                backoff = 0.1
+            except Exception as exc:
+                if self._closing:
+                    return
+                logger.warning("the PostgreSQL listener lost its connection (%s); "
+                               "reconnecting in %.1f s", exc, backoff)
+                time.sleep(backoff)  # a lost server: no busy loop while it is away
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                try:
+                    conn.close()
+                    conn = self._listen_conn = connect(self._url)
+                    conn.execute(f"LISTEN {CHANNEL}")
+                except Exception:  # noqa: S112 - tried again after the backoff
+                    continue
+                self._on_ready(None)  # type: ignore[misc]  # what was missed meanwhile
+
+    # -- new jobs ---------------------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        """The database numbers jobs itself (``jobqueue_seq``): its latest number."""
+        return int(self._query_one("SELECT last_value FROM jobqueue_seq", ())[0])
+
+    def prepare(self, records: Sequence[JobRecord]) -> Sequence[JobRecord]:
+        return records
+
+    def add(self, prepared: object) -> object:
+        if self._closing:
+            raise StoreError("the PostgreSQL store is closed")
+        return prepared  # the round trip is commit()'s, outside the queue's mutex
+
+    def commit(self, ticket: object) -> None:
+        """Insert jobs this queue holds from the start (their handler is a closure)."""
+        records: Sequence[JobRecord] = ticket  # type: ignore[assignment]
+        with self._pool.connection() as conn:
+            leases = self._insert(conn, records, self.owner, own_transaction=True)
+        self._leases.update(leases)
+
+    def insert(self, records: Sequence[JobRecord], connection: Any = None) -> None:
+        """Insert jobs unheld, for any process to claim; all or none.
+
+        With ``connection`` (the caller's psycopg connection), inside its transaction: the
+        jobs exist once that transaction commits, and never if it rolls back.
+        """
+        if self._closing:
+            raise StoreError("the PostgreSQL store is closed")
+        if connection is None:
+            with self._pool.connection() as conn:
+                self._insert(conn, records, None, own_transaction=True)
+            if self._on_ready is not None:  # no need to wait for our own notification
+                self._on_ready({r.priority for r in records})
+            return
+        import psycopg
+
+        if not isinstance(connection, psycopg.Connection):
+            raise TypeError(f"connection must be a psycopg.Connection (sync, psycopg 3), not "
+                            f"{type(connection).__name__}")
+        self._insert(connection, records, None, own_transaction=False)
+
+    def _insert(
+        self, conn: Any, records: Sequence[JobRecord], owner: str | None, own_transaction: bool
+    ) -> dict[str, int]:
+        import psycopg
+
+        self._settle({r.id for r in records})  # a finished life must be written first
+        params = _arrays(records)
+        params.update(queue=self.queue, owner=owner, lease=self.lease)
+        try:
+            if own_transaction and len(records) == 1:
+                rows = conn.execute(_INSERT, params).fetchall()  # one statement: atomic
+            elif own_transaction or conn.info.transaction_status != 0:
+                # Inside the caller's transaction, a savepoint: a duplicate undoes only this.
+                if conn.info.transaction_status == 3:  # INERROR
+                    raise StoreError("the connection's transaction has failed already: "
+                                     "roll it back before enqueueing")
+                with conn.transaction():
+                    rows = conn.execute(_INSERT, params).fetchall()
+                    if len(rows) != len(records):
+                        raise _Refused(rows)
+            else:
+                # The caller's connection, idle outside autocommit: this statement opens the
+                # transaction that the caller commits; a duplicate rolls back only this.
+                rows = conn.execute(_INSERT, params).fetchall()
+                if len(rows) != len(records):
+                    conn.rollback()
+                    raise _Refused(rows)
+        except _Refused as refused:
+            rows = refused.rows
+        except psycopg.Error as exc:
+            raise StoreError(f"could not store the job: {exc}") from exc
+        if len(rows) != len(records):
+            added = {row[0] for row in rows}
+            missing = next(r.id for r in records if r.id not in added)
+            live = self.get(missing)  # (the refusal's cost, not every insert's)
+            status = "live" if live is None else live.status.value
+            raise DuplicateJob(f"job {missing!r} is already {status} in queue {self.queue!r}")
+        return {row[0]: row[1] for row in rows}
+
+    # -- moves of held jobs (under the queue's mutex: never block) --------------------------
+
+    def _tell(self, record: JobRecord, held: bool) -> None:
+        job_id = record.id
+        lease = self._leases.get(job_id) if held else self._leases.pop(job_id, None)
+        if lease is None:
+            return  # not held here (an unheld enqueue never moves here): nothing to fence
+        with self._lock:
+            self._pending[job_id] = (record, lease) if held else (record, -lease)
+            self._told += 1
+            self._work.notify()
+
+    def started(self, record: JobRecord) -> None:
+        self._tell(record, True)
+
+    def retrying(self, record: JobRecord) -> None:
+        self._tell(record, True)
+
+    def finished(self, record: JobRecord) -> None:
+        self._tell(record, False)
+
+    def released(self, record: JobRecord) -> None:
+        self._tell(record, False)
+
+    def _settle(self, ids: Collection[str]) -> None:
+        """Wait until every move told of these ids (all, if None) is written."""
+        with self._lock:
+            if not any(i in self._pending or i in self._writing for i in ids):
+                return
+            self._wait_written_locked(self._told)
+
+    def sync(self) -> None:
+        """Wait until every move told so far is written."""
+        with self._lock:
+            self._wait_written_locked(self._told)
+
+    def _wait_written_locked(self, told: int) -> None:
+        while self._done < told:
+            if self._closed:
+                raise StoreError("the PostgreSQL store is closed")
+            self._work.notify()
+            self._written.wait()
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        conn = None
+        heartbeat_every = self.lease / 3
+        next_heartbeat = time.monotonic() + heartbeat_every
+        backoff = 0.1
+        while True:
+            with self._lock:
+                while not self._pending and not self._closing:
+                    wait = next_heartbeat - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._work.wait(wait)
+                batch, self._pending = self._pending, {}
+                self._writing = batch
+                told = self._told
+                closing = self._closing
+            try:
+                if conn is None:
+                    conn = connect(self._url, synchronous_commit=self._fsync)
+                if batch:
+                    self._write(conn, batch)
+                if time.monotonic() >= next_heartbeat or closing:
+                    conn.execute(
+                        "UPDATE jobqueue_jobs SET lease_until = now() + make_interval(secs "
+                        "=> %s) WHERE queue = %s AND owner = %s",
+                        (self.lease, self.queue, self.owner),
+                    )
+                    next_heartbeat = time.monotonic() + heartbeat_every
+                backoff = 0.1
+            except Exception as exc:
+                logger.error("writing to PostgreSQL failed (%s); trying again in %.1f s",
+                             exc, backoff)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                with self._lock:
+                    batch.update(self._pending)  # newer moves win
+                    self._pending, self._writing = batch, {}
+                    if self._closing and self._closed:
+                        return
+                    self._work.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                continue
+            with self._lock:
+                self._writing = {}
+                self._done = told
+                self._written.notify_all()
+                if closing and not self._pending:
+                    break
+        try:
+            self._release_held(conn)
+        except Exception as exc:
+            logger.error("could not hand back this process's jobs at close (%s): other "
+                         "processes take them once their lease lapses", exc)
+        finally:
+            conn.close()
+
+    def _write(self, conn: Any, batch: dict[str, tuple[JobRecord, int]]) -> None:
+        moves = list(batch.values())
+        finished = sum(1 for record, _ in moves if record.finished_at is not None)
+        with conn.transaction():
+            written = conn.execute(_MOVE, {
+                "queue": self.queue,
+                "ids": [r.id for r, _ in moves],
+                "leases": [abs(lease) for _, lease in moves],
+                "statuses": [r.status.value for r, _ in moves],
+                "attempts": [r.attempts for r, _ in moves],
+                "errors": [r.last_error for r, _ in moves],
+                "started": [r.started_at for r, _ in moves],
+                "finished": [r.finished_at for r, _ in moves],
+                "due": [r.due_at for r, _ in moves],
+                "held": [lease > 0 for _, lease in moves],
+            }).fetchall()
+            if finished:
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, "d" + self.queue))
+        if len(written) != len(moves):
+            kept = {row[0] for row in written}
+            for record, _ in moves:
+                if record.id not in kept:
+                    self._leases.pop(record.id, None)
+                    logger.warning(
+                        "job %r was taken over by another process (this one held it past "
+                        "its lease of %s s without a heartbeat): its outcome here, %s, is "
+                        "not written", record.id, self.lease, record.status.value,
+                    )
+        self._finished_since_trim += finished
+        if finished and self._finished_since_trim > self._retention // 10:
+            self._finished_since_trim = 0
+            self._trim(conn)
+
+    def _trim(self, conn: Any) -> None:
+        """Delete finished jobs past the retention, newest kept, a batch at a time."""
+        for _ in range(100):
+            deleted = conn.execute(
+                _TRIM, {"queue": self.queue, "keep": self._retention, "batch": _TRIM_BATCH}
+            ).rowcount
+            if deleted < _TRIM_BATCH:
+                return
+
+    def _release_held(self, conn: Any) -> None:
+        """Hand every job this store holds back to the queue, for any process to claim."""
+        with conn.transaction():
+            rows = conn.execute(
+                "UPDATE jobqueue_jobs SET owner = NULL, lease_id = NULL, lease_until = NULL "
+                "WHERE queue = %s AND owner = %s RETURNING priority",
+                (self.queue, self.owner),
+            ).fetchall()
+            for priority in {row[0] for row in rows}:
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{priority}{self.queue}"))
+        self._leases.clear()
+
+    # -- claims and reads (any thread, may block) -------------------------------------------
+
+    def claim(
+        self, priority: Priority, limit: int, kinds: Collection[str] | None
+    ) -> list[JobRecord]:
+        if self._closing:
+            raise StoreError("the PostgreSQL store is closed")
+        import psycopg
+
+        query = _CLAIM.format(kinds="" if kinds is None else "AND kind = ANY(%(kinds)s)")
+        params = {"queue": self.queue, "priority": int(priority), "limit": limit,
+                  "owner": self.owner, "lease": self.lease,
+                  "kinds": None if kinds is None else list(kinds)}
+        try:
+            with self._pool.connection() as conn:
+                rows = conn.execute(query, params).fetchall()
+        except psycopg.Error as exc:
+            raise StoreError(f"could not claim jobs: {exc}") from exc
+        rows.sort(key=lambda row: row[12])  # by seq: arrival order
+        records = []
+        for row in rows:
+            record = _record(row)
+            self._leases[record.id] = row[13]
+            if row[14] is not None:
+                logger.warning("job %r taken over from %s, whose lease of it lapsed (%s)",
+                               record.id, row[14], record.status.value)
+            records.append(record)
+        return records
+
+    def get(self, job_id: str) -> JobRecord | None:
+        if not _storable(job_id):
+            return None  # no job can have it: PostgreSQL text is valid UTF-8
+        self._settle((job_id,))
+        row = self._query_one(
+            f"SELECT {_COLUMNS} FROM jobqueue_jobs WHERE queue = %s AND id = %s",
+            (self.queue, job_id),
+        )
+        return None if row is None else _record(row)
+
+    def dead_letters(self) -> list[JobRecord]:
+        self.sync()
+        return [_record(row) for row in self._query(
+            f"SELECT {_COLUMNS} FROM jobqueue_jobs WHERE queue = %s AND status = 'failed' "
+            "ORDER BY finished_at, seq", (self.queue,),
+        )]
+
+    def requeue(self, job_id: str) -> JobRecord:
+        """Make a FAILED job QUEUED again from attempt 0, for any process to claim, in one
+        statement: two processes requeueing it at once run it once. Raises KeyError for an
+        unknown id and ValueError for a job that is not FAILED."""
+        if not _storable(job_id):
+            raise KeyError(job_id)
+        self._settle((job_id,))
+        row = self._query_one(
+            f"""WITH again AS (
+                UPDATE jobqueue_jobs SET status = 'queued', attempts = 0, last_error = NULL,
+                    started_at = NULL, finished_at = NULL, due_at = NULL,
+                    seq = nextval('jobqueue_seq')
+                WHERE queue = %(queue)s AND id = %(id)s AND status = 'failed'
+                RETURNING {_COLUMNS})
+            SELECT again.*, pg_notify('{CHANNEL}', priority::text || %(queue)s) FROM again""",
+            {"queue": self.queue, "id": job_id},
+        )
+        if row is None:
+            record = self.get(job_id)
+            if record is None:
+                raise KeyError(job_id)
+            raise ValueError(f"job {job_id!r} is {record.status.value}, not failed")
+        record = _record(row)
+        if self._on_ready is not None:
+            self._on_ready((record.priority,))
+        return record
+
+    def has_live(self) -> bool:
+        """True while any process has work in this queue."""
+        self.sync()
+        return bool(self._query_one(
+            "SELECT EXISTS (SELECT 1 FROM jobqueue_jobs WHERE queue = %s AND status = ANY(%s))",
+            (self.queue, list(_LIVE_STATUSES)),
+        )[0])
+
+    def stats(self) -> QueueStats:
+        self.sync()
+        counts = {status: 0 for status in Status}
+        per_priority = {p: {status: 0 for status in Status} for p in Priority}
+        for priority, status, count in self._query(
+            "SELECT priority, status, count(*) FROM jobqueue_jobs WHERE queue = %s "
+            "GROUP BY 1, 2", (self.queue,),
+        ):
+            counts[Status(status)] += count
+            per_priority[_PRIORITIES[priority]][Status(status)] = count
+        processes = self._query_one(
+            "SELECT count(DISTINCT owner) FROM jobqueue_jobs WHERE queue = %s AND owner IS "
+            "NOT NULL AND lease_until > now()", (self.queue,),
+        )[0]
+        return QueueStats.of(counts, per_priority, processes)
+
+    def _query(self, sql: str, params: Any) -> list[Any]:
+        import psycopg
+
+        try:
+            with self._pool.connection() as conn:
+                return conn.execute(sql, params).fetchall()
+        except psycopg.Error as exc:
+            raise StoreError(f"could not read the queue: {exc}") from exc
+
+    def _query_one(self, sql: str, params: Any) -> Any:
+        rows = self._query(sql, params)
+        return rows[0] if rows else None
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def close(self, timeout: float | None = None) -> None:
+        """Write every move told, hand back the jobs still held, stop the threads. Waits up
+        to ``timeout`` seconds (None: no limit) for the writer."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closing = True
+            self._work.notify()
+        self._writer.join(timeout)
+        if self._writer.is_alive():
+            logger.error("the PostgreSQL writer did not finish within %s s: moves not yet "
+                         "written are lost, and other processes take this one's jobs once "
+                         "their lease lapses", timeout)
+        if self._listener is not None:
+            try:
+                with self._pool.connection() as conn:
+                    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, "s" + self.owner))
+                self._listener.join(timeout)
+            except StoreError:
+                pass
+            self._listen_conn.close()
+        with self._lock:
+            self._closed = True
+            self._written.notify_all()
+        self._pool.close()
+
+
+class _Refused(Exception):
+    """Some ids were live already: carries the rows that were inserted, then undone."""
+
+    def __init__(self, rows: list[Any]) -> None:
+        super().__init__()
+        self.rows = rows
+
