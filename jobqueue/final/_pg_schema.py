@@ -82,15 +82,21 @@ def _psycopg() -> Any:
     return psycopg
 
 
-def connect(url: str, *, synchronous_commit: bool = True) -> Any:
-    """An autocommit connection to ``url``; raises StoreError naming the database."""
+def connect(url: str, *, synchronous_commit: bool = True, lease: float | None = None) -> Any:
+    """An autocommit connection to ``url``; raises StoreError naming the database.
+
+    With ``lease``, the server ends a transaction this connection leaves open longer than
+    that: a process stopped mid-transaction must not hold row locks past its lease.
+    """
     psycopg = _psycopg()
     try:
         conn = psycopg.connect(url, autocommit=True)
+        if not synchronous_commit:
+            conn.execute("SET synchronous_commit = off")
+        if lease is not None:
+            conn.execute(f"SET idle_in_transaction_session_timeout = {max(1, int(lease * 1000))}")
     except psycopg.Error as exc:
         raise StoreError(f"cannot connect to the database: {_first_line(exc)}") from exc
-    if not synchronous_commit:
-        conn.execute("SET synchronous_commit = off")
     return conn
 
 
@@ -105,7 +111,10 @@ def create_schema(conn: Any) -> None:
     try:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            conn.execute(_SCHEMA)
+            # Made already: read the version only. CREATE INDEX IF NOT EXISTS would lock the
+            # table against every writer, and wait for a stopped process's open transaction.
+            if conn.execute("SELECT to_regclass('jobqueue_meta') IS NULL").fetchone()[0]:
+                conn.execute(_SCHEMA)
             row = conn.execute(
                 "SELECT value FROM jobqueue_meta WHERE key = 'schema_version'"
             ).fetchone()
@@ -144,9 +153,12 @@ class ConnectionPool:
     """Connections for callers that come and go (producers, status, the CLI): one each at a
     time, kept for the next caller. A connection that failed is dropped, not reused."""
 
-    def __init__(self, url: str, synchronous_commit: bool, keep: int = 8) -> None:
+    def __init__(
+        self, url: str, synchronous_commit: bool, lease: float | None = None, keep: int = 8
+    ) -> None:
         self._url = url
         self._synchronous_commit = synchronous_commit
+        self._lease = lease
         self._keep = keep
         self._lock = threading.Lock()  # guards _idle and _closed
         self._idle: list[Any] = []
@@ -159,7 +171,8 @@ class ConnectionPool:
                 raise StoreError("the PostgreSQL store is closed")
             conn = self._idle.pop() if self._idle else None
         if conn is None:
-            conn = connect(self._url, synchronous_commit=self._synchronous_commit)
+            conn = connect(self._url, synchronous_commit=self._synchronous_commit,
+                           lease=self._lease)
         try:
             yield conn
         except BaseException:

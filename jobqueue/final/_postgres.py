@@ -83,7 +83,9 @@ FROM added
 """
 
 # One claim: the oldest unheld live jobs of a priority, then jobs whose lease lapsed. Rows
-# another claimer has locked are skipped, not waited for.
+# another claimer has locked are skipped, not waited for. A lapsed lease of this store's own
+# is not taken back: the queue still holds that job (it was paused), and the next heartbeat
+# renews the lease unless another process took the job meanwhile.
 _CLAIM = f"""
 WITH unheld AS (
     SELECT id, seq, NULL::text AS old_owner FROM jobqueue_jobs
@@ -93,7 +95,7 @@ WITH unheld AS (
 ), lapsed AS (
     SELECT id, seq, owner AS old_owner FROM jobqueue_jobs
     WHERE queue = %(queue)s AND owner IS NOT NULL AND lease_until < now()
-      AND priority = %(priority)s {{kinds}}
+      AND owner <> %(owner)s AND priority = %(priority)s {{kinds}}
     ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), picked AS (
     SELECT * FROM unheld UNION ALL SELECT * FROM lapsed ORDER BY seq LIMIT %(limit)s
@@ -107,7 +109,10 @@ RETURNING {", ".join("j." + c.strip() for c in _COLUMNS.split(","))}, j.lease_id
 """
 
 # Moves, written in a batch. Each row is conditional on the claim it came from (lease_id).
+# One statement, notifying waiters of finished jobs: no transaction is left open between
+# statements, whose row locks a process stopped there would hold.
 _MOVE = """
+WITH moved AS (
 UPDATE jobqueue_jobs AS j SET
     status = u.status, attempts = u.attempts, last_error = u.last_error,
     started_at = u.started_at, finished_at = u.finished_at, due_at = u.due_at,
@@ -120,8 +125,12 @@ FROM unnest(%(ids)s::text[], %(leases)s::bigint[], %(statuses)s::text[],
             %(finished)s::float8[], %(due)s::float8[], %(held)s::bool[])
      AS u(id, lease_id, status, attempts, last_error, started_at, finished_at, due_at, held)
 WHERE j.queue = %(queue)s AND j.id = u.id AND j.lease_id = u.lease_id
-RETURNING j.id
-"""
+RETURNING j.id, j.status
+)
+SELECT id, CASE WHEN status IN ('completed', 'failed')
+                THEN pg_notify('{channel}', 'd' || %(queue)s) END
+FROM moved
+""".replace("{channel}", CHANNEL)
 
 _TRIM = """
 DELETE FROM jobqueue_jobs WHERE queue = %(queue)s AND id IN (
@@ -179,9 +188,13 @@ class PostgresStore:
         self._retention = retention
         #: This store's name in the owner column: host, pid and a nonce, for people to read.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._pool = ConnectionPool(url, synchronous_commit=fsync)
-        with self._pool.connection() as conn:
-            create_schema(conn)
+        self._pool = ConnectionPool(url, synchronous_commit=fsync, lease=lease)
+        try:
+            with self._pool.connection() as conn:
+                create_schema(conn)
+        except BaseException:
+            self._pool.close()
+            raise
         # The lease_id of every job this store holds, by id. Single dict operations: the
         # claimer adds, the queue's calls (under its mutex) read and remove.
         self._leases: dict[str, int] = {}
@@ -402,7 +415,7 @@ class PostgresStore:
                 closing = self._closing
             try:
                 if conn is None:
-                    conn = connect(self._url, synchronous_commit=self._fsync)
+                    conn = connect(self._url, synchronous_commit=self._fsync, lease=self.lease)
                 if batch:
                     self._write(conn, batch)
                 if time.monotonic() >= next_heartbeat or closing:
@@ -444,21 +457,18 @@ class PostgresStore:
     def _write(self, conn: Any, batch: dict[str, tuple[JobRecord, int]]) -> None:
         moves = list(batch.values())
         finished = sum(1 for record, _ in moves if record.finished_at is not None)
-        with conn.transaction():
-            written = conn.execute(_MOVE, {
-                "queue": self.queue,
-                "ids": [r.id for r, _ in moves],
-                "leases": [abs(lease) for _, lease in moves],
-                "statuses": [r.status.value for r, _ in moves],
-                "attempts": [r.attempts for r, _ in moves],
-                "errors": [r.last_error for r, _ in moves],
-                "started": [r.started_at for r, _ in moves],
-                "finished": [r.finished_at for r, _ in moves],
-                "due": [r.due_at for r, _ in moves],
-                "held": [lease > 0 for _, lease in moves],
-            }).fetchall()
-            if finished:
-                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, "d" + self.queue))
+        written = conn.execute(_MOVE, {
+            "queue": self.queue,
+            "ids": [r.id for r, _ in moves],
+            "leases": [abs(lease) for _, lease in moves],
+            "statuses": [r.status.value for r, _ in moves],
+            "attempts": [r.attempts for r, _ in moves],
+            "errors": [r.last_error for r, _ in moves],
+            "started": [r.started_at for r, _ in moves],
+            "finished": [r.finished_at for r, _ in moves],
+            "due": [r.due_at for r, _ in moves],
+            "held": [lease > 0 for _, lease in moves],
+        }).fetchall()
         if len(written) != len(moves):
             kept = {row[0] for row in written}
             for record, _ in moves:
