@@ -83,6 +83,10 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"host={self.directory} user=postgres dbname={database}"
 
+    def uri(self, database: str) -> str:
+        """The same database as a ``postgresql://`` URI, as the command line takes it."""
+        return f"postgresql://postgres@/{database}?host={self.directory}"
+
     def new_database(self) -> str:
         """Make an empty database; return its URL."""
         import psycopg

@@ -4,6 +4,10 @@ Read commands (stats, list, show) open the LMDB store read-only: they never writ
 readers never block the owning process. Repairs (requeue, purge) need the store to be free:
 each is one transaction. All of it goes through the public :mod:`jobqueue.final.admin`.
 
+Given a ``postgresql://`` URL instead of a directory (and ``--queue NAME``), the commands read
+and repair a queue in PostgreSQL through :mod:`jobqueue.final.pg_admin`, while its processes
+run: each repair is one transaction, and a job a process holds is refused (exit 2).
+
 Exit status: 0 done; 1 refused because a process owns the store; 2 bad input (a missing path,
 not a store, an unknown id, a store from a newer jobqueue, a store it may not read); 3 an error
 it did not expect, told in one line like the others: the command never prints a traceback.
@@ -28,8 +32,9 @@ import lmdb
 
 from jobqueue import __version__
 from jobqueue.errors import StoreError, StoreLocked
-from jobqueue.final import JobRecord, Status, admin
+from jobqueue.final import JobRecord, Status, admin, pg_admin
 from jobqueue.final.admin import StoreReader
+from jobqueue.final.pg_admin import QueueReader, is_database_url
 
 __all__ = ["main"]
 
@@ -53,8 +58,12 @@ class CommandError(Exception):
 
 # -- reading -------------------------------------------------------------------------------
 
-def _open(path: str) -> StoreReader:
+def _open(path: str, queue: str = "default") -> StoreReader | QueueReader:
+    """A reader of the LMDB store at ``path``, or of queue ``queue`` in the PostgreSQL
+    database ``path`` names (a ``postgresql://`` URL)."""
     try:
+        if is_database_url(path):
+            return QueueReader(path, queue)
         return StoreReader(path)
     except StoreError as exc:
         raise CommandError(str(exc)) from None
@@ -89,9 +98,9 @@ def _job_json(record: JobRecord, payload: bool = False) -> dict[str, Any]:
     return data
 
 
-def stats(path: str) -> dict[str, Any]:
+def stats(path: str, queue: str = "default") -> dict[str, Any]:
     """The ``stats --json`` shape, documented in the README."""
-    with _open(path) as reader:
+    with _open(path, queue) as reader:
         by_status: Counter[str] = Counter()
         by_priority: Counter[str] = Counter()
         oldest: float | None = None
@@ -101,20 +110,24 @@ def stats(path: str) -> dict[str, Any]:
                 by_priority[record.priority.name.lower()] += 1
             if record.status is Status.QUEUED and (oldest is None or record.created_at < oldest):
                 oldest = record.created_at
-        return {
+        data = {
             "by_status": {status: by_status[status] for status in _STATUSES},
             "by_priority": {priority: by_priority[priority] for priority in _PRIORITIES},
             "dead_letters": by_status[Status.FAILED.value],
             "oldest_queued_age": None if oldest is None else max(0.0, time.time() - oldest),
-            "disk_bytes": reader.disk_bytes(),
-            "map_size": reader.map_size(),
-            "owner_pid": reader.owner_pid(),
         }
+        if isinstance(reader, QueueReader):
+            data.update(queue=reader.queue, table_bytes=reader.table_bytes(),
+                        processes=reader.holders(), lapsed_leases=reader.lapsed())
+        else:
+            data.update(disk_bytes=reader.disk_bytes(), map_size=reader.map_size(),
+                        owner_pid=reader.owner_pid())
+        return data
 
 
 def select(path: str, status: str | None, priority: str | None, kind: str | None,
-           limit: int | None) -> list[JobRecord]:
-    with _open(path) as reader:
+           limit: int | None, queue: str = "default") -> list[JobRecord]:
+    with _open(path, queue) as reader:
         found = []
         for record in reader.records():
             if status is not None and record.status.value != status:
@@ -128,15 +141,19 @@ def select(path: str, status: str | None, priority: str | None, kind: str | None
     return found if limit is None else found[:limit]
 
 
-def show(path: str, job_id: str) -> JobRecord:
-    with _open(path) as reader:
+def show(path: str, job_id: str, queue: str = "default") -> JobRecord:
+    with _open(path, queue) as reader:
         try:
             record = reader.get(job_id)
         except StoreError as exc:
             raise CommandError(str(exc)) from None
     if record is None:
-        raise CommandError(f"no job {job_id!r} in {path!r}")
+        raise CommandError(f"no job {job_id!r} in {_where(path, queue)}")
     return record
+
+
+def _where(path: str, queue: str) -> str:
+    return f"queue {queue!r} of the database" if is_database_url(path) else repr(path)
 
 
 # -- printing ------------------------------------------------------------------------------
@@ -187,12 +204,20 @@ def _table(rows: Sequence[Sequence[str]], width: int) -> str:
 def _print_stats(data: dict[str, Any]) -> None:
     statuses = "  ".join(f"{k} {v}" for k, v in data["by_status"].items())
     priorities = "  ".join(f"{k} {v}" for k, v in data["by_priority"].items())
-    owner = data["owner_pid"]
     age = data["oldest_queued_age"]
     print(f"jobs by status    {statuses}")
     print(f"live by priority  {priorities}")
     print(f"dead letters      {data['dead_letters']}")
     print(f"oldest queued     {'-' if age is None else _age(time.time() - age)}")
+    if "queue" in data:
+        processes = data["processes"]
+        held = ", ".join(f"{_printable(owner)} ({count})" for owner, count in processes.items())
+        print(f"queue             {_printable(data['queue'])}")
+        print(f"table size        {_size(data['table_bytes'])}, every queue of the database")
+        print(f"processes         {len(processes)} holding jobs" + (f": {held}" if held else ""))
+        print(f"lapsed leases     {data['lapsed_leases']} (claimed by the next process to look)")
+        return
+    owner = data["owner_pid"]
     print(f"store size        {_size(data['disk_bytes'])} on disk, map {_size(data['map_size'])}")
     print(f"owner             {'none' if owner is None else f'process {owner}'}")
 
@@ -242,8 +267,13 @@ def _print_show(record: JobRecord) -> None:
 
 # -- repairing -----------------------------------------------------------------------------
 
-def _repair(path: str, change: str, ids: list[str] | None, statuses: list[Status]) -> list[str]:
+def _repair(path: str, change: str, ids: list[str] | None, statuses: list[Status],
+            queue: str = "default") -> list[str]:
     try:
+        if is_database_url(path):  # many writers: each repair is one transaction
+            if change == "requeue":
+                return pg_admin.requeue(path, queue, ids)
+            return pg_admin.purge(path, queue, ids, statuses)
         if change == "requeue":
             return admin.requeue(path, ids)
         return admin.purge(path, ids, statuses)
@@ -255,7 +285,8 @@ def _repair(path: str, change: str, ids: list[str] | None, statuses: list[Status
     except StoreError as exc:
         raise CommandError(str(exc)) from None
     except KeyError as exc:
-        raise CommandError(f"no job {exc.args[0]!r} in {path!r}; nothing changed") from None
+        raise CommandError(f"no job {exc.args[0]!r} in {_where(path, queue)}; nothing "
+                           "changed") from None
     except ValueError as exc:
         raise CommandError(f"{exc}; nothing changed") from None
 
@@ -264,6 +295,7 @@ def _repair(path: str, change: str, ids: list[str] | None, statuses: list[Status
 
 EXAMPLES = """examples:
   jobqueue stats ./jobs.db                 counts, oldest queued job, owner
+  jobqueue stats postgresql:///app --queue emails   a queue in PostgreSQL
   jobqueue stats ./jobs.db --watch 2       refresh every 2 seconds
   jobqueue list ./jobs.db --status failed  the dead letters, with their last error
   jobqueue show ./jobs.db welcome-42       everything stored about one job
@@ -308,7 +340,10 @@ def _parser() -> argparse.ArgumentParser:
             name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        sub.add_argument("path", metavar="PATH", help="the store directory (persist_path)")
+        sub.add_argument("path", metavar="PATH", help="the store directory (persist_path), "
+                         "or a postgresql:// URL (database_url)")
+        sub.add_argument("--queue", default="default", metavar="NAME",
+                         help="in a database, the queue_name (default: default)")
         return sub
 
     sub = command("stats", "counts by status and priority, dead letters, size, owner",
@@ -344,7 +379,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> None:
     if args.command == "stats":
         while True:
-            data = stats(args.path)
+            data = stats(args.path, args.queue)
             if args.json:
                 print(_dumps(data), flush=True)
             else:
@@ -357,13 +392,14 @@ def _run(args: argparse.Namespace) -> None:
             else:
                 print()
     elif args.command == "list":
-        records = select(args.path, args.status, args.priority, args.kind, args.limit)
+        records = select(args.path, args.status, args.priority, args.kind, args.limit,
+                         args.queue)
         if args.json:
             print(_dumps([_job_json(r) for r in records]))
         else:
             _print_list(records)
     elif args.command == "show":
-        record = show(args.path, args.id)
+        record = show(args.path, args.id, args.queue)
         if args.json:
             print(_dumps(_job_json(record, payload=True)))
         else:
@@ -371,7 +407,8 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "requeue":
         if bool(args.ids) == args.all_failed:
             raise CommandError("requeue takes job ids or --all-failed, not both or neither")
-        done = _repair(args.path, "requeue", None if args.all_failed else args.ids, [])
+        done = _repair(args.path, "requeue", None if args.all_failed else args.ids, [],
+                       args.queue)
         shown = ", ".join(_printable(job_id) for job_id in done[:20])
         print(f"requeued {len(done)} jobs" + (f": {shown}" if done else ""))
     elif args.command == "purge":
@@ -379,7 +416,8 @@ def _run(args: argparse.Namespace) -> None:
                                     (Status.FAILED, args.failed)) if on]
         if bool(args.ids) == bool(statuses):
             raise CommandError("purge takes job ids, or --completed and/or --failed")
-        done = _repair(args.path, "purge", None if statuses else args.ids, statuses)
+        done = _repair(args.path, "purge", None if statuses else args.ids, statuses,
+                       args.queue)
         print(f"purged {len(done)} jobs")
 
 
@@ -405,7 +443,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a store it may not read (permissions), a disk error
         where = f" {exc.filename!r}" if exc.filename else ""
         return _fail(f"cannot read{where}: {exc.strerror or exc}", EXIT_USAGE)
-    except Exception as exc:  # a bug: one line, and the way to report it
+    except Exception as exc:
+        if type(exc).__module__.startswith("psycopg"):  # the database said no: not a bug here
+            return _fail(f"the database refused: {exc}", EXIT_USAGE)
+        # A bug: one line, and the way to report it.
         return _fail(f"unexpected {type(exc).__name__}: {exc} (please report it)",
                      EXIT_UNEXPECTED)
     return 0

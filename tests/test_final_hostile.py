@@ -4,7 +4,6 @@ calls, forks, and races on a new store. Each test here failed before the fix it 
 from __future__ import annotations
 
 import dataclasses
-
 import functools
 import logging
 import math

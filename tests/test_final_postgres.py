@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import logging
 import signal
 import subprocess
@@ -22,7 +23,7 @@ import psycopg
 import pytest
 from test_final_contract import Gate, held, until
 
-from jobqueue import final
+from jobqueue import cli, final
 from jobqueue.errors import DuplicateJob, StoreError
 from jobqueue.final import Priority, Status
 from jobqueue.final._pg_schema import SCHEMA_VERSION
@@ -123,7 +124,7 @@ class TestSharing:
                                                       queues: list) -> None:
         gate = Gate()
         first = open_queue(queues, config, handler=gate, num_workers=1)
-        second = open_queue(queues, config, handler=None, handlers={"other": print})  # runs none of it
+        second = open_queue(queues, config, handler=None, handlers={"other": print})
         first.enqueue(final.Job("one"))
         assert gate.started.wait(10)
         # As the other process sees it: queued until its "started" reaches the database.
@@ -394,3 +395,76 @@ class TestManyProcesses:
         assert statuses(database_url) == {"completed": 10}  # nothing overwritten
         assert "taken over by another process" in errors
         assert set(runs(runlog)) == {f"s{i}" for i in range(10)}
+
+
+class TestCommandLine:
+    """``jobqueue`` given a postgresql:// URL, while a queue's processes run."""
+
+    @pytest.fixture
+    def uri(self, database_url: str) -> str:
+        name = database_url.rsplit("dbname=", 1)[1]
+        host = database_url.split("host=", 1)[1].split()[0]
+        return f"postgresql://postgres@/{name}?host={host}"
+
+    def test_stats_list_show_requeue_and_purge(
+        self, config: final.Config, queues: list, uri: str,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        gate = Gate()
+        fails = threading.Event()
+        fails.set()
+
+        def handler(payload: bytes) -> None:
+            if payload == b"gate":
+                gate(payload)
+            elif fails.is_set():
+                raise ConnectionError("https://hooks.example/down")
+
+        queue = open_queue(queues, config, handler=handler, max_retries=0, queue_name="hooks")
+        queue.enqueue(final.Job("held", b"gate"))
+        assert gate.started.wait(10)
+        queue.enqueue_many(final.Job(f"bad{i}") for i in range(2))
+        for i in range(2):
+            assert queue.wait(f"bad{i}", 10) is Status.FAILED
+        queue._core.store.sync()
+
+        assert cli.main(["stats", uri, "--queue", "hooks", "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["by_status"]["failed"] == 2 and data["by_status"]["processing"] == 1
+        assert data["queue"] == "hooks" and list(data["processes"].values()) == [1]
+        assert cli.main(["stats", uri, "--queue", "hooks"]) == 0
+        assert "processes         1 holding jobs" in capsys.readouterr().out
+        assert cli.main(["list", uri, "--queue", "hooks", "--status", "failed"]) == 0
+        assert "ConnectionError" in capsys.readouterr().out
+        assert cli.main(["show", uri, "bad0", "--queue", "hooks"]) == 0
+        assert "failed" in capsys.readouterr().out
+        assert cli.main(["show", uri, "bad0"]) == 2  # another queue: not there
+        assert "no job 'bad0' in queue 'default'" in capsys.readouterr().err
+
+        # A job a process is running is neither requeued nor purged from under it.
+        assert cli.main(["requeue", uri, "held", "--queue", "hooks"]) == 2
+        assert "'held' is processing and held by process" in capsys.readouterr().err
+        assert cli.main(["purge", uri, "held", "--queue", "hooks"]) == 2
+        assert "held by process" in capsys.readouterr().err
+        assert queue.status("held") is Status.PROCESSING
+
+        fails.clear()
+        assert cli.main(["requeue", uri, "--queue", "hooks", "--all-failed"]) == 0
+        assert "requeued 2 jobs" in capsys.readouterr().out
+        for i in range(2):  # the running queue heard of them, and ran them
+            assert queue.wait(f"bad{i}", 10) is Status.COMPLETED
+        gate.release.set()
+        assert queue.wait("held", 10) is Status.COMPLETED
+        queue._core.store.sync()
+        assert cli.main(["purge", uri, "--queue", "hooks", "--completed"]) == 0
+        assert "purged 3 jobs" in capsys.readouterr().out
+        assert queue.status("held") is None
+
+    def test_bad_urls_are_one_line(self, uri: str, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+        assert cli.main(["stats", uri]) == 2  # a database no queue has used
+        assert "holds no jobqueue tables" in capsys.readouterr().err
+        assert cli.main(["stats", f"postgresql://postgres@/none?host={tmp_path}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("jobqueue: error: cannot connect") and err.count("\n") <= 1
+

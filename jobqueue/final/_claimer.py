@@ -43,7 +43,7 @@ def claim(core: Core, policy: RetryPolicy) -> None:
     Each pass claims for every priority with room, so a priority that keeps freeing room
     (HIGH under a flood) cannot keep the others from being claimed.
     """
-    table, store = core.table, core.store
+    store = core.store
     # A shared store gets jobs from other processes, which notify; in case a notice is lost,
     # look at every priority again once per poll interval.
     poll = store.poll_interval if core.shared else None  # type: ignore[attr-defined]

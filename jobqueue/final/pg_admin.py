@@ -1,0 +1,165 @@
+"""Inspect and repair a queue kept in PostgreSQL, while its processes run.
+
+The ``jobqueue`` command uses this module for a ``postgresql://`` URL; scripts can too::
+
+    from jobqueue.final import pg_admin
+
+    with pg_admin.QueueReader("postgresql:///app", "emails") as reader:
+        failed = [r.id for r in reader.records() if r.status is Status.FAILED]
+    pg_admin.requeue("postgresql:///app", "emails", failed)
+
+Reads are plain queries. Repairs run while processes work, each in one transaction that
+locks the rows it changes (claims skip locked rows, so no process takes one meanwhile), and
+refuse, before changing anything, a job a process holds: it is running or about to, and
+changing it from under its worker would run it twice or lose its outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Sequence
+from typing import Any
+
+from jobqueue.errors import StoreError
+from jobqueue.final._pg_schema import CHANNEL, check_schema, connect
+from jobqueue.final._postgres import _COLUMNS, _record
+from jobqueue.final._states import Status
+from jobqueue.final._store import JobRecord
+
+__all__ = ["QueueReader", "is_database_url", "purge", "requeue"]
+
+
+def is_database_url(text: str) -> bool:
+    """True for what names a PostgreSQL database rather than an LMDB store directory."""
+    return text.startswith(("postgresql://", "postgres://"))
+
+
+def _open(url: str) -> Any:
+    import psycopg
+
+    conn = connect(url)
+    try:
+        check_schema(conn)
+    except (psycopg.Error, StoreError):
+        conn.close()
+        raise
+    return conn
+
+
+class QueueReader:
+    """Read-only views of one queue of a database. Raises ``StoreError`` if the database
+    cannot be reached or holds no jobqueue tables."""
+
+    def __init__(self, url: str, queue: str = "default") -> None:
+        self.url = url
+        self.queue = queue
+        self._conn = _open(url)
+
+    def records(self) -> Iterator[JobRecord]:
+        rows = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM jobqueue_jobs WHERE queue = %s ORDER BY created_at, id",
+            (self.queue,),
+        )
+        for row in rows:
+            yield _record(row)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        row = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM jobqueue_jobs WHERE queue = %s AND id = %s",
+            (self.queue, job_id),
+        ).fetchone()
+        return None if row is None else _record(row)
+
+    def holders(self) -> dict[str, int]:
+        """The processes holding jobs of this queue under a live lease, and how many each."""
+        return dict(self._conn.execute(
+            "SELECT owner, count(*) FROM jobqueue_jobs WHERE queue = %s AND owner IS NOT NULL "
+            "AND lease_until > now() GROUP BY owner ORDER BY owner", (self.queue,),
+        ).fetchall())
+
+    def lapsed(self) -> int:
+        """Jobs whose holder stopped heartbeating: any process claims them next."""
+        return self._conn.execute(
+            "SELECT count(*) FROM jobqueue_jobs WHERE queue = %s AND owner IS NOT NULL "
+            "AND lease_until <= now()", (self.queue,),
+        ).fetchone()[0]
+
+    def table_bytes(self) -> int:
+        return self._conn.execute(
+            "SELECT pg_total_relation_size('jobqueue_jobs')"
+        ).fetchone()[0]
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> QueueReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _locked(conn: Any, queue: str, job_ids: Sequence[str]) -> list[tuple[JobRecord, str | None]]:
+    """The jobs, locked until the transaction ends, with their holder; KeyError if one is
+    unknown, ValueError if one is held by a process."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS}, CASE WHEN lease_until > now() THEN owner END FROM jobqueue_jobs "
+        "WHERE queue = %s AND id = ANY(%s) FOR UPDATE", (queue, list(job_ids)),
+    ).fetchall()
+    found = {row[0]: (_record(row), row[13]) for row in rows}
+    for job_id in job_ids:
+        if job_id not in found:
+            raise KeyError(job_id)
+    chosen = [found[job_id] for job_id in dict.fromkeys(job_ids)]
+    for record, holder in chosen:
+        if holder is not None:
+            raise ValueError(f"job {record.id!r} is {record.status.value} and held by process "
+                             f"{holder}: it runs there, or is about to; changing it now would "
+                             "run it twice or lose its outcome")
+    return chosen
+
+
+def requeue(url: str, queue: str, job_ids: Sequence[str] | None = None) -> list[str]:
+    """Make FAILED jobs QUEUED again from attempt 0, for any process to claim; ``None``
+    means every FAILED job. One transaction; returns the ids requeued. Raises ``KeyError``
+    for an unknown id and ``ValueError`` for one that is not FAILED (a job being processed
+    among them), before anything is written."""
+    with _open(url) as conn, conn.transaction():
+        if job_ids is None:
+            job_ids = [row[0] for row in conn.execute(
+                "SELECT id FROM jobqueue_jobs WHERE queue = %s AND status = 'failed' "
+                "ORDER BY finished_at FOR UPDATE", (queue,),
+            ).fetchall()]
+        chosen = _locked(conn, queue, job_ids)
+        for record, _ in chosen:
+            if record.status is not Status.FAILED:
+                raise ValueError(f"job {record.id!r} is {record.status.value}, not failed")
+        ids = [record.id for record, _ in chosen]
+        rows = conn.execute(
+            "UPDATE jobqueue_jobs SET status = 'queued', attempts = 0, last_error = NULL, "
+            "started_at = NULL, finished_at = NULL, due_at = NULL, owner = NULL, "
+            "lease_id = NULL, lease_until = NULL, seq = nextval('jobqueue_seq') "
+            "WHERE queue = %s AND id = ANY(%s) RETURNING priority", (queue, ids),
+        ).fetchall()
+        for priority in {row[0] for row in rows}:
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{priority}{queue}"))
+        return ids
+
+
+def purge(
+    url: str, queue: str, job_ids: Sequence[str] | None = None,
+    statuses: Collection[Status] = (),
+) -> list[str]:
+    """Delete the given jobs, or every finished job in ``statuses``. One transaction;
+    returns the ids deleted. Raises ``KeyError`` for an unknown id and ``ValueError`` for a
+    job a process holds, before anything is written."""
+    with _open(url) as conn, conn.transaction():
+        if job_ids is None:
+            finished = [s.value for s in statuses if s in (Status.COMPLETED, Status.FAILED)]
+            return [row[0] for row in conn.execute(
+                "DELETE FROM jobqueue_jobs WHERE queue = %s AND status = ANY(%s) RETURNING id",
+                (queue, finished),
+            ).fetchall()]
+        chosen = _locked(conn, queue, job_ids)
+        ids = [record.id for record, _ in chosen]
+        conn.execute("DELETE FROM jobqueue_jobs WHERE queue = %s AND id = ANY(%s)", (queue, ids))
+        return ids
