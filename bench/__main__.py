@@ -33,17 +33,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MAIN = ["naive", "improved", "final-memory", "final-lmdb", "final-lmdb-fsync", "threadpool",
         "queue-floor", "persist-queue", "huey"]
 FSYNC_PEERS = ["persist-queue-fsync", "huey-fsync"]
+POSTGRES = ["final-postgres", "final-postgres-fsync"]
 
 # scenario -> [(variant, systems, run(name, size) -> row)]
 Plan = dict[str, list[tuple[str, list[str], Callable[[str, Size], dict[str, Any]]]]]
 PLAN: Plan = {
     "throughput": [
-        ("1 producer", MAIN, lambda n, s: scenarios.throughput(n, s, producers=1)),
-        ("4 producers", MAIN + FSYNC_PEERS, lambda n, s: scenarios.throughput(n, s, producers=4)),
-        ("enqueue_many", ["final-memory", "final-lmdb", "final-lmdb-fsync"],
+        ("1 producer", MAIN + POSTGRES, lambda n, s: scenarios.throughput(n, s, producers=1)),
+        ("4 producers", MAIN + FSYNC_PEERS + POSTGRES,
+         lambda n, s: scenarios.throughput(n, s, producers=4)),
+        ("enqueue_many", ["final-memory", "final-lmdb", "final-lmdb-fsync", *POSTGRES],
          lambda n, s: scenarios.throughput(n, s, producers=1, batch=True)),
     ],
-    "latency": [("10,000/s offered", MAIN, scenarios.latency)],
+    "latency": [("10,000/s offered", MAIN + POSTGRES, scenarios.latency)],
     "memory": [("1,000,000 offered", ["naive", "improved", "final-memory", "final-lmdb",
                                       "threadpool", "queue-floor"], scenarios.memory)],
     "starvation": [("HIGH flood", ["improved", "final-memory", "final-lmdb"],

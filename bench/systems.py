@@ -157,6 +157,30 @@ class FinalLmdbFsync(FinalLmdb):
     scale = 0.2
 
 
+class FinalPostgres(FinalMemory):
+    """final in PostgreSQL: a fresh database of the bench's own server for each run."""
+
+    name = "final-postgres"
+    durability = "PostgreSQL, synchronous_commit=off: survives the process dying"
+    durable = True
+    scale = 0.2
+
+    def _config(self, workers: int, store: str | None) -> final.Config:
+        from bench import postgres
+
+        return final.Config(
+            num_workers=workers, queue_size=1000, handler=self._run_payload,
+            database_url=postgres.new_database(), fsync=self.fsync,
+        )
+
+
+class FinalPostgresFsync(FinalPostgres):
+    name = "final-postgres-fsync"
+    durability = "PostgreSQL, synchronous_commit=on: survives the server losing power"
+    fsync = True
+    scale = 0.1
+
+
 class ThreadPool(System):
     name = "threadpool"
 
@@ -298,8 +322,9 @@ class HueyFsync(Huey):
 SYSTEMS: dict[str, type[System]] = {
     cls.name: cls
     for cls in (
-        Naive, Improved, FinalMemory, FinalLmdb, FinalLmdbFsync, ThreadPool, QueueFloor,
-        PersistQueue, PersistQueueFsync, Huey, HueyFsync,
+        Naive, Improved, FinalMemory, FinalLmdb, FinalLmdbFsync, FinalPostgres,
+        FinalPostgresFsync, ThreadPool, QueueFloor, PersistQueue, PersistQueueFsync, Huey,
+        HueyFsync,
     )
 }
 PEER_PACKAGES = {
@@ -310,6 +335,10 @@ PEER_PACKAGES = {
 
 def available(name: str) -> str | None:
     """None if the system can run here, else why not (a missing optional package)."""
+    if name.startswith("final-postgres") or name.startswith("sql-floor"):
+        from bench import postgres
+
+        return postgres.unavailable()
     package = PEER_PACKAGES.get(name)
     if package is None:
         return None

@@ -6,6 +6,8 @@ Every run of a handler appends ``<job id> <pid>`` to RUNLOG, one write each (O_A
 lines, and a process killed after the write leaves it there).
 
 - ``drain``: run jobs until no process has work in the queue (``join()``), then close.
+- ``poison``: as ``drain``, but the job ``poison`` ends the process (``os._exit``), with
+  ``max_retries=2``.
 - ``hold``: the handler of the first job waits for a line ``go`` on stdin, then raises, as
   every later job's handler does; close once stdin says ``quit``. Used to stop the process
   with a job in hand, and see what it writes when it resumes.
@@ -31,6 +33,8 @@ def main() -> None:
 
     def run(payload: bytes) -> None:
         job_id = final.current_job().job.id
+        if mode == "poison" and job_id == "poison":
+            os._exit(3)  # the handler takes its process down, every time
         os.write(log_fd, f"{job_id} {pid}\n".encode())
         if mode == "hold":
             go.wait()
@@ -38,12 +42,13 @@ def main() -> None:
 
     config = final.Config(
         database_url=url, queue_name=queue_name, num_workers=int(workers), lease=float(lease),
-        handlers={"work": run}, max_retries=0 if mode == "hold" else 3, base_delay=0.01,
+        handlers={"work": run}, max_retries={"hold": 0, "poison": 2}.get(mode, 3),
+        base_delay=0.01,
         queue_size=20, shutdown_timeout=30,
     )
     with final.JobQueue(config) as queue:
         print("started", queue._core.store.owner, flush=True)  # type: ignore[attr-defined]
-        if mode == "drain":
+        if mode in ("drain", "poison"):
             queue.join()
         else:
             for line in sys.stdin:

@@ -368,6 +368,30 @@ class TestManyProcesses:
         duplicates = sum(count - 1 for count in ran.values())
         assert duplicates <= held_by_victim
 
+    def test_a_job_that_kills_every_process_ends_failed(self, database_url: str,
+                                                         tmp_path: Path) -> None:
+        config = final.Config(database_url=database_url, handler=None)
+        with final.JobQueue(config) as producer:
+            producer.enqueue(final.Job("poison", kind="work"))
+            producer.enqueue_many(final.Job(f"j{i}", kind="work") for i in range(20))
+        runlog = tmp_path / "runs"
+        exits = []
+        for _ in range(8):
+            child = Child("poison", database_url, runlog, workers=1, lease=0.5)
+            errors = child.finish(60)
+            exits.append(child.process.returncode)
+            if child.process.returncode == 0:
+                break
+        assert exits[-1] == 0, (exits, errors)
+        assert 3 <= exits.count(3) <= 5  # charged from its second death on, at the latest
+        with psycopg.connect(database_url) as conn:
+            status, attempts, error = conn.execute(
+                "SELECT status, attempts, last_error FROM jobqueue_jobs WHERE id = 'poison'"
+            ).fetchone()
+        assert (status, attempts) == ("failed", 3)
+        assert error == "the process died while running it"
+        assert set(runs(runlog)) == {f"j{i}" for i in range(20)}
+
     def test_a_process_stopped_past_its_lease_has_its_late_outcomes_refused(
         self, database_url: str, tmp_path: Path
     ) -> None:
@@ -387,13 +411,16 @@ class TestManyProcesses:
             assert statuses(database_url) == {"completed": 10}
         finally:
             stalled.process.send_signal(signal.SIGCONT)
-        stalled.say("go")  # its handler raises now: outcomes it must not write
-        assert until(lambda: sum(runs(runlog).values()) >= 20, timeout=30)
-        stalled.say("quit")
+        stalled.say("go")  # its handler raises now: an outcome it must not write
+        stalled.say("quit")  # close(): the jobs it still holds are found taken, not run
         errors = stalled.finish()
         assert stalled.process.returncode == 0, errors
         assert statuses(database_url) == {"completed": 10}  # nothing overwritten
-        assert "taken over by another process" in errors
+        assert "job 's0' was taken over by another process" in errors
+        assert errors.count("is not run here: another process took it over") == 9, errors
+        by_stalled = [line for line in runlog.read_text().splitlines()
+                      if line.split()[1] == str(stalled.process.pid)]
+        assert len(by_stalled) == 1  # the job it was running when stopped, and no other
         assert set(runs(runlog)) == {f"s{i}" for i in range(10)}
 
 

@@ -63,6 +63,7 @@ def claim(core: Core, policy: RetryPolicy) -> None:
                 core.claim_wake.wait(None if poll is None else next_poll - core.clock())
             kinds = None if core.config.handler is not None else frozenset(core.handlers)
             registered = core.registered
+            news = list(core.news)
         for priority, room in wanted:
             try:
                 records: list[JobRecord] | None = store.claim(priority, room, kinds)
@@ -87,9 +88,11 @@ def claim(core: Core, policy: RetryPolicy) -> None:
                     core.changed_locked()
                     break
                 _hold_locked(core, records, interrupted)
-                # A kind registered during the claim was not in ``kinds``: the store may
-                # still hold its jobs, so only a claim that saw every kind clears the flag.
-                if len(records) < room and core.registered == registered:
+                # A kind registered during the claim was not in ``kinds``, and jobs another
+                # process added during it may have come too late for it: the store may still
+                # hold such jobs, so only a claim that missed nothing clears the flag.
+                if (len(records) < room and core.registered == registered
+                        and core.news[priority] == news[priority]):
                     core.unclaimed[priority] = False
                     core.room[priority].wake_all()
                 core.changed_locked()

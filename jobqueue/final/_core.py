@@ -155,6 +155,7 @@ class Core:
         self.table = JobTable(store, config.effective_weights, self.clock)
         self.handlers: dict[str, Handler] = dict(config.handlers or {})
         self.unclaimed = [True, True, True]  # the store may hold jobs of p for this queue
+        self.news = [0, 0, 0]  # counts jobs_ready() calls for p, for the claimer
         self.registered = 0  # counts register() calls of a new kind, for the claimer
         self.newest_seq = 0  # the highest seq of a job accepted: lives of an id go up
         # Workers waiting for work that no notify has reached yet. The notifier counts them
@@ -181,6 +182,7 @@ class Core:
         with self.mutex:
             for priority in _PRIORITIES if priorities is None else priorities:
                 self.unclaimed[priority] = True
+                self.news[priority] += 1
             self.claim_wake.notify()
 
     def jobs_changed(self) -> None:

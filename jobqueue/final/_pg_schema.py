@@ -149,6 +149,10 @@ def check_schema(conn: Any) -> None:
         )
 
 
+# psycopg's errors for a connection the server no longer serves.
+_LOST = {"OperationalError", "AdminShutdown", "ConnectionFailure", "ConnectionException"}
+
+
 class ConnectionPool:
     """Connections for callers that come and go (producers, status, the CLI): one each at a
     time, kept for the next caller. A connection that failed is dropped, not reused."""
@@ -175,13 +179,21 @@ class ConnectionPool:
                            lease=self._lease)
         try:
             yield conn
-        except BaseException:
+        except BaseException as exc:
             if conn.closed or conn.info.transaction_status != 0:  # broken, or mid-transaction
                 conn.close()
+                if type(exc).__name__ in _LOST or conn.broken:
+                    self._drop_idle()  # the server went away: they are broken too
             else:
                 self._put(conn)
             raise
         self._put(conn)
+
+    def _drop_idle(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
     def _put(self, conn: Any) -> None:
         with self._lock:
@@ -193,6 +205,4 @@ class ConnectionPool:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        self._drop_idle()

@@ -3,20 +3,33 @@ queue name, on any host.
 
 The :class:`~._store.Store` contract, for a store with many writers (``shared``):
 
-- **New jobs** go into the table unheld (:meth:`PostgresStore.insert`), in one statement that
-  also notifies: every process listening may claim them. A job whose handler is a closure
-  (``enqueue_with_handler``) can run only here, so ``add``/``commit`` insert it held.
+- **New jobs** go into the table unheld (:meth:`PostgresStore.insert`), in one statement
+  that also notifies: every process listening may claim them. A job whose handler is a
+  closure (``enqueue_with_handler``) can run only here, so ``add``/``commit`` insert it held.
 - **Claims** take jobs with ``FOR UPDATE SKIP LOCKED``, so processes never wait for each
   other's rows, and stamp them with this process's name, a new ``lease_id`` and a lease.
   Jobs whose lease lapsed (their process died, or stopped heartbeating) are claimed too.
-- **Moves** (``started``, ``retrying``, ``finished``, ``released``) are written by one thread
-  in batches, each conditional on the ``lease_id`` of the claim the job came from: a process
-  that lost a job to another cannot overwrite what the other did (it logs a WARNING). The
-  same thread heartbeats the leases of the jobs this process holds, every third of a lease,
-  and deletes finished jobs past the retention, in bounded batches.
-- **Wake-ups**: a listener thread hears ``NOTIFY`` for new jobs (the claimer looks again) and
-  for finished ones (``wait()`` and ``join()`` look again). The claimer also polls once a
-  second, for a notification missed while a connection was down.
+- **Moves** (``started``, ``retrying``, ``finished``, ``released``) are written by one
+  thread in batches, each conditional on the ``lease_id`` of the claim the job came from: a
+  process that lost a job to another cannot overwrite what the other did (it logs a
+  WARNING). The same thread heartbeats the leases this process holds, every third of a
+  lease, forgets those another process took over, and deletes finished jobs past the
+  retention, in bounded batches.
+- **Before a handler runs** (``running``), the worker checks that this store still holds
+  the job's lease; if the last heartbeat is stale (the process was paused), it waits for a
+  new one first: a job another process took over is not run here. A job taken over from a
+  process that died runs only once its start is written: should it kill this process too,
+  the attempt counts, and a job that kills every process that runs it ends FAILED.
+- **Wake-ups**: a listener thread hears ``NOTIFY`` for new jobs (the claimer looks again)
+  and for finished ones (``wait()`` and ``join()`` look again); it ignores this store's own,
+  which wake the queue directly. A busy producer notifies at most once per
+  ``_NOTIFY_GAP`` per priority, and the writer sends a trailing notice for the jobs in
+  between. The claimer also polls once a second, for a notice missed while a connection was
+  down.
+
+Every statement runs on its own (autocommit) but for batch inserts and repairs: a process
+stopped between statements of a transaction would hold its row locks. The server also ends
+a transaction left idle longer than a lease.
 
 Durability: ``fsync=True`` commits with the server's ``synchronous_commit``; ``fsync=False``
 turns it off for this store's connections: a commit survives any crash of a client, and a
@@ -38,7 +51,7 @@ from jobqueue._priority import Priority
 from jobqueue.errors import DuplicateJob, StoreError
 from jobqueue.final._pg_schema import CHANNEL, ConnectionPool, connect, create_schema
 from jobqueue.final._states import LIVE, Status
-from jobqueue.final._store import JobRecord, QueueStats
+from jobqueue.final._store import JobRecord, LeaseLost, QueueStats
 
 __all__ = ["PostgresStore"]
 
@@ -46,41 +59,55 @@ logger = logging.getLogger("jobqueue")
 
 _PRIORITIES = tuple(Priority)
 _LIVE_STATUSES = tuple(sorted(status.value for status in LIVE))
-#: Finished jobs deleted per statement, so that trimming never holds many row locks at once.
+#: Finished jobs deleted per statement, and statements per pass of the writer.
 _TRIM_BATCH = 1000
+_TRIM_PASSES = 10
 #: The longest the writer waits before it tries a lost connection again.
 _MAX_BACKOFF = 5.0
+#: A producer's notices of new jobs, per priority, come at most this often (seconds).
+_NOTIFY_GAP = 0.002
+#: The tag of a notice no store of this process sent (a caller's transaction, the CLI).
+FOREIGN = "-" * 8
 
 _COLUMNS = ("id, payload, priority, kind, max_retries, created_at, status, attempts, "
             "last_error, started_at, finished_at, due_at, seq")
 
+# New jobs: one row (VALUES) or many (unnest). A live id is a duplicate: ON CONFLICT updates
+# only a finished row (a new life), so a live one returns no row. Notices are sent for the
+# priorities in %(notify)s, tagged with their sender.
 _INSERT = f"""
 WITH added AS (
     INSERT INTO jobqueue_jobs AS j
         (queue, id, payload, priority, kind, max_retries, created_at, status, seq,
          owner, lease_id, lease_until)
-    SELECT %(queue)s, u.id, u.payload, u.priority, u.kind, u.max_retries, u.created_at,
-           'queued', nextval('jobqueue_seq'),
-           %(owner)s, CASE WHEN %(owner)s::text IS NULL THEN NULL
-                           ELSE nextval('jobqueue_lease_ids') END,
-           CASE WHEN %(owner)s::text IS NULL THEN NULL
-                ELSE now() + make_interval(secs => %(lease)s) END
-    FROM unnest(%(ids)s::text[], %(payloads)s::bytea[], %(priorities)s::smallint[],
-                %(kinds)s::text[], %(max_retries)s::integer[], %(created)s::float8[])
-         AS u(id, payload, priority, kind, max_retries, created_at)
+    {{rows}}
     ON CONFLICT (queue, id) DO UPDATE SET
         payload = excluded.payload, priority = excluded.priority, kind = excluded.kind,
         max_retries = excluded.max_retries, created_at = excluded.created_at,
         status = 'queued', attempts = 0, last_error = NULL, started_at = NULL,
         finished_at = NULL, due_at = NULL, seq = excluded.seq, owner = excluded.owner,
         lease_id = excluded.lease_id, lease_until = excluded.lease_until
-    WHERE j.status IN ('completed', 'failed')  -- a live id is a duplicate: no row
+    WHERE j.status IN ('completed', 'failed')
     RETURNING j.id, j.priority, j.lease_id
 )
-SELECT id, lease_id, CASE WHEN %(owner)s::text IS NULL
-                          THEN pg_notify('{CHANNEL}', priority::text || %(queue)s) END
+SELECT id, lease_id, CASE WHEN priority = ANY(%(notify)s::smallint[])
+    THEN pg_notify('{CHANNEL}', priority::text || %(tag)s || %(queue)s) END
 FROM added
 """
+_HELD = """%(owner)s, CASE WHEN %(owner)s::text IS NULL THEN NULL
+                          ELSE nextval('jobqueue_lease_ids') END,
+           CASE WHEN %(owner)s::text IS NULL THEN NULL
+                ELSE now() + make_interval(secs => %(lease)s) END"""
+_INSERT_ONE = _INSERT.replace("{rows}", f"""VALUES (
+    %(queue)s, %(id)s, %(payload)s, %(priority)s, %(kind)s, %(max_retries)s::integer,
+    %(created)s, 'queued', nextval('jobqueue_seq'), {_HELD})""")
+_INSERT_MANY = _INSERT.replace("{rows}", f"""
+    SELECT %(queue)s, u.id, u.payload, u.priority, u.kind, u.max_retries, u.created_at,
+           'queued', nextval('jobqueue_seq'), {_HELD}
+    FROM unnest(%(ids)s::text[], %(payloads)s::bytea[], %(priorities)s::smallint[],
+                %(kinds)s::text[], %(max_retries)s::integer[], %(created)s::float8[])
+         WITH ORDINALITY AS u(id, payload, priority, kind, max_retries, created_at, n)
+    ORDER BY u.n""")
 
 # One claim: the oldest unheld live jobs of a priority, then jobs whose lease lapsed. Rows
 # another claimer has locked are skipped, not waited for. A lapsed lease of this store's own
@@ -109,35 +136,44 @@ RETURNING {", ".join("j." + c.strip() for c in _COLUMNS.split(","))}, j.lease_id
 """
 
 # Moves, written in a batch. Each row is conditional on the claim it came from (lease_id).
-# One statement, notifying waiters of finished jobs: no transaction is left open between
-# statements, whose row locks a process stopped there would hold.
-_MOVE = """
+# One statement, notifying waiters of finished jobs.
+_MOVE = f"""
 WITH moved AS (
-UPDATE jobqueue_jobs AS j SET
-    status = u.status, attempts = u.attempts, last_error = u.last_error,
-    started_at = u.started_at, finished_at = u.finished_at, due_at = u.due_at,
-    payload = CASE WHEN u.status = 'completed' THEN ''::bytea ELSE j.payload END,
-    owner = CASE WHEN u.held THEN j.owner END,
-    lease_id = CASE WHEN u.held THEN j.lease_id END,
-    lease_until = CASE WHEN u.held THEN j.lease_until END
-FROM unnest(%(ids)s::text[], %(leases)s::bigint[], %(statuses)s::text[],
-            %(attempts)s::integer[], %(errors)s::text[], %(started)s::float8[],
-            %(finished)s::float8[], %(due)s::float8[], %(held)s::bool[])
-     AS u(id, lease_id, status, attempts, last_error, started_at, finished_at, due_at, held)
-WHERE j.queue = %(queue)s AND j.id = u.id AND j.lease_id = u.lease_id
-RETURNING j.id, j.status
+    UPDATE jobqueue_jobs AS j SET
+        status = u.status, attempts = u.attempts, last_error = u.last_error,
+        started_at = u.started_at, finished_at = u.finished_at, due_at = u.due_at,
+        payload = CASE WHEN u.status = 'completed' THEN ''::bytea ELSE j.payload END,
+        owner = CASE WHEN u.held THEN j.owner END,
+        lease_id = CASE WHEN u.held THEN j.lease_id END,
+        lease_until = CASE WHEN u.held THEN j.lease_until END
+    FROM unnest(%(ids)s::text[], %(leases)s::bigint[], %(statuses)s::text[],
+                %(attempts)s::integer[], %(errors)s::text[], %(started)s::float8[],
+                %(finished)s::float8[], %(due)s::float8[], %(held)s::bool[])
+         AS u(id, lease_id, status, attempts, last_error, started_at, finished_at, due_at,
+              held)
+    WHERE j.queue = %(queue)s AND j.id = u.id AND j.lease_id = u.lease_id
+    RETURNING j.id, j.status
 )
-SELECT id, CASE WHEN status IN ('completed', 'failed')
-                THEN pg_notify('{channel}', 'd' || %(queue)s) END
+SELECT id, status, CASE WHEN status IN ('completed', 'failed')
+    THEN pg_notify('{CHANNEL}', 'd' || %(tag)s || %(queue)s) END
 FROM moved
-""".replace("{channel}", CHANNEL)
+"""
 
+# Finished jobs older than the retention's newest, a batch at a time. The cut-off is read
+# without locks; a row made live again meanwhile (a new life) is skipped on the re-check.
 _TRIM = """
-DELETE FROM jobqueue_jobs WHERE queue = %(queue)s AND id IN (
-    SELECT id FROM jobqueue_jobs
+WITH cutoff AS (
+    SELECT finished_at, seq FROM jobqueue_jobs
     WHERE queue = %(queue)s AND status IN ('completed', 'failed')
-    ORDER BY finished_at DESC OFFSET %(keep)s LIMIT %(batch)s
-    FOR UPDATE SKIP LOCKED)
+    ORDER BY finished_at DESC, seq DESC OFFSET %(keep)s LIMIT 1
+)
+DELETE FROM jobqueue_jobs WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM jobqueue_jobs
+    WHERE queue = %(queue)s AND status IN ('completed', 'failed')
+      AND finished_at <= (SELECT finished_at FROM cutoff)
+      AND (finished_at, seq) <= (SELECT finished_at, seq FROM cutoff)
+    ORDER BY finished_at, seq LIMIT %(batch)s))
+  AND status IN ('completed', 'failed')
 """
 
 
@@ -157,8 +193,14 @@ def _storable(text: str) -> bool:
     return "\0" not in text
 
 
-def _arrays(records: Sequence[JobRecord]) -> dict[str, list[Any]]:
-    return {
+def _insert_params(records: Sequence[JobRecord]) -> tuple[str, dict[str, Any]]:
+    if len(records) == 1:
+        r = records[0]
+        return _INSERT_ONE, {
+            "id": r.id, "payload": r.payload, "priority": int(r.priority), "kind": r.kind,
+            "max_retries": r.max_retries, "created": r.created_at,
+        }
+    return _INSERT_MANY, {
         "ids": [r.id for r in records],
         "payloads": [r.payload for r in records],
         "priorities": [int(r.priority) for r in records],
@@ -173,7 +215,7 @@ class PostgresStore:
 
     persistent = True
     shared = True
-    running = ran = None  # an attempt's process dying shows as its lease lapsing
+    ran = None  # (running() needs no word back: the outcome's write says it all)
     #: The claimer looks for jobs at least this often (seconds), notified or not.
     poll_interval = 1.0
 
@@ -186,8 +228,12 @@ class PostgresStore:
         self._url = url
         self._fsync = fsync
         self._retention = retention
-        #: This store's name in the owner column: host, pid and a nonce, for people to read.
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        # How long a caller waits for this store's writes before it gives up: the database
+        # is away. Long enough for a slow commit, short enough not to look like a hang.
+        self._write_wait = max(5.0, min(lease, 30.0))
+        self._tag = secrets.token_hex(4)  # marks this store's own notices
+        #: This store's name in the owner column: host, pid and tag, for people to read.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{self._tag}"
         self._pool = ConnectionPool(url, synchronous_commit=fsync, lease=lease)
         try:
             with self._pool.connection() as conn:
@@ -209,6 +255,11 @@ class PostgresStore:
         self._writing: dict[str, tuple[JobRecord, int]] = {}  # the batch being written
         self._told = 0  # moves told so far
         self._done = 0  # moves written (or refused) so far
+        self._suspects: set[str] = set()  # taken over from a dead process: start written first
+        self._renewed = time.monotonic()  # when the leases were last renewed
+        self._renew_now = False  # a worker waits for a heartbeat (running)
+        self._notified = [0.0, 0.0, 0.0]  # when a notice of new jobs last went, by priority
+        self._trailing = [False, False, False]  # new jobs inserted since, not yet notified
         self._finished_since_trim = 0
         self._closing = False  # close() started: write what is left, then stop
         self._closed = False
@@ -230,27 +281,33 @@ class PostgresStore:
         priorities (None: any) may be claimable, ``on_change()`` when jobs finished."""
         self._on_ready = on_ready
         self._on_change = on_change
-        self._listen_conn = connect(self._url)
-        self._listen_conn.execute(f"LISTEN {CHANNEL}")
+        conn = connect(self._url)
+        try:
+            conn.execute(f"LISTEN {CHANNEL}")
+        except Exception as exc:
+            conn.close()
+            raise StoreError(f"cannot listen for other processes' jobs: {exc}") from exc
+        self._listen_conn = conn
         self._listener = threading.Thread(
             target=self._listen_loop, name="jobqueue-final-pg-listener", daemon=True
         )
         self._listener.start()
 
     def _listen_loop(self) -> None:
-        stop = "s" + self.owner
-        queue = self.queue
+        own, queue = self._tag, self.queue
         conn = self._listen_conn
         backoff = 0.1
-        while True:
+        while not self._closing:
             try:
-                for notice in conn.notifies():
+                # A timeout, so that a stop notice missed while reconnecting cannot leave
+                # this thread waiting forever: it looks at _closing once a second.
+                for notice in conn.notifies(timeout=1.0):
                     payload = notice.payload
-                    if payload == stop:
+                    kind, tag, name = payload[:1], payload[1:9], payload[9:]
+                    if kind == "s" and tag == own:
                         return
-                    kind, name = payload[:1], payload[1:]
-                    if name != queue:
-                        continue
+                    if name != queue or tag == own:
+                        continue  # another queue, or this store's own news
                     if kind == "d":
                         self._on_change()  # type: ignore[misc]
                     elif kind in ("0", "1", "2"):
@@ -274,8 +331,12 @@ class PostgresStore:
     # -- new jobs ---------------------------------------------------------------------------
 
     def last_seq(self) -> int:
-        """The database numbers jobs itself (``jobqueue_seq``): its latest number."""
-        return int(self._query_one("SELECT last_value FROM jobqueue_seq", ())[0])
+        """The database numbers jobs itself (``jobqueue_seq``): its latest number, or 0 if
+        this role may not read the sequence (it needs only to use it)."""
+        try:
+            return int(self._query_one("SELECT last_value FROM jobqueue_seq", ())[0])
+        except StoreError:
+            return 0
 
     def prepare(self, records: Sequence[JobRecord]) -> Sequence[JobRecord]:
         return records
@@ -289,7 +350,7 @@ class PostgresStore:
         """Insert jobs this queue holds from the start (their handler is a closure)."""
         records: Sequence[JobRecord] = ticket  # type: ignore[assignment]
         with self._pool.connection() as conn:
-            leases = self._insert(conn, records, self.owner, own_transaction=True)
+            leases = self._insert(conn, records, self.owner, (), own_transaction=True)
         self._leases.update(leases)
 
     def insert(self, records: Sequence[JobRecord], connection: Any = None) -> None:
@@ -300,43 +361,63 @@ class PostgresStore:
         """
         if self._closing:
             raise StoreError("the PostgreSQL store is closed")
-        if connection is None:
-            with self._pool.connection() as conn:
-                self._insert(conn, records, None, own_transaction=True)
-            if self._on_ready is not None:  # no need to wait for our own notification
-                self._on_ready({r.priority for r in records})
-            return
-        import psycopg
+        if connection is not None:
+            import psycopg
 
-        if not isinstance(connection, psycopg.Connection):
-            raise TypeError(f"connection must be a psycopg.Connection (sync, psycopg 3), not "
-                            f"{type(connection).__name__}")
-        self._insert(connection, records, None, own_transaction=False)
+            if not isinstance(connection, psycopg.Connection):
+                raise TypeError(f"connection must be a psycopg.Connection (sync, psycopg 3), "
+                                f"not {type(connection).__name__}")
+            # Notified at its commit, to every listener (this one too: it cannot know when).
+            self._insert(connection, records, None, [0, 1, 2], own_transaction=False,
+                         tag=FOREIGN)
+            return
+        priorities = {r.priority for r in records}
+        now = time.monotonic()
+        with self._lock:
+            notify = [p for p in priorities if now - self._notified[p] >= _NOTIFY_GAP]
+            for p in notify:
+                self._notified[p] = now
+        with self._pool.connection() as conn:
+            self._insert(conn, records, None, notify, own_transaction=True)
+        if len(notify) < len(priorities):
+            with self._lock:  # the writer notifies for these once the gap has passed
+                for p in priorities.difference(notify):
+                    self._trailing[p] = True
+                self._work.notify()
+        if self._on_ready is not None:  # this queue needs no notice of its own jobs
+            self._on_ready(priorities)
 
     def _insert(
-        self, conn: Any, records: Sequence[JobRecord], owner: str | None, own_transaction: bool
+        self, conn: Any, records: Sequence[JobRecord], owner: str | None,
+        notify: Collection[int], own_transaction: bool, tag: str | None = None,
     ) -> dict[str, int]:
         import psycopg
 
-        self._settle({r.id for r in records})  # a finished life must be written first
-        params = _arrays(records)
-        params.update(queue=self.queue, owner=owner, lease=self.lease)
+        if not self._settle({r.id for r in records}):  # a finished life is written first
+            raise StoreError(f"the database has not taken this process's writes for "
+                             f"{self._write_wait:.0f} s")
+        sql, params = _insert_params(records)
+        params.update(queue=self.queue, owner=owner, lease=self.lease, notify=list(notify),
+                      tag=self._tag if tag is None else tag)
         try:
             if own_transaction and len(records) == 1:
-                rows = conn.execute(_INSERT, params).fetchall()  # one statement: atomic
-            elif own_transaction or conn.info.transaction_status != 0:
-                # Inside the caller's transaction, a savepoint: a duplicate undoes only this.
-                if conn.info.transaction_status == 3:  # INERROR
-                    raise StoreError("the connection's transaction has failed already: "
-                                     "roll it back before enqueueing")
+                rows = conn.execute(sql, params).fetchall()  # one statement: atomic
+            elif conn.info.transaction_status == 3:  # INERROR
+                raise StoreError("the connection's transaction has failed already: roll it "
+                                 "back before enqueueing")
+            elif (own_transaction or conn.autocommit
+                  or conn.info.transaction_status != 0):
+                # A transaction of its own, or a savepoint inside the caller's: a duplicate
+                # undoes only this statement's rows.
                 with conn.transaction():
-                    rows = conn.execute(_INSERT, params).fetchall()
+                    rows = conn.execute(sql, params).fetchall()
                     if len(rows) != len(records):
                         raise _Refused(rows)
             else:
                 # The caller's connection, idle outside autocommit: this statement opens the
-                # transaction that the caller commits; a duplicate rolls back only this.
-                rows = conn.execute(_INSERT, params).fetchall()
+                # transaction the caller commits; a duplicate rolls back only this, since
+                # nothing came before it.
+                rows = conn.execute(sql, params).fetchall()
                 if len(rows) != len(records):
                     conn.rollback()
                     raise _Refused(rows)
@@ -358,7 +439,7 @@ class PostgresStore:
         job_id = record.id
         lease = self._leases.get(job_id) if held else self._leases.pop(job_id, None)
         if lease is None:
-            return  # not held here (an unheld enqueue never moves here): nothing to fence
+            return  # refused already: another process holds it now (logged then)
         with self._lock:
             self._pending[job_id] = (record, lease) if held else (record, -lease)
             self._told += 1
@@ -376,24 +457,63 @@ class PostgresStore:
     def released(self, record: JobRecord) -> None:
         self._tell(record, False)
 
-    def _settle(self, ids: Collection[str]) -> None:
-        """Wait until every move told of these ids (all, if None) is written."""
+    def running(self, record: JobRecord) -> None:
+        """Before a handler runs: raise LeaseLost if another process took the job over. If
+        the leases were not renewed lately (this process was paused), renew them first; if
+        the job was taken over from a process that died, wait until its start is written,
+        so that the attempt counts should this process die in it too. Either wait gives up
+        after a while (the database is away) and lets the job run."""
+        job_id = record.id
+        if time.monotonic() - self._renewed > self.lease * 2 / 3:
+            self._renew()
+        lease = self._leases.get(job_id)
+        if lease is None:
+            raise LeaseLost(job_id)
+        if job_id in self._suspects:
+            self._suspects.discard(job_id)
+            if self._settle((job_id,)) and self._leases.get(job_id) != lease:
+                raise LeaseLost(job_id)
+
+    def _renew(self) -> None:
+        """Have the writer heartbeat now, and wait for it (up to a while)."""
+        with self._lock:
+            asked = self._renewed
+            self._renew_now = True
+            self._work.notify()
+            deadline = time.monotonic() + self._write_wait
+            while self._renewed == asked and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._written.wait(remaining)
+
+    def _settle(self, ids: Collection[str]) -> bool:
+        """Wait until every move told of these ids is written; False if that took longer
+        than the store waits for the database."""
         with self._lock:
             if not any(i in self._pending or i in self._writing for i in ids):
-                return
-            self._wait_written_locked(self._told)
+                return True
+            return self._wait_written_locked(self._told)
 
     def sync(self) -> None:
-        """Wait until every move told so far is written."""
+        """Wait until every move told so far is written; raise StoreError if the database
+        has not taken them for a while."""
         with self._lock:
-            self._wait_written_locked(self._told)
+            if not self._wait_written_locked(self._told):
+                raise StoreError(f"the database has not taken this process's writes for "
+                                 f"{self._write_wait:.0f} s")
 
-    def _wait_written_locked(self, told: int) -> None:
+    def _wait_written_locked(self, told: int) -> bool:
+        deadline = time.monotonic() + self._write_wait
         while self._done < told:
             if self._closed:
                 raise StoreError("the PostgreSQL store is closed")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
             self._work.notify()
-            self._written.wait()
+            self._written.wait(remaining)
+        return True
 
     # -- the writer thread ------------------------------------------------------------------
 
@@ -404,29 +524,57 @@ class PostgresStore:
         backoff = 0.1
         while True:
             with self._lock:
-                while not self._pending and not self._closing:
-                    wait = next_heartbeat - time.monotonic()
-                    if wait <= 0:
+                while not self._pending and not self._closing and not self._renew_now:
+                    now = time.monotonic()
+                    due = next_heartbeat
+                    for p in range(3):
+                        if self._trailing[p]:
+                            due = min(due, self._notified[p] + _NOTIFY_GAP)
+                    if due <= now:
                         break
-                    self._work.wait(wait)
+                    self._work.wait(due - now)
                 batch, self._pending = self._pending, {}
                 self._writing = batch
                 told = self._told
                 closing = self._closing
+                now = time.monotonic()
+                trailing = [p for p in range(3)
+                            if self._trailing[p] and now - self._notified[p] >= _NOTIFY_GAP]
+                for p in trailing:
+                    self._trailing[p] = False
+                    self._notified[p] = now
             try:
                 if conn is None:
                     conn = connect(self._url, synchronous_commit=self._fsync, lease=self.lease)
+                for p in trailing:
+                    conn.execute("SELECT pg_notify(%s, %s)",
+                                 (CHANNEL, f"{p}{self._tag}{self.queue}"))
                 if batch:
                     self._write(conn, batch)
-                if time.monotonic() >= next_heartbeat or closing:
-                    conn.execute(
-                        "UPDATE jobqueue_jobs SET lease_until = now() + make_interval(secs "
-                        "=> %s) WHERE queue = %s AND owner = %s",
-                        (self.lease, self.queue, self.owner),
-                    )
+                if time.monotonic() >= next_heartbeat or closing or self._renew_now:
+                    self._heartbeat(conn)
                     next_heartbeat = time.monotonic() + heartbeat_every
+                    with self._lock:
+                        self._renew_now = False
+                        self._renewed = time.monotonic()
+                        self._written.notify_all()
                 backoff = 0.1
             except Exception as exc:
+                if conn is not None and not conn.broken and batch:
+                    # The server refused these values (not the connection): trying again
+                    # would fail forever. Their jobs run again once their leases lapse.
+                    logger.error("PostgreSQL refused the moves of jobs %s: %s; they run "
+                                 "again elsewhere once their leases lapse",
+                                 sorted(batch)[:20], exc)
+                    for job_id, (_, lease) in batch.items():
+                        if self._leases.get(job_id) == abs(lease):
+                            del self._leases[job_id]
+                    batch = {}
+                    with self._lock:
+                        self._writing = {}
+                        self._done = told
+                        self._written.notify_all()
+                    continue
                 logger.error("writing to PostgreSQL failed (%s); trying again in %.1f s",
                              exc, backoff)
                 if conn is not None:
@@ -435,6 +583,8 @@ class PostgresStore:
                 with self._lock:
                     batch.update(self._pending)  # newer moves win
                     self._pending, self._writing = batch, {}
+                    for p in trailing:
+                        self._trailing[p] = True
                     if self._closing and self._closed:
                         return
                     self._work.wait(backoff)
@@ -454,11 +604,29 @@ class PostgresStore:
         finally:
             conn.close()
 
+    def _heartbeat(self, conn: Any) -> None:
+        """Renew the leases this store knows it holds, and only those (a row it claimed but
+        never heard back about is left to lapse); forget those another process took over."""
+        held = list(self._leases.items())
+        if not held:
+            return
+        renewed = {row[0] for row in conn.execute(
+            "UPDATE jobqueue_jobs SET lease_until = now() + make_interval(secs => %s) "
+            "WHERE queue = %s AND owner = %s AND lease_id = ANY(%s) RETURNING lease_id",
+            (self.lease, self.queue, self.owner, [lease for _, lease in held]),
+        ).fetchall()}
+        for job_id, lease in held:
+            if lease not in renewed and self._leases.get(job_id) == lease:
+                self._leases.pop(job_id, None)  # running() refuses it from now on
+                logger.warning("job %r was taken over by another process (this one held it "
+                               "past its lease of %s s without a heartbeat): this one will "
+                               "not write its outcome", job_id, self.lease)
+
     def _write(self, conn: Any, batch: dict[str, tuple[JobRecord, int]]) -> None:
         moves = list(batch.values())
-        finished = sum(1 for record, _ in moves if record.finished_at is not None)
         written = conn.execute(_MOVE, {
             "queue": self.queue,
+            "tag": self._tag,
             "ids": [r.id for r, _ in moves],
             "leases": [abs(lease) for _, lease in moves],
             "statuses": [r.status.value for r, _ in moves],
@@ -470,39 +638,51 @@ class PostgresStore:
             "held": [lease > 0 for _, lease in moves],
         }).fetchall()
         if len(written) != len(moves):
+            self._renew_now = True  # this process was likely paused: check its other leases
             kept = {row[0] for row in written}
-            for record, _ in moves:
-                if record.id not in kept:
-                    self._leases.pop(record.id, None)
-                    logger.warning(
-                        "job %r was taken over by another process (this one held it past "
-                        "its lease of %s s without a heartbeat): its outcome here, %s, is "
-                        "not written", record.id, self.lease, record.status.value,
-                    )
+            for record, lease in moves:
+                if record.id in kept:
+                    continue
+                if self._leases.get(record.id) == abs(lease):
+                    del self._leases[record.id]  # (a newer claim of the id keeps its own)
+                if record.status is Status.PROCESSING:
+                    continue  # a start: the handler runs, and its outcome is refused
+                logger.warning(
+                    "job %r was taken over by another process (this one held it past its "
+                    "lease of %s s without a heartbeat): its outcome here, %s, is not "
+                    "written", record.id, self.lease, record.status.value,
+                )
+        finished = sum(1 for row in written if row[1] in ("completed", "failed"))
         self._finished_since_trim += finished
         if finished and self._finished_since_trim > self._retention // 10:
             self._finished_since_trim = 0
-            self._trim(conn)
+            try:
+                self._trim(conn)
+            except Exception as exc:  # the moves are written: only the trim waits
+                if conn.broken:
+                    raise
+                logger.error("deleting finished jobs past the retention failed: %s", exc)
 
     def _trim(self, conn: Any) -> None:
         """Delete finished jobs past the retention, newest kept, a batch at a time."""
-        for _ in range(100):
+        for _ in range(_TRIM_PASSES):
             deleted = conn.execute(
                 _TRIM, {"queue": self.queue, "keep": self._retention, "batch": _TRIM_BATCH}
             ).rowcount
             if deleted < _TRIM_BATCH:
                 return
+        self._finished_since_trim = self._retention  # more next time
 
     def _release_held(self, conn: Any) -> None:
         """Hand every job this store holds back to the queue, for any process to claim."""
-        with conn.transaction():
-            rows = conn.execute(
-                "UPDATE jobqueue_jobs SET owner = NULL, lease_id = NULL, lease_until = NULL "
-                "WHERE queue = %s AND owner = %s RETURNING priority",
-                (self.queue, self.owner),
-            ).fetchall()
-            for priority in {row[0] for row in rows}:
-                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{priority}{self.queue}"))
+        conn.execute(
+            f"""WITH released AS (
+                UPDATE jobqueue_jobs SET owner = NULL, lease_id = NULL, lease_until = NULL
+                WHERE queue = %(queue)s AND owner = %(owner)s RETURNING priority)
+            SELECT pg_notify('{CHANNEL}', priority::text || %(tag)s || %(queue)s)
+            FROM (SELECT DISTINCT priority FROM released) AS held""",
+            {"queue": self.queue, "owner": self.owner, "tag": self._tag},
+        ).fetchall()
         self._leases.clear()
 
     # -- claims and reads (any thread, may block) -------------------------------------------
@@ -528,6 +708,8 @@ class PostgresStore:
         for row in rows:
             record = _record(row)
             self._leases[record.id] = row[13]
+            if row[14] is not None or record.status is Status.PROCESSING:
+                self._suspects.add(record.id)  # its last process may have died running it
             if row[14] is not None:
                 logger.warning("job %r taken over from %s, whose lease of it lapsed (%s)",
                                record.id, row[14], record.status.value)
@@ -537,7 +719,9 @@ class PostgresStore:
     def get(self, job_id: str) -> JobRecord | None:
         if not _storable(job_id):
             return None  # no job can have it: PostgreSQL text is valid UTF-8
-        self._settle((job_id,))
+        if not self._settle((job_id,)):
+            raise StoreError(f"the database has not taken this process's writes for "
+                             f"{self._write_wait:.0f} s")
         row = self._query_one(
             f"SELECT {_COLUMNS} FROM jobqueue_jobs WHERE queue = %s AND id = %s",
             (self.queue, job_id),
@@ -557,7 +741,7 @@ class PostgresStore:
         unknown id and ValueError for a job that is not FAILED."""
         if not _storable(job_id):
             raise KeyError(job_id)
-        self._settle((job_id,))
+        record = self.get(job_id)  # (writes what this process told of it first)
         row = self._query_one(
             f"""WITH again AS (
                 UPDATE jobqueue_jobs SET status = 'queued', attempts = 0, last_error = NULL,
@@ -565,8 +749,9 @@ class PostgresStore:
                     seq = nextval('jobqueue_seq')
                 WHERE queue = %(queue)s AND id = %(id)s AND status = 'failed'
                 RETURNING {_COLUMNS})
-            SELECT again.*, pg_notify('{CHANNEL}', priority::text || %(queue)s) FROM again""",
-            {"queue": self.queue, "id": job_id},
+            SELECT again.*, pg_notify('{CHANNEL}', priority::text || %(tag)s || %(queue)s)
+            FROM again""",
+            {"queue": self.queue, "id": job_id, "tag": self._tag},
         )
         if row is None:
             record = self.get(job_id)
@@ -619,7 +804,7 @@ class PostgresStore:
 
     def close(self, timeout: float | None = None) -> None:
         """Write every move told, hand back the jobs still held, stop the threads. Waits up
-        to ``timeout`` seconds (None: no limit) for the writer."""
+        to ``timeout`` seconds (None: no limit) for the writer; never raises."""
         with self._lock:
             if self._closed:
                 return
@@ -633,11 +818,14 @@ class PostgresStore:
         if self._listener is not None:
             try:
                 with self._pool.connection() as conn:
-                    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, "s" + self.owner))
-                self._listener.join(timeout)
-            except StoreError:
+                    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, "s" + self._tag))
+            except Exception:  # noqa: S110 - the listener looks at _closing every second
                 pass
-            self._listen_conn.close()
+            self._listener.join(timeout)
+            try:
+                self._listen_conn.close()
+            except Exception:  # noqa: S110 - a connection the server already ended
+                pass
         with self._lock:
             self._closed = True
             self._written.notify_all()
@@ -650,4 +838,3 @@ class _Refused(Exception):
     def __init__(self, rows: list[Any]) -> None:
         super().__init__()
         self.rows = rows
-

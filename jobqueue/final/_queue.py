@@ -89,7 +89,12 @@ class JobQueue:
         # every call there raises (close() does nothing). See Core.forked.
         self._pid = os.getpid()
         self._config = config
-        self._core = core = Core(config, open_store(config))
+        store = open_store(config)
+        try:
+            self._core = core = Core(config, store)
+        except BaseException:
+            store.close(0)
+            raise
         policy = RetryPolicy(config.max_retries, config.base_delay, config.max_delay, config.jitter)
         # One close() at a time; a second one waits. Reentrant: close() logs, and a log
         # handler may call close() again on the same thread.
@@ -324,6 +329,9 @@ class JobQueue:
             while entry.state is NEW or entry.state in LIVE:
                 self._wait_for(job_id, endtime, timeout)
         if entry.state is GONE:
+            if core.shared:  # taken over by another process: its outcome is in the store
+                remaining = None if endtime is None else max(0.0, endtime - core.clock())
+                return self.wait(job_id, remaining)
             raise KeyError(job_id)
         return entry.state  # type: ignore[return-value]
 

@@ -18,6 +18,9 @@ knows: it handed the job out, or nothing it keeps changes)::
     PROCESSING   FAILED       its handler raised, no retries left          finished
     RETRYING     QUEUED       its retry came due                           -
     PROCESSING   QUEUED       close() gave up on it while it ran           released
+    PROCESSING   GONE         about to run, it turned out another process  -
+                              took it over (a shared store; its lease here
+                              lapsed): not run here, and forgotten
 
 ``NEW``, ``STORED`` and ``GONE`` are not statuses a user sees: ``NEW`` is an id and a place
 reserved while the store takes the job, ``STORED`` a job only the store holds, ``GONE`` a job
@@ -93,6 +96,7 @@ MOVES: dict[tuple[State, State], str | None] = {
     (PROCESSING, FAILED): "finished",
     (RETRYING, QUEUED): None,
     (PROCESSING, QUEUED): "released",
+    (PROCESSING, GONE): None,  # taken over by another process: its store knows
 }
 
 

@@ -23,7 +23,7 @@ from jobqueue.errors import DuplicateJob, StoreError
 from jobqueue.final._model import Config, Job, JobInfo
 from jobqueue.final._states import Status
 
-__all__ = ["JobRecord", "MemoryStore", "QueueStats", "Store", "open_store"]
+__all__ = ["JobRecord", "LeaseLost", "MemoryStore", "QueueStats", "Store", "open_store"]
 
 
 class JobRecord(NamedTuple):
@@ -89,6 +89,11 @@ class QueueStats:
                    counts[Status.COMPLETED], counts[Status.FAILED], per_priority, processes)
 
 
+class LeaseLost(Exception):
+    """From a shared store's ``running``: another process took this job over (this one held
+    it past its lease), so this queue must not run it, and forgets it."""
+
+
 class Store(Protocol):
     """What a queue needs from where its jobs are kept.
 
@@ -115,6 +120,9 @@ class Store(Protocol):
     where a process that dies leaves them: the LMDB store counts an attempt its process died
     in as failed at the next start, and one whose handler had returned as merely
     interrupted. Both are None for a store with no use for them (memory pays nothing).
+    A ticket of None needs no ``ran``. A shared store's ``running`` may block until the
+    start is written, and raises ``LeaseLost`` if another process took the job over: the
+    worker then forgets it instead of running it.
 
     Called from any thread, free to block:
 
@@ -142,7 +150,7 @@ class Store(Protocol):
     shared: bool
 
     #: Told of an attempt about to run, and of its handler returning; or None (see above).
-    running: Callable[[JobRecord], int] | None
+    running: Callable[[JobRecord], int | None] | None
     ran: Callable[[int], None] | None
 
     def last_seq(self) -> int:

@@ -21,15 +21,18 @@ from jobqueue.final._context import JobContext, worker_local
 from jobqueue.final._core import Core, log_safely
 from jobqueue.final._model import Job
 from jobqueue.final._retry import RetryPolicy
-from jobqueue.final._states import COMPLETED, FAILED, QUEUED, RETRYING
+from jobqueue.final._states import COMPLETED, FAILED, GONE, QUEUED, RETRYING
+from jobqueue.final._store import LeaseLost
 from jobqueue.final._table import Entry
 
 __all__ = ["failed_attempt", "retry_timer", "settle_locked", "work"]
 
 
 #: An attempt's outcome, worked out without the mutex: None for success, else the error as
-#: text and the delay before a retry (None: no retry).
+#: text and the delay before a retry (None: no retry); or LOST, when a shared store said
+#: another process took the job over before its handler ran.
 Outcome = tuple[str, float | None] | None
+LOST: Outcome = ("taken over by another process", None)
 
 
 def work(core: Core, policy: RetryPolicy, finish_close: Callable[[], None]) -> None:
@@ -130,6 +133,10 @@ def _run(core: Core, policy: RetryPolicy, entry: Entry) -> Outcome:
     if core.running is not None:
         try:
             ticket = core.running(entry.record)
+        except LeaseLost:
+            log_safely(logging.WARNING, "job %r is not run here: another process took it "
+                       "over while this one held it past its lease", job.id)
+            return LOST
         except Exception:  # the store is closed: close() gave up on this worker long ago
             log_safely(logging.WARNING, "job %r runs after its store was closed", job.id)
     worker_local.context = JobContext(job, entry.attempts, deadline, core.shutdown, core, entry)
@@ -213,7 +220,9 @@ def settle_locked(core: Core, entry: Entry, outcome: Outcome, now: float) -> Non
     table = core.table
     if core.stopping and table.get(entry.job.id) is not entry:
         return  # close() gave up on it and forgot it; the store keeps it as it was
-    if outcome is None:
+    if outcome is LOST:
+        table.transition(entry, GONE, now)
+    elif outcome is None:
         table.transition(entry, COMPLETED, now)
     else:
         entry.last_error, delay = outcome
