@@ -64,6 +64,10 @@ _TRIM_BATCH = 1000
 _TRIM_PASSES = 10
 #: The longest the writer waits before it tries a lost connection again.
 _MAX_BACKOFF = 5.0
+#: How long the writer waits for more moves before it writes a batch, and the batch size
+#: that ends the wait early (seconds, moves).
+_LINGER = 0.002
+_BATCH = 500
 #: A producer's notices of new jobs, per priority, come at most this often (seconds).
 _NOTIFY_GAP = 0.002
 #: The tag of a notice no store of this process sent (a caller's transaction, the CLI).
@@ -110,17 +114,18 @@ _INSERT_MANY = _INSERT.replace("{rows}", f"""
     ORDER BY u.n""")
 
 # One claim: the oldest unheld live jobs of a priority, then jobs whose lease lapsed. Rows
-# another claimer has locked are skipped, not waited for. A lapsed lease of this store's own
+# another claimer has locked are skipped, not waited for. The rows are locked as they are
+# picked, and updated by ctid (see _MOVE for why). A lapsed lease of this store's own
 # is not taken back: the queue still holds that job (it was paused), and the next heartbeat
 # renews the lease unless another process took the job meanwhile.
 _CLAIM = f"""
 WITH unheld AS (
-    SELECT id, seq, NULL::text AS old_owner FROM jobqueue_jobs
+    SELECT ctid AS tid, id, seq, NULL::text AS old_owner FROM jobqueue_jobs
     WHERE queue = %(queue)s AND priority = %(priority)s AND owner IS NULL
       AND status IN ('queued', 'processing', 'retrying') {{kinds}}
     ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), lapsed AS (
-    SELECT id, seq, owner AS old_owner FROM jobqueue_jobs
+    SELECT ctid AS tid, id, seq, owner AS old_owner FROM jobqueue_jobs
     WHERE queue = %(queue)s AND owner IS NOT NULL AND lease_until < now()
       AND owner <> %(owner)s AND priority = %(priority)s {{kinds}}
     ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
@@ -130,28 +135,38 @@ WITH unheld AS (
 UPDATE jobqueue_jobs AS j
 SET owner = %(owner)s, lease_id = nextval('jobqueue_lease_ids'),
     lease_until = now() + make_interval(secs => %(lease)s)
-FROM picked WHERE j.queue = %(queue)s AND j.id = picked.id
+FROM picked WHERE j.ctid = picked.tid
 RETURNING {", ".join("j." + c.strip() for c in _COLUMNS.split(","))}, j.lease_id,
           picked.old_owner
 """
 
 # Moves, written in a batch. Each row is conditional on the claim it came from (lease_id).
-# One statement, notifying waiters of finished jobs.
+# One statement, notifying waiters of finished jobs. Each move finds its row by primary key
+# (LATERAL ... LIMIT 1), then updates it by ctid: a plan that stays one index probe per move
+# whatever the planner's statistics say (on a young table they say it is empty, and a join
+# would scan every row of the queue for each move). A row another transaction changed
+# meanwhile is skipped, as its lease moved on.
 _MOVE = f"""
-WITH moved AS (
+WITH target AS (
+    SELECT held.tid, u.* FROM unnest(
+            %(ids)s::text[], %(leases)s::bigint[], %(statuses)s::text[],
+            %(attempts)s::integer[], %(errors)s::text[], %(started)s::float8[],
+            %(finished)s::float8[], %(due)s::float8[], %(held)s::bool[])
+        AS u(id, lease_id, status, attempts, last_error, started_at, finished_at, due_at,
+             held)
+    JOIN LATERAL (
+        SELECT ctid AS tid, lease_id FROM jobqueue_jobs
+        WHERE queue = %(queue)s AND id = u.id LIMIT 1
+    ) AS held ON held.lease_id = u.lease_id
+), moved AS (
     UPDATE jobqueue_jobs AS j SET
-        status = u.status, attempts = u.attempts, last_error = u.last_error,
-        started_at = u.started_at, finished_at = u.finished_at, due_at = u.due_at,
-        payload = CASE WHEN u.status = 'completed' THEN ''::bytea ELSE j.payload END,
-        owner = CASE WHEN u.held THEN j.owner END,
-        lease_id = CASE WHEN u.held THEN j.lease_id END,
-        lease_until = CASE WHEN u.held THEN j.lease_until END
-    FROM unnest(%(ids)s::text[], %(leases)s::bigint[], %(statuses)s::text[],
-                %(attempts)s::integer[], %(errors)s::text[], %(started)s::float8[],
-                %(finished)s::float8[], %(due)s::float8[], %(held)s::bool[])
-         AS u(id, lease_id, status, attempts, last_error, started_at, finished_at, due_at,
-              held)
-    WHERE j.queue = %(queue)s AND j.id = u.id AND j.lease_id = u.lease_id
+        status = t.status, attempts = t.attempts, last_error = t.last_error,
+        started_at = t.started_at, finished_at = t.finished_at, due_at = t.due_at,
+        payload = CASE WHEN t.status = 'completed' THEN ''::bytea ELSE j.payload END,
+        owner = CASE WHEN t.held THEN j.owner END,
+        lease_id = CASE WHEN t.held THEN j.lease_id END,
+        lease_until = CASE WHEN t.held THEN j.lease_until END
+    FROM target AS t WHERE j.ctid = t.tid AND j.lease_id = t.lease_id
     RETURNING j.id, j.status
 )
 SELECT id, status, CASE WHEN status IN ('completed', 'failed')
@@ -258,6 +273,8 @@ class PostgresStore:
         self._suspects: set[str] = set()  # taken over from a dead process: start written first
         self._renewed = time.monotonic()  # when the leases were last renewed
         self._renew_now = False  # a worker waits for a heartbeat (running)
+        self._writer_idle = False  # the writer waits for work: a move must wake it
+        self._hurry = False  # someone waits for a write: no lingering
         self._notified = [0.0, 0.0, 0.0]  # when a notice of new jobs last went, by priority
         self._trailing = [False, False, False]  # new jobs inserted since, not yet notified
         self._finished_since_trim = 0
@@ -443,7 +460,9 @@ class PostgresStore:
         with self._lock:
             self._pending[job_id] = (record, lease) if held else (record, -lease)
             self._told += 1
-            self._work.notify()
+            if self._writer_idle:
+                self._writer_idle = False
+                self._work.notify()
 
     def started(self, record: JobRecord) -> None:
         self._tell(record, True)
@@ -481,6 +500,7 @@ class PostgresStore:
             self._renew_now = True
             self._work.notify()
             deadline = time.monotonic() + self._write_wait
+            self._hurry = True
             while self._renewed == asked and not self._closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -511,6 +531,7 @@ class PostgresStore:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
+            self._hurry = True
             self._work.notify()
             self._written.wait(remaining)
         return True
@@ -532,7 +553,17 @@ class PostgresStore:
                             due = min(due, self._notified[p] + _NOTIFY_GAP)
                     if due <= now:
                         break
+                    self._writer_idle = True
                     self._work.wait(due - now)
+                self._writer_idle = False
+                # Linger a moment for more moves: fewer, larger batches cost the database
+                # (and this process) less. Anyone waiting for a write cuts it short.
+                linger_until = time.monotonic() + _LINGER
+                while (self._pending and not self._hurry and not self._closing
+                       and len(self._pending) < _BATCH
+                       and (left := linger_until - time.monotonic()) > 0):
+                    self._work.wait(left)
+                self._hurry = False
                 batch, self._pending = self._pending, {}
                 self._writing = batch
                 told = self._told
