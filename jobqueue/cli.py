@@ -75,6 +75,10 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+# Payload sizes of records read without their payload (a database's list), by id.
+_SIZES: dict[str, int] = {}
+
+
 def _job_json(record: JobRecord, payload: bool = False) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": record.id,
@@ -86,7 +90,7 @@ def _job_json(record: JobRecord, payload: bool = False) -> dict[str, Any]:
         "created_at": _finite(record.created_at),
         "started_at": _finite(record.started_at),
         "finished_at": _finite(record.finished_at),
-        "payload_size": len(record.payload),
+        "payload_size": _SIZES.get(record.id, len(record.payload)),
     }
     if payload:
         try:
@@ -98,9 +102,30 @@ def _job_json(record: JobRecord, payload: bool = False) -> dict[str, Any]:
     return data
 
 
+def _database_stats(reader: QueueReader) -> dict[str, Any]:
+    """``stats`` of a queue in PostgreSQL, counted by the database."""
+    by_status: Counter[str] = Counter()
+    by_priority: Counter[str] = Counter()
+    for (status, priority), count in reader.counts().items():
+        by_status[status.value] += count
+        if status in _LIVE:
+            by_priority[_PRIORITIES[priority]] += count
+    oldest = reader.oldest_queued()
+    return {
+        "by_status": {status: by_status[status] for status in _STATUSES},
+        "by_priority": {priority: by_priority[priority] for priority in _PRIORITIES},
+        "dead_letters": by_status[Status.FAILED.value],
+        "oldest_queued_age": None if oldest is None else max(0.0, time.time() - oldest),
+        "queue": reader.queue, "table_bytes": reader.table_bytes(),
+        "processes": reader.holders(), "lapsed_leases": reader.lapsed(),
+    }
+
+
 def stats(path: str, queue: str = "default") -> dict[str, Any]:
     """The ``stats --json`` shape, documented in the README."""
     with _open(path, queue) as reader:
+        if isinstance(reader, QueueReader):
+            return _database_stats(reader)
         by_status: Counter[str] = Counter()
         by_priority: Counter[str] = Counter()
         oldest: float | None = None
@@ -116,18 +141,19 @@ def stats(path: str, queue: str = "default") -> dict[str, Any]:
             "dead_letters": by_status[Status.FAILED.value],
             "oldest_queued_age": None if oldest is None else max(0.0, time.time() - oldest),
         }
-        if isinstance(reader, QueueReader):
-            data.update(queue=reader.queue, table_bytes=reader.table_bytes(),
-                        processes=reader.holders(), lapsed_leases=reader.lapsed())
-        else:
-            data.update(disk_bytes=reader.disk_bytes(), map_size=reader.map_size(),
-                        owner_pid=reader.owner_pid())
+        data.update(disk_bytes=reader.disk_bytes(), map_size=reader.map_size(),
+                    owner_pid=reader.owner_pid())
         return data
 
 
 def select(path: str, status: str | None, priority: str | None, kind: str | None,
            limit: int | None, queue: str = "default") -> list[JobRecord]:
     with _open(path, queue) as reader:
+        if isinstance(reader, QueueReader):  # filtered by the database; no payload read
+            rank = None if priority is None else _PRIORITIES.index(priority)
+            found = reader.select(status, rank, kind, limit)
+            _SIZES.update((record.id, size) for record, size in found)
+            return [record for record, _ in found]
         found = []
         for record in reader.records():
             if status is not None and record.status.value != status:

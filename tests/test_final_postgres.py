@@ -241,6 +241,23 @@ class TestTransactionalEnqueue:
             queue.enqueue(final.Job("c"), connection="postgresql://")
 
 
+    def test_any_row_factory_and_only_this_database(
+        self, config: final.Config, queues: list, postgres_server: object
+    ) -> None:
+        from psycopg.rows import dict_row
+
+        queue = open_queue(queues, config, handler=None)
+        with psycopg.connect(config.database_url, row_factory=dict_row) as conn:  # type: ignore[arg-type]
+            queue.enqueue_many([final.Job("a"), final.Job("b")], connection=conn)
+        assert queue.status("a") is Status.QUEUED
+        other = postgres_server.new_database()  # type: ignore[attr-defined]
+        final.JobQueue(dataclasses.replace(config, database_url=other)).close()
+        with psycopg.connect(other) as conn, pytest.raises(
+            ValueError, match="but this queue is in"
+        ):
+            queue.enqueue(final.Job("elsewhere"), connection=conn)
+
+
 class TestLeases:
     def test_close_hands_held_jobs_to_the_other_processes(
         self, config: final.Config, queues: list

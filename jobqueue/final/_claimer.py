@@ -48,6 +48,7 @@ def claim(core: Core, policy: RetryPolicy) -> None:
     # look at every priority again once per poll interval.
     poll = store.poll_interval if core.shared else None  # type: ignore[attr-defined]
     next_poll = core.clock()
+    failing = False  # the last claim failed (a shared store's database is away)
     while True:
         with core.mutex:
             while True:
@@ -67,11 +68,20 @@ def claim(core: Core, policy: RetryPolicy) -> None:
         for priority, room in wanted:
             try:
                 records: list[JobRecord] | None = store.claim(priority, room, kinds)
-            except Exception:
-                log_safely(logging.ERROR, "claiming stored jobs failed; they stay stored "
-                           "until register() names a new kind or the next start",
-                           exc_info=True)
+            except Exception as exc:
                 records = None
+                if poll is None:
+                    log_safely(logging.ERROR, "claiming stored jobs failed; they stay stored "
+                               "until register() names a new kind or the next start",
+                               exc_info=True)
+                elif not failing:  # once an outage, not once a poll
+                    log_safely(logging.ERROR, "claiming jobs failed (%s); trying again "
+                               "every %s s", exc, poll)
+                failing = True
+            else:
+                if failing:
+                    log_safely(logging.WARNING, "claiming jobs works again")
+                failing = False
             interrupted = {
                 record.id: failed_attempt(core, policy, record.job(), record.attempts, DIED, None)
                 for record in records or () if record.status is PROCESSING

@@ -82,11 +82,15 @@ def _psycopg() -> Any:
     return psycopg
 
 
-def connect(url: str, *, synchronous_commit: bool = True, lease: float | None = None) -> Any:
+def connect(
+    url: str, *, synchronous_commit: bool = True, lease: float | None = None,
+    lock_timeout: float | None = None,
+) -> Any:
     """An autocommit connection to ``url``; raises StoreError naming the database.
 
     With ``lease``, the server ends a transaction this connection leaves open longer than
-    that: a process stopped mid-transaction must not hold row locks past its lease.
+    that: a process stopped mid-transaction must not hold row locks past its lease. With
+    ``lock_timeout`` (seconds), a statement waits no longer than that for a row lock.
     """
     psycopg = _psycopg()
     try:
@@ -95,6 +99,8 @@ def connect(url: str, *, synchronous_commit: bool = True, lease: float | None = 
             conn.execute("SET synchronous_commit = off")
         if lease is not None:
             conn.execute(f"SET idle_in_transaction_session_timeout = {max(1, int(lease * 1000))}")
+        if lock_timeout is not None:
+            conn.execute(f"SET lock_timeout = {max(1, int(lock_timeout * 1000))}")
     except psycopg.Error as exc:
         raise StoreError(f"cannot connect to the database: {_first_line(exc)}") from exc
     return conn
@@ -113,7 +119,8 @@ def create_schema(conn: Any) -> None:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             # Made already: read the version only. CREATE INDEX IF NOT EXISTS would lock the
             # table against every writer, and wait for a stopped process's open transaction.
-            if conn.execute("SELECT to_regclass('jobqueue_meta') IS NULL").fetchone()[0]:
+            if conn.execute("SELECT to_regclass('jobqueue_meta') IS NULL "
+                            "OR to_regclass('jobqueue_jobs') IS NULL").fetchone()[0]:
                 conn.execute(_SCHEMA)
             row = conn.execute(
                 "SELECT value FROM jobqueue_meta WHERE key = 'schema_version'"
@@ -123,13 +130,21 @@ def create_schema(conn: Any) -> None:
                     "INSERT INTO jobqueue_meta VALUES ('schema_version', %s)",
                     (str(SCHEMA_VERSION),),
                 )
-            elif int(row[0]) > SCHEMA_VERSION:
+            elif _version(row[0]) > SCHEMA_VERSION:
                 raise StoreError(
                     f"the database's jobqueue schema is version {row[0]}, newer than this "
                     f"jobqueue knows ({SCHEMA_VERSION}): upgrade jobqueue to use it"
                 )
     except psycopg.Error as exc:
         raise StoreError(f"cannot create the jobqueue tables: {_first_line(exc)}") from exc
+
+
+def _version(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise StoreError(f"the database's jobqueue schema version {text!r} is not a version "
+                         "this jobqueue can read (jobqueue_meta was changed by hand?)") from None
 
 
 def check_schema(conn: Any) -> None:
@@ -142,7 +157,7 @@ def check_schema(conn: Any) -> None:
     version = conn.execute(
         "SELECT value FROM jobqueue_meta WHERE key = 'schema_version'"
     ).fetchone()
-    if version is not None and int(version[0]) > SCHEMA_VERSION:
+    if version is not None and _version(version[0]) > SCHEMA_VERSION:
         raise StoreError(
             f"the database's jobqueue schema is version {version[0]}, newer than this "
             f"jobqueue knows ({SCHEMA_VERSION}): upgrade jobqueue to use it"

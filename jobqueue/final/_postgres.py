@@ -175,7 +175,8 @@ FROM moved
 """
 
 # Finished jobs older than the retention's newest, a batch at a time. The cut-off is read
-# without locks; a row made live again meanwhile (a new life) is skipped on the re-check.
+# without locks; rows another transaction holds (a new life being enqueued) are skipped,
+# and one made live again meanwhile is skipped on the re-check.
 _TRIM = """
 WITH cutoff AS (
     SELECT finished_at, seq FROM jobqueue_jobs
@@ -187,7 +188,7 @@ DELETE FROM jobqueue_jobs WHERE ctid = ANY(ARRAY(
     WHERE queue = %(queue)s AND status IN ('completed', 'failed')
       AND finished_at <= (SELECT finished_at FROM cutoff)
       AND (finished_at, seq) <= (SELECT finished_at, seq FROM cutoff)
-    ORDER BY finished_at, seq LIMIT %(batch)s))
+    ORDER BY finished_at, seq LIMIT %(batch)s FOR UPDATE SKIP LOCKED))
   AND status IN ('completed', 'failed')
 """
 
@@ -198,6 +199,11 @@ def _record(row: Sequence[Any]) -> JobRecord:
     return JobRecord(job_id, bytes(payload), _PRIORITIES[priority], kind, max_retries,
                      created_at, Status(status), attempts, last_error, started_at,
                      finished_at, due_at, seq)
+
+
+def _identity(conn: Any) -> tuple[str, str, str]:
+    info = conn.info
+    return (str(info.host), str(info.port), str(info.dbname))
 
 
 def _storable(text: str) -> bool:
@@ -282,6 +288,7 @@ class PostgresStore:
         self._closed = False
         self._listener: threading.Thread | None = None
         self._listen_conn: Any = None
+        self._database: tuple[str, str, str] | None = None  # host, port, name
         self._writer = threading.Thread(
             target=self._write_loop, name="jobqueue-final-pg-writer", daemon=True
         )
@@ -339,10 +346,15 @@ class PostgresStore:
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 try:
                     conn.close()
+                    if self._closing:
+                        return
                     conn = self._listen_conn = connect(self._url)
                     conn.execute(f"LISTEN {CHANNEL}")
                 except Exception:  # noqa: S112 - tried again after the backoff
                     continue
+                if self._closing:  # close() may have missed this connection: close it here
+                    conn.close()
+                    return
                 self._on_ready(None)  # type: ignore[misc]  # what was missed meanwhile
 
     # -- new jobs ---------------------------------------------------------------------------
@@ -384,6 +396,7 @@ class PostgresStore:
             if not isinstance(connection, psycopg.Connection):
                 raise TypeError(f"connection must be a psycopg.Connection (sync, psycopg 3), "
                                 f"not {type(connection).__name__}")
+            self._check_same_database(connection)
             # Notified at its commit, to every listener (this one too: it cannot know when).
             self._insert(connection, records, None, [0, 1, 2], own_transaction=False,
                          tag=FOREIGN)
@@ -404,11 +417,26 @@ class PostgresStore:
         if self._on_ready is not None:  # this queue needs no notice of its own jobs
             self._on_ready(priorities)
 
+    def _check_same_database(self, connection: Any) -> None:
+        """Refuse a caller's connection to another database: the jobs would go to a queue
+        this one never sees."""
+        if self._database is None:
+            with self._pool.connection() as conn:
+                self._database = _identity(conn)
+        if connection.closed:
+            raise ValueError("connection is closed")
+        theirs = _identity(connection)
+        if theirs != self._database:
+            raise ValueError(f"connection is to database {theirs[2]!r} on {theirs[0]}:"
+                             f"{theirs[1]}, but this queue is in {self._database[2]!r} on "
+                             f"{self._database[0]}:{self._database[1]}")
+
     def _insert(
         self, conn: Any, records: Sequence[JobRecord], owner: str | None,
         notify: Collection[int], own_transaction: bool, tag: str | None = None,
     ) -> dict[str, int]:
         import psycopg
+        from psycopg.rows import tuple_row
 
         if not self._settle({r.id for r in records}):  # a finished life is written first
             raise StoreError(f"the database has not taken this process's writes for "
@@ -417,8 +445,9 @@ class PostgresStore:
         params.update(queue=self.queue, owner=owner, lease=self.lease, notify=list(notify),
                       tag=self._tag if tag is None else tag)
         try:
+            run = conn.cursor(row_factory=tuple_row).execute  # whatever the caller's factory
             if own_transaction and len(records) == 1:
-                rows = conn.execute(sql, params).fetchall()  # one statement: atomic
+                rows = run(sql, params).fetchall()  # one statement: atomic
             elif conn.info.transaction_status == 3:  # INERROR
                 raise StoreError("the connection's transaction has failed already: roll it "
                                  "back before enqueueing")
@@ -427,14 +456,14 @@ class PostgresStore:
                 # A transaction of its own, or a savepoint inside the caller's: a duplicate
                 # undoes only this statement's rows.
                 with conn.transaction():
-                    rows = conn.execute(sql, params).fetchall()
+                    rows = run(sql, params).fetchall()
                     if len(rows) != len(records):
                         raise _Refused(rows)
             else:
                 # The caller's connection, idle outside autocommit: this statement opens the
                 # transaction the caller commits; a duplicate rolls back only this, since
                 # nothing came before it.
-                rows = conn.execute(sql, params).fetchall()
+                rows = run(sql, params).fetchall()
                 if len(rows) != len(records):
                     conn.rollback()
                     raise _Refused(rows)
@@ -576,7 +605,8 @@ class PostgresStore:
                     self._notified[p] = now
             try:
                 if conn is None:
-                    conn = connect(self._url, synchronous_commit=self._fsync, lease=self.lease)
+                    conn = connect(self._url, synchronous_commit=self._fsync, lease=self.lease,
+                                   lock_timeout=self.lease / 3)
                 for p in trailing:
                     conn.execute("SELECT pg_notify(%s, %s)",
                                  (CHANNEL, f"{p}{self._tag}{self.queue}"))
@@ -591,7 +621,8 @@ class PostgresStore:
                         self._written.notify_all()
                 backoff = 0.1
             except Exception as exc:
-                if conn is not None and not conn.broken and batch:
+                transient = type(exc).__name__ in ("LockNotAvailable", "QueryCanceled")
+                if conn is not None and not conn.broken and batch and not transient:
                     # The server refused these values (not the connection): trying again
                     # would fail forever. Their jobs run again once their leases lapse.
                     logger.error("PostgreSQL refused the moves of jobs %s: %s; they run "
@@ -616,9 +647,11 @@ class PostgresStore:
                     self._pending, self._writing = batch, {}
                     for p in trailing:
                         self._trailing[p] = True
-                    if self._closing and self._closed:
+                    if self._closed:
                         return
                     self._work.wait(backoff)
+                    if self._closed:
+                        return
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
             with self._lock:
@@ -641,12 +674,30 @@ class PostgresStore:
         held = list(self._leases.items())
         if not held:
             return
-        renewed = {row[0] for row in conn.execute(
-            "UPDATE jobqueue_jobs SET lease_until = now() + make_interval(secs => %s) "
-            "WHERE queue = %s AND owner = %s AND lease_id = ANY(%s) RETURNING lease_id",
-            (self.lease, self.queue, self.owner, [lease for _, lease in held]),
-        ).fetchall()}
+        # Rows another transaction has locked are skipped (and still held: they are not
+        # forgotten), so that no application transaction can hold up the heartbeat.
+        renewed, locked = set(), set()
+        for lease, was_renewed in conn.execute(
+            """WITH mine AS (
+                SELECT ctid AS tid, lease_id FROM jobqueue_jobs
+                WHERE queue = %(queue)s AND owner = %(owner)s AND lease_id = ANY(%(leases)s)),
+            free AS (
+                SELECT ctid AS tid FROM jobqueue_jobs WHERE ctid = ANY(ARRAY(
+                    SELECT tid FROM mine)) FOR UPDATE SKIP LOCKED),
+            renewed AS (
+                UPDATE jobqueue_jobs AS j SET lease_until = now() + make_interval(secs
+                    => %(lease)s)
+                FROM free WHERE j.ctid = free.tid RETURNING j.lease_id)
+            SELECT lease_id, true FROM renewed
+            UNION ALL SELECT lease_id, false FROM mine
+                WHERE lease_id NOT IN (SELECT lease_id FROM renewed)""",
+            {"queue": self.queue, "owner": self.owner, "lease": self.lease,
+             "leases": [lease for _, lease in held]},
+        ).fetchall():
+            (renewed if was_renewed else locked).add(lease)
         for job_id, lease in held:
+            if lease in locked:
+                continue
             if lease not in renewed and self._leases.get(job_id) == lease:
                 self._leases.pop(job_id, None)  # running() refuses it from now on
                 logger.warning("job %r was taken over by another process (this one held it "
@@ -735,9 +786,18 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise StoreError(f"could not claim jobs: {exc}") from exc
         rows.sort(key=lambda row: row[12])  # by seq: arrival order
-        records = []
+        records, stale = [], []
         for row in rows:
             record = _record(row)
+            old = self._leases.get(record.id)
+            if old is not None:
+                # A new life of a job this queue still holds an old life of (it was paused
+                # while another process finished the old one): the old lease is gone, and
+                # this one goes back, for a process that does not hold the id.
+                if self._leases.get(record.id) == old:
+                    self._leases.pop(record.id, None)
+                stale.append(row[13])
+                continue
             self._leases[record.id] = row[13]
             if row[14] is not None or record.status is Status.PROCESSING:
                 self._suspects.add(record.id)  # its last process may have died running it
@@ -745,6 +805,10 @@ class PostgresStore:
                 logger.warning("job %r taken over from %s, whose lease of it lapsed (%s)",
                                record.id, row[14], record.status.value)
             records.append(record)
+        if stale:
+            self._query("UPDATE jobqueue_jobs SET owner = NULL, lease_id = NULL, "
+                        "lease_until = NULL WHERE queue = %s AND lease_id = ANY(%s) "
+                        "RETURNING id", (self.queue, stale))
         return records
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -846,13 +910,17 @@ class PostgresStore:
             logger.error("the PostgreSQL writer did not finish within %s s: moves not yet "
                          "written are lost, and other processes take this one's jobs once "
                          "their lease lapses", timeout)
+            with self._lock:  # it stops at its next try
+                self._closed = True
+                self._work.notify_all()
+            self._writer.join(1.0)
         if self._listener is not None:
             try:
                 with self._pool.connection() as conn:
                     conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, "s" + self._tag))
             except Exception:  # noqa: S110 - the listener looks at _closing every second
                 pass
-            self._listener.join(timeout)
+            self._listener.join(None if timeout is None else max(timeout, 1.5))
             try:
                 self._listen_conn.close()
             except Exception:  # noqa: S110 - a connection the server already ended

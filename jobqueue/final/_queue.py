@@ -354,6 +354,10 @@ class JobQueue:
         close() left work unfinished. Stored jobs whose kind has no handler do not count: they
         cannot run. Raises ``RuntimeError`` from a handler of this queue, whose own job would
         keep the queue from ever being idle.
+
+        In PostgreSQL the queue is every process's: join() waits until no process has a job
+        queued, processing or retrying in it, whatever its kind (another process may run
+        kinds this one does not), and so waits for ever for jobs of a kind none runs.
         """
         self._refuse_if_forked()
         timeout = check_timeout("timeout", timeout)

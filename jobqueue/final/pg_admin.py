@@ -21,7 +21,7 @@ from typing import Any
 
 from jobqueue.errors import StoreError
 from jobqueue.final._pg_schema import CHANNEL, check_schema, connect
-from jobqueue.final._postgres import _COLUMNS, _record
+from jobqueue.final._postgres import _COLUMNS, FOREIGN, _record, _storable
 from jobqueue.final._states import Status
 from jobqueue.final._store import JobRecord
 
@@ -50,6 +50,7 @@ class QueueReader:
     cannot be reached or holds no jobqueue tables."""
 
     def __init__(self, url: str, queue: str = "default") -> None:
+        _check_queue(queue)
         self.url = url
         self.queue = queue
         self._conn = _open(url)
@@ -63,11 +64,42 @@ class QueueReader:
             yield _record(row)
 
     def get(self, job_id: str) -> JobRecord | None:
+        if not _storable(job_id):
+            return None  # no job can have it
         row = self._conn.execute(
             f"SELECT {_COLUMNS} FROM jobqueue_jobs WHERE queue = %s AND id = %s",
             (self.queue, job_id),
         ).fetchone()
         return None if row is None else _record(row)
+
+    def counts(self) -> dict[tuple[Status, int], int]:
+        """Jobs by status and priority, counted by the database (no payload is read)."""
+        return {(Status(status), priority): count for status, priority, count in
+                self._conn.execute(
+                    "SELECT status, priority, count(*) FROM jobqueue_jobs WHERE queue = %s "
+                    "GROUP BY 1, 2", (self.queue,)).fetchall()}
+
+    def oldest_queued(self) -> float | None:
+        return self._conn.execute(
+            "SELECT min(created_at) FROM jobqueue_jobs WHERE queue = %s AND status = 'queued'",
+            (self.queue,),
+        ).fetchone()[0]
+
+    def select(self, status: str | None, priority: int | None, kind: str | None,
+               limit: int | None) -> list[tuple[JobRecord, int]]:
+        """Jobs matching, oldest first, filtered and limited by the database, with their
+        payload's size: the payloads themselves are not read (records carry b"")."""
+        if kind is not None and not _storable(kind):
+            return []
+        columns = _COLUMNS.replace("payload", "''::bytea")
+        rows = self._conn.execute(
+            f"SELECT {columns}, octet_length(payload) FROM jobqueue_jobs "
+            "WHERE queue = %s AND (%s::text IS NULL OR status = %s) "
+            "AND (%s::smallint IS NULL OR priority = %s) AND (%s::text IS NULL OR kind = %s) "
+            "ORDER BY created_at, id LIMIT %s",
+            (self.queue, status, status, priority, priority, kind, kind, limit),
+        ).fetchall()
+        return [(_record(row), row[13]) for row in rows]
 
     def holders(self) -> dict[str, int]:
         """The processes holding jobs of this queue under a live lease, and how many each."""
@@ -101,6 +133,9 @@ class QueueReader:
 def _locked(conn: Any, queue: str, job_ids: Sequence[str]) -> list[tuple[JobRecord, str | None]]:
     """The jobs, locked until the transaction ends, with their holder; KeyError if one is
     unknown, ValueError if one is held by a process."""
+    for job_id in job_ids:
+        if not _storable(job_id):
+            raise KeyError(job_id)
     rows = conn.execute(
         f"SELECT {_COLUMNS}, CASE WHEN lease_until > now() THEN owner END FROM jobqueue_jobs "
         "WHERE queue = %s AND id = ANY(%s) FOR UPDATE", (queue, list(job_ids)),
@@ -118,11 +153,17 @@ def _locked(conn: Any, queue: str, job_ids: Sequence[str]) -> list[tuple[JobReco
     return chosen
 
 
+def _check_queue(queue: str) -> None:
+    if not _storable(queue):
+        raise StoreError(f"no queue can be named {queue!r}: not valid text")
+
+
 def requeue(url: str, queue: str, job_ids: Sequence[str] | None = None) -> list[str]:
     """Make FAILED jobs QUEUED again from attempt 0, for any process to claim; ``None``
     means every FAILED job. One transaction; returns the ids requeued. Raises ``KeyError``
     for an unknown id and ``ValueError`` for one that is not FAILED (a job being processed
     among them), before anything is written."""
+    _check_queue(queue)
     with _open(url) as conn, conn.transaction():
         if job_ids is None:
             job_ids = [row[0] for row in conn.execute(
@@ -141,7 +182,7 @@ def requeue(url: str, queue: str, job_ids: Sequence[str] | None = None) -> list[
             "WHERE queue = %s AND id = ANY(%s) RETURNING priority", (queue, ids),
         ).fetchall()
         for priority in {row[0] for row in rows}:
-            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{priority}{queue}"))
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{priority}{FOREIGN}{queue}"))
         return ids
 
 
@@ -152,6 +193,7 @@ def purge(
     """Delete the given jobs, or every finished job in ``statuses``. One transaction;
     returns the ids deleted. Raises ``KeyError`` for an unknown id and ``ValueError`` for a
     job a process holds, before anything is written."""
+    _check_queue(queue)
     with _open(url) as conn, conn.transaction():
         if job_ids is None:
             finished = [s.value for s in statuses if s in (Status.COMPLETED, Status.FAILED)]
