@@ -34,6 +34,9 @@ MAIN = ["naive", "improved", "final-memory", "final-lmdb", "final-lmdb-fsync", "
         "queue-floor", "persist-queue", "huey"]
 FSYNC_PEERS = ["persist-queue-fsync", "huey-fsync"]
 POSTGRES = ["final-postgres", "final-postgres-fsync"]
+#: The Python PostgreSQL queues users pick, by durability (bench/pgpeers.py).
+PG_PEERS = ["procrastinate", "pgqueuer"]
+PG_PEERS_SYNC = ["procrastinate-sync", "pgqueuer-sync"]
 
 # scenario -> [(variant, systems, run(name, size) -> row)]
 Plan = dict[str, list[tuple[str, list[str], Callable[[str, Size], dict[str, Any]]]]]
@@ -55,6 +58,15 @@ PLAN: Plan = {
     "shutdown": [("close()", ["naive", "improved", "final-memory", "final-lmdb", "threadpool",
                               "queue-floor"], scenarios.shutdown)],
     "workers": [("1-32 workers", ["final-memory", "threadpool"], scenarios.workers)],
+    "postgres": [
+        ("processes, no-op jobs", ["final-postgres"],
+         lambda n, s: scenarios.pg_processes(n, s, cpu=False)),
+        ("processes, CPU-bound jobs", ["final-postgres"],
+         lambda n, s: scenarios.pg_processes(n, s, cpu=True)),
+        ("latency across processes, 1,000/s offered", ["final-postgres"], scenarios.pg_latency),
+        ("SQL floor", ["sql-floor", "sql-floor-sync", "sql-floor-batch",
+                       "sql-floor-batch-sync"], scenarios.pg_floor),
+    ],
 }
 
 
@@ -155,6 +167,29 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
               _figure(results, "memory", "1,000,000 offered", name, "rss_growth_mb"), 50, "MB")
     bound("final-lmdb loses 0 jobs in a crash",
           _figure(results, "crash", "SIGKILL halfway", "final-lmdb", "lost"), 0, "jobs")
+
+    def pg(variant: str, name: str, key: str) -> float | None:
+        return _figure(results, "postgres", variant, name, key)
+
+    for system, peers in (("final-postgres", PG_PEERS), ("final-postgres-fsync",
+                                                          PG_PEERS_SYNC)):
+        rates = [tp(peer) for peer in peers]
+        best = max((r for r in rates if r is not None), default=None)
+        ratio(f"{system} 1 producer >= 3x fastest PostgreSQL peer, same durability",
+              tp(system), best, 3)
+    for system, floor in (("final-postgres", "sql-floor-batch"),
+                          ("final-postgres-fsync", "sql-floor-batch-sync")):
+        ratio(f"{system} enqueue_many >= 0.2x batched SQL floor", tp(system, "enqueue_many"),
+              pg("SQL floor", floor, "jobs_per_s"), 0.2)
+    cpu = "processes, CPU-bound jobs"
+    ratio("final-postgres CPU-bound: 2 processes >= 1.6x 1 process",
+          pg(cpu, "final-postgres", "2_processes"), pg(cpu, "final-postgres", "1_processes"),
+          1.6)
+    latency = "latency across processes, 1,000/s offered"
+    bound("final-postgres latency across processes p50 <= 5 ms",
+          pg(latency, "final-postgres", "p50_ms"), 5.0, "ms")
+    bound("final-postgres latency across processes p99 <= 50 ms",
+          pg(latency, "final-postgres", "p99_ms"), 50.0, "ms")
     return checks
 
 

@@ -38,13 +38,17 @@ class Size:
     shutdown_jobs: int = 1_000
     worker_jobs: int = 400
     repeat: int = 2
+    postgres_jobs: int = 20_000
+    postgres_cpu_jobs: int = 5_000
+    postgres_latency_seconds: float = 3.0
 
     @classmethod
     def quick(cls) -> Size:
         return cls(
             jobs=3_000, latency_seconds=0.3, memory_seconds=0.5, memory_offer=50_000,
             starvation_seconds=1.5, crash_jobs=600, shutdown_jobs=100, worker_jobs=40,
-            repeat=1,
+            repeat=1, postgres_jobs=1_000, postgres_cpu_jobs=300,
+            postgres_latency_seconds=0.3,
         )
 
 
@@ -303,3 +307,28 @@ def workers(name: str, size: Size) -> Row:
                 system.wait(300)
                 row[f"{kind}_{count}"] = system.completed / (time.perf_counter() - started)
     return row
+
+
+# -- PostgreSQL: processes sharing one database, and what SQL itself allows -----------------
+
+def pg_processes(name: str, size: Size, cpu: bool) -> Row:
+    from bench import postgres
+
+    jobs = size.postgres_cpu_jobs if cpu else size.postgres_jobs
+    return postgres.processes(jobs, cpu)
+
+
+def pg_latency(name: str, size: Size) -> Row:
+    from bench import postgres
+
+    return postgres.cross_process_latency(1_000, size.postgres_latency_seconds)
+
+
+def pg_floor(name: str, size: Size) -> Row:
+    from bench import postgres
+
+    batch = 100 if "batch" in name else 1
+    jobs = size.postgres_jobs if batch > 1 else max(500, size.postgres_jobs // 4)
+    if name.endswith("-sync") and batch == 1:
+        jobs = max(200, jobs // 5)  # one fsync per job: fewer jobs, the same rate
+    return postgres.sql_floor(jobs, batch, synchronous_commit=name.endswith("-sync"))

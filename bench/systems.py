@@ -181,6 +181,31 @@ class FinalPostgresFsync(FinalPostgres):
     scale = 0.1
 
 
+class SqlFloor(System):
+    """Not a queue: raw SQL on the bench's PostgreSQL, one INSERT per job, claimed and
+    deleted with SKIP LOCKED by 4 threads (bench.postgres.sql_floor). Listed for its name
+    and durability; it runs only in the "postgres" scenario."""
+
+    name = "sql-floor"
+    durability = "PostgreSQL, synchronous_commit=off"
+    durable = True
+
+
+class SqlFloorSync(SqlFloor):
+    name = "sql-floor-sync"
+    durability = "PostgreSQL, synchronous_commit=on"
+
+
+class SqlFloorBatch(SqlFloor):
+    name = "sql-floor-batch"
+    durability = "PostgreSQL, synchronous_commit=off; COPY and claims of 100"
+
+
+class SqlFloorBatchSync(SqlFloor):
+    name = "sql-floor-batch-sync"
+    durability = "PostgreSQL, synchronous_commit=on; COPY and claims of 100"
+
+
 class ThreadPool(System):
     name = "threadpool"
 
@@ -324,7 +349,7 @@ SYSTEMS: dict[str, type[System]] = {
     for cls in (
         Naive, Improved, FinalMemory, FinalLmdb, FinalLmdbFsync, FinalPostgres,
         FinalPostgresFsync, ThreadPool, QueueFloor, PersistQueue, PersistQueueFsync, Huey,
-        HueyFsync,
+        HueyFsync, SqlFloor, SqlFloorSync, SqlFloorBatch, SqlFloorBatchSync,
     )
 }
 PEER_PACKAGES = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -18,9 +19,12 @@ def test_readme_has_examples() -> None:
 
 
 @pytest.mark.parametrize("source", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_example_runs(source: str) -> None:
+def test_example_runs(source: str, request: pytest.FixtureRequest) -> None:
+    env = dict(os.environ)
+    if "DATABASE_URL" in source:  # the Scaling out example: a database of its own
+        env["DATABASE_URL"] = request.getfixturevalue("database_url")
     done = subprocess.run(
-        [sys.executable, "-c", source], capture_output=True, text=True, timeout=30
+        [sys.executable, "-c", source], capture_output=True, text=True, timeout=30, env=env
     )
     assert done.returncode == 0, done.stderr
     # Lines ending in "# value" promise what they print; check the printed values appear.
