@@ -253,9 +253,10 @@ def summary(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in SYSTEMS:
-        if not any(name in variants for scenario in res.values() for variants in
-                   scenario.values()):
-            continue
+        if name.startswith("sql-floor") or not any(
+            name in variants for scenario in res.values() for variants in scenario.values()
+        ):
+            continue  # (the SQL floor has its own rows, with PostgreSQL's below)
         latency = row_of("latency", "10,000/s offered", name)
         memory = row_of("memory", "1,000,000 offered", name)
         starved = row_of("starvation", "HIGH flood", name)
@@ -282,6 +283,28 @@ def summary(report: dict[str, Any]) -> str:
                 lines.append(f"| {name}, {label} | "
                              + " | ".join("-" if c is None else f"{c:,.0f}" for c in counts)
                              + " |")
+    postgres = res.get("postgres", {})
+    if postgres:
+        lines += ["", "| PostgreSQL | jobs/s or latency | durability |", "|---|---|---|"]
+        for variant in ("processes, no-op jobs", "processes, CPU-bound jobs"):
+            row = postgres.get(variant, {}).get("final-postgres", {})
+            if "1_processes" in row:
+                rates = " / ".join(f"{row[f'{c}_processes']:,.0f}" for c in (1, 2, 4)
+                                   if f"{c}_processes" in row)
+                lines.append(f"| final-postgres, {variant}, 1 / 2 / 4 processes | {rates} "
+                             f"| {SYSTEMS['final-postgres'].durability} |")
+        row = postgres.get("latency across processes, 1,000/s offered", {}).get(
+            "final-postgres", {})
+        if row.get("p50_ms") is not None:
+            lines.append(f"| final-postgres, enqueue to start in another process at 1,000/s, "
+                         f"p50 / p99 | {row['p50_ms']:.1f} / {row['p99_ms']:.1f} ms | "
+                         f"{SYSTEMS['final-postgres'].durability} |")
+        for name, row in postgres.get("SQL floor", {}).items():
+            if "jobs_per_s" in row:
+                lines.append(f"| {name} (raw SQL, 4 claiming threads) | "
+                             f"{row['jobs_per_s']:,.0f} | {SYSTEMS[name].durability} |")
+            elif "skipped" in row:
+                lines.append(f"| {name} | skipped: {row['skipped']} | |")
     if report["targets"]:
         lines += ["", "| target | measured | |", "|---|---|---|"]
         for check in report["targets"]:

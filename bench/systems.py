@@ -36,6 +36,8 @@ class System:
     has_batch = False
     #: Peers that cannot take 100,000 jobs in a few seconds run a smaller count; rates are rates.
     scale = 1.0
+    #: False for a row that is not a queue behind this interface (the SQL floor).
+    adapter = True
 
     def __init__(self) -> None:
         self._count = itertools.count()
@@ -189,6 +191,7 @@ class SqlFloor(System):
     name = "sql-floor"
     durability = "PostgreSQL, synchronous_commit=off"
     durable = True
+    adapter = False
 
 
 class SqlFloorSync(SqlFloor):
