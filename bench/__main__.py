@@ -35,8 +35,8 @@ MAIN = ["naive", "improved", "final-memory", "final-lmdb", "final-lmdb-fsync", "
 FSYNC_PEERS = ["persist-queue-fsync", "huey-fsync"]
 POSTGRES = ["final-postgres", "final-postgres-fsync"]
 #: The Python PostgreSQL queues users pick, by durability (bench/pgpeers.py).
-PG_PEERS = ["procrastinate", "pgqueuer"]
-PG_PEERS_SYNC = ["procrastinate-sync", "pgqueuer-sync"]
+PG_PEERS = ["procrastinate", "pgqueuer", "pgqueuer-4-processes"]
+PG_PEERS_SYNC = ["procrastinate-sync", "pgqueuer-sync", "pgqueuer-4-processes-sync"]
 
 # scenario -> [(variant, systems, run(name, size) -> row)]
 Plan = dict[str, list[tuple[str, list[str], Callable[[str, Size], dict[str, Any]]]]]
@@ -51,7 +51,7 @@ PLAN: Plan = {
     "latency": [("10,000/s offered", MAIN + POSTGRES, scenarios.latency)],
     "memory": [("1,000,000 offered", ["naive", "improved", "final-memory", "final-lmdb",
                                       "threadpool", "queue-floor"], scenarios.memory)],
-    "starvation": [("HIGH flood", ["improved", "final-memory", "final-lmdb"],
+    "starvation": [("HIGH flood", ["improved", "final-memory", "final-lmdb", "final-postgres"],
                     scenarios.starvation)],
     "crash": [("SIGKILL halfway", ["final-memory", "final-lmdb", "final-lmdb-fsync",
                                    "threadpool", "persist-queue"], scenarios.crash)],
@@ -66,6 +66,7 @@ PLAN: Plan = {
         ("latency across processes, 1,000/s offered", ["final-postgres"], scenarios.pg_latency),
         ("SQL floor", ["sql-floor", "sql-floor-sync", "sql-floor-batch",
                        "sql-floor-batch-sync"], scenarios.pg_floor),
+        ("peers, 1 producer", PG_PEERS + PG_PEERS_SYNC, scenarios.pg_peer),
     ],
 }
 
@@ -173,7 +174,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     for system, peers in (("final-postgres", PG_PEERS), ("final-postgres-fsync",
                                                           PG_PEERS_SYNC)):
-        rates = [tp(peer) for peer in peers]
+        rates = [pg("peers, 1 producer", peer, "jobs_per_s") for peer in peers]
         best = max((r for r in rates if r is not None), default=None)
         ratio(f"{system} 1 producer >= 3x fastest PostgreSQL peer, same durability",
               tp(system), best, 3)
@@ -253,7 +254,7 @@ def summary(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in SYSTEMS:
-        if name.startswith("sql-floor") or not any(
+        if not SYSTEMS[name].adapter or not any(
             name in variants for scenario in res.values() for variants in scenario.values()
         ):
             continue  # (the SQL floor has its own rows, with PostgreSQL's below)
@@ -299,12 +300,15 @@ def summary(report: dict[str, Any]) -> str:
             lines.append(f"| final-postgres, enqueue to start in another process at 1,000/s, "
                          f"p50 / p99 | {row['p50_ms']:.1f} / {row['p99_ms']:.1f} ms | "
                          f"{SYSTEMS['final-postgres'].durability} |")
-        for name, row in postgres.get("SQL floor", {}).items():
-            if "jobs_per_s" in row:
-                lines.append(f"| {name} (raw SQL, 4 claiming threads) | "
-                             f"{row['jobs_per_s']:,.0f} | {SYSTEMS[name].durability} |")
-            elif "skipped" in row:
-                lines.append(f"| {name} | skipped: {row['skipped']} | |")
+        for variant, what in (("SQL floor", "raw SQL, 4 claiming threads"),
+                              ("peers, 1 producer", "one call per job")):
+            for name, row in postgres.get(variant, {}).items():
+                if "jobs_per_s" in row:
+                    lines.append(f"| {name} ({what}) | {row['jobs_per_s']:,.0f} | "
+                                 f"{SYSTEMS[name].durability} |")
+                else:
+                    why = row.get("skipped") or row.get("error")
+                    lines.append(f"| {name} | not run: {why} | |")
     if report["targets"]:
         lines += ["", "| target | measured | |", "|---|---|---|"]
         for check in report["targets"]:

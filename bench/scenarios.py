@@ -332,3 +332,21 @@ def pg_floor(name: str, size: Size) -> Row:
     if name.endswith("-sync") and batch == 1:
         jobs = max(200, jobs // 5)  # one fsync per job: fewer jobs, the same rate
     return postgres.sql_floor(jobs, batch, synchronous_commit=name.endswith("-sync"))
+
+
+def pg_peer(name: str, size: Size) -> Row:
+    """A Python PostgreSQL queue, one producer calling it per job (bench/pgpeers.py)."""
+    from bench import postgres
+
+    system = SYSTEMS[name]
+    jobs = max(300, size.postgres_jobs // 8)
+    sync = "on" if name.endswith("-sync") else "off"
+    uri = postgres.uri(postgres.new_database())
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("pgpeers.py")), system.package,  # type: ignore[attr-defined]
+         uri, str(jobs), sync, str(system.processes)],  # type: ignore[attr-defined]
+        capture_output=True, text=True, timeout=600,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} failed: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

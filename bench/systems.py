@@ -209,6 +209,40 @@ class SqlFloorBatchSync(SqlFloor):
     durability = "PostgreSQL, synchronous_commit=on; COPY and claims of 100"
 
 
+class Procrastinate(SqlFloor):
+    """procrastinate, in processes of its own (bench/pgpeers.py); the "postgres" scenario."""
+
+    name = "procrastinate"
+    durability = "PostgreSQL, synchronous_commit=off"
+    package = "procrastinate"
+    processes = 1
+
+
+class ProcrastinateSync(Procrastinate):
+    name = "procrastinate-sync"
+    durability = "PostgreSQL, synchronous_commit=on"
+
+
+class PgQueuer(Procrastinate):
+    name = "pgqueuer"
+    package = "pgqueuer"
+
+
+class PgQueuerSync(PgQueuer):
+    name = "pgqueuer-sync"
+    durability = "PostgreSQL, synchronous_commit=on"
+
+
+class PgQueuer4(PgQueuer):
+    name = "pgqueuer-4-processes"
+    processes = 4
+
+
+class PgQueuer4Sync(PgQueuer4):
+    name = "pgqueuer-4-processes-sync"
+    durability = "PostgreSQL, synchronous_commit=on"
+
+
 class ThreadPool(System):
     name = "threadpool"
 
@@ -352,7 +386,8 @@ SYSTEMS: dict[str, type[System]] = {
     for cls in (
         Naive, Improved, FinalMemory, FinalLmdb, FinalLmdbFsync, FinalPostgres,
         FinalPostgresFsync, ThreadPool, QueueFloor, PersistQueue, PersistQueueFsync, Huey,
-        HueyFsync, SqlFloor, SqlFloorSync, SqlFloorBatch, SqlFloorBatchSync,
+        HueyFsync, SqlFloor, SqlFloorSync, SqlFloorBatch, SqlFloorBatchSync, Procrastinate,
+        ProcrastinateSync, PgQueuer, PgQueuerSync, PgQueuer4, PgQueuer4Sync,
     )
 }
 PEER_PACKAGES = {
@@ -363,10 +398,18 @@ PEER_PACKAGES = {
 
 def available(name: str) -> str | None:
     """None if the system can run here, else why not (a missing optional package)."""
-    if name.startswith("final-postgres") or name.startswith("sql-floor"):
+    if name.startswith(("final-postgres", "sql-floor", "procrastinate", "pgqueuer")):
         from bench import postgres
 
-        return postgres.unavailable()
+        why = postgres.unavailable()
+        if why is not None or not name.startswith(("procrastinate", "pgqueuer")):
+            return why
+        package = SYSTEMS[name].package  # type: ignore[attr-defined]
+        try:
+            __import__(package)
+        except ImportError:
+            return f"{package} is not installed (pip install '.[bench]')"
+        return None
     package = PEER_PACKAGES.get(name)
     if package is None:
         return None

@@ -1,0 +1,153 @@
+"""The Python PostgreSQL queues users pick, run as their documentation recommends, in a fresh
+interpreter each: ``python bench/pgpeers.py PEER URI JOBS SYNC PROCESSES``.
+
+- procrastinate: ``App(PsycopgConnector)``, schema applied as ``procrastinate schema --apply``
+  does, one worker process running ``run_worker_async(concurrency=10)`` with a pool of
+  concurrency + 1 connections (its advice for short jobs); jobs deferred one
+  ``defer_async()`` call each.
+- PgQueuer: ``Queries.install()`` as ``pgq install``; PROCESSES worker processes, each one
+  ``QueueManager`` on a dedicated asyncpg connection under ``pgqueuer.run`` with uvloop, as
+  ``pgq run`` starts it; jobs enqueued one ``Queries.enqueue()`` call each.
+
+``synchronous_commit`` is set per connection (SYNC ``on`` or ``off``). The rate is jobs over the
+time from the first enqueue to the last completion, read from each peer's own tables. Prints
+one JSON line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import sys
+import time
+
+
+def _procrastinate_app(uri: str, sync: str, pool: int):  # type: ignore[no-untyped-def]
+    import procrastinate
+
+    options = "" if sync == "on" else "options=-c%20synchronous_commit%3Doff"
+    conninfo = uri + ("&" if "?" in uri else "?") + options if options else uri
+    app = procrastinate.App(
+        connector=procrastinate.PsycopgConnector(conninfo=conninfo, max_size=pool)
+    )
+
+    @app.task(name="noop")
+    async def noop() -> None:
+        pass
+
+    return app
+
+
+def _procrastinate_worker(uri: str, sync: str) -> None:
+    app = _procrastinate_app(uri, sync, 11)
+
+    async def run() -> None:
+        async with app.open_async():
+            await app.run_worker_async(concurrency=10)  # until SIGTERM
+
+    asyncio.run(run())
+
+
+async def _procrastinate(uri: str, jobs: int, sync: str, processes: int) -> float:
+    app = _procrastinate_app(uri, sync, 4)
+    async with app.open_async():
+        await app.schema_manager.apply_schema_async()
+        workers = _start(_procrastinate_worker, (uri, sync), processes)
+        try:
+            count = "SELECT count(*) AS n FROM procrastinate_workers"
+            while (await app.connector.execute_query_one_async(count))["n"] < processes:
+                await asyncio.sleep(0.05)
+            noop = app.tasks["noop"]
+            started = time.perf_counter()
+            for _ in range(jobs):
+                await noop.defer_async()
+            done = "SELECT count(*) AS n FROM procrastinate_jobs WHERE status = 'succeeded'"
+            while (await app.connector.execute_query_one_async(done))["n"] < jobs:
+                await asyncio.sleep(0.01)
+            return time.perf_counter() - started
+        finally:
+            _stop(workers)
+
+
+def _pgqueuer_connect(uri: str, sync: str):  # type: ignore[no-untyped-def]
+    import asyncpg
+
+    return asyncpg.connect(uri, server_settings={"synchronous_commit": sync,
+                                                 "application_name": "bench-pgqueuer"})
+
+
+def _pgqueuer_worker(uri: str, sync: str) -> None:
+    import contextlib
+
+    import pgqueuer
+    import uvloop
+    from pgqueuer import QueueManager
+    from pgqueuer.db import AsyncpgDriver
+    from pgqueuer.queries import Queries
+
+    @contextlib.asynccontextmanager
+    async def factory():  # type: ignore[no-untyped-def]
+        manager = QueueManager(Queries(AsyncpgDriver(await _pgqueuer_connect(uri, sync))))
+
+        @manager.entrypoint("noop")
+        async def noop(job: object) -> None:
+            pass
+
+        yield manager
+
+    uvloop.run(pgqueuer.run(factory))  # what `pgq run` runs; SIGTERM drains and stops
+
+
+async def _pgqueuer(uri: str, jobs: int, sync: str, processes: int) -> float:
+    from pgqueuer.db import AsyncpgDriver
+    from pgqueuer.queries import Queries
+
+    conn = await _pgqueuer_connect(uri, sync)
+    queries = Queries(AsyncpgDriver(conn))
+    await queries.install()
+    workers = _start(_pgqueuer_worker, (uri, sync), processes)
+    try:
+        connected = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                     "AND application_name = 'bench-pgqueuer'")
+        while await conn.fetchval(connected) < processes + 1:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # each has listened and looked once: idle, as at steady state
+        started = time.perf_counter()
+        for _ in range(jobs):
+            await queries.enqueue("noop", None)
+        while await conn.fetchval("SELECT count(*) FROM pgqueuer"):  # done jobs move to its log
+            await asyncio.sleep(0.01)
+        return time.perf_counter() - started
+    finally:
+        _stop(workers)
+        await conn.close()
+
+
+def _start(target, args, count):  # type: ignore[no-untyped-def]
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=target, args=args) for _ in range(count)]
+    for worker in workers:
+        worker.start()
+    return workers
+
+
+def _stop(workers) -> None:  # type: ignore[no-untyped-def]
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        worker.join(30)
+
+
+def main() -> None:
+    peer, uri, jobs, sync, processes = sys.argv[1:6]
+    run = {"procrastinate": _procrastinate, "pgqueuer": _pgqueuer}[peer]
+    seconds = asyncio.run(run(uri, int(jobs), sync, int(processes)))
+    print(json.dumps({"jobs": int(jobs), "processes": int(processes),
+                      "synchronous_commit": sync, "jobs_per_s": int(jobs) / seconds}))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    main()
