@@ -294,6 +294,41 @@ class TestLeases:
         assert quick.info("contested").attempts == 2  # type: ignore[union-attr]
         assert quick.status("contested") is Status.COMPLETED
 
+    def test_a_paused_queue_never_runs_its_old_life_of_a_reused_id(
+        self, config: final.Config, queues: list, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        gate = Gate()
+        ran: list[tuple[str, str, bytes]] = []
+
+        def recorder(where: str) -> final.Handler:
+            return lambda payload: ran.append((where, final.current_job().job.id, payload))
+
+        paused = open_queue(queues, config, handler=recorder("paused"), num_workers=1,
+                            lease=0.5)
+        paused.enqueue_with_handler(final.Job("blocker"), gate)
+        assert gate.started.wait(10)
+        paused.enqueue(final.Job("X", b"old"))
+        held(paused, "X")  # queued behind the blocker
+        store = paused._core.store
+        store.sync()
+        with store._lock:  # paused: no heartbeat, no write; its claimer still claims
+            other = open_queue(queues, config, handler=None, handlers={"": recorder("other")},
+                               lease=0.5, base_delay=0.01)
+            assert other.wait("X", 10) is Status.COMPLETED  # taken over, run there
+            # A new life of the id, of a kind only the paused queue runs: it claims it
+            # while still holding the old life, and must not take one for the other.
+            with caplog.at_level(logging.INFO, logger="jobqueue"):
+                other.enqueue(final.Job("X", b"new", kind="paused-only"))
+                with psycopg.connect(config.database_url) as conn:  # type: ignore[arg-type]
+                    assert until(lambda: "claimed a new life of it" in caplog.text or (
+                        conn.execute("SELECT owner FROM jobqueue_jobs WHERE id = 'X'")
+                        .fetchone()[0] == store.owner))
+        gate.release.set()
+        assert other.wait("X", 10) is Status.COMPLETED
+        runs_of_x = sorted((payload, where) for where, job_id, payload in ran if job_id == "X")
+        assert runs_of_x == [(b"new", "paused"), (b"old", "other")]  # each life once
+        assert other.info("X").attempts == 1  # type: ignore[union-attr]
+
     def test_old_finished_jobs_are_deleted_past_the_retention(
         self, config: final.Config, queues: list
     ) -> None:

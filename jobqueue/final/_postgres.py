@@ -797,6 +797,8 @@ class PostgresStore:
                 if self._leases.get(record.id) == old:
                     self._leases.pop(record.id, None)
                 stale.append(row[13])
+                logger.info("job %r: claimed a new life of it while this queue still held an "
+                            "old one, which another process took over; handed back", record.id)
                 continue
             self._leases[record.id] = row[13]
             if row[14] is not None or record.status is Status.PROCESSING:
