@@ -1,4 +1,5 @@
-"""The production stage: fair, observable, retrying, and durable across crashes with LMDB.
+"""The production stage: fair, observable, retrying, and durable across crashes with LMDB,
+or shared by processes and hosts in PostgreSQL.
 
 See :class:`JobQueue` and :class:`Config`; the README has examples and a map of the modules.
 """

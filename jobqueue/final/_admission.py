@@ -135,21 +135,15 @@ def _insert_shared(core: Core, jobs: Sequence[Job], connection: object) -> None:
     what each process claims), and a kind no handler of this process runs is fine: another
     process may run it.
     """
-    ids = set()
-    for job in jobs:
-        if not isinstance(job, Job):
-            raise TypeError(f"job must be a jobqueue.final.Job, not {type(job).__name__}")
-        if job.id in ids:
-            raise DuplicateJob(f"job id {job.id!r} appears twice in one enqueue_many call")
-        ids.add(job.id)
+    _count_batch(jobs)
     if core.closing:
         raise QueueClosed("cannot enqueue after close() has started")
     records = [Entry(job, None, 0, 0.0).record for job in jobs]
     core.store.insert(records, connection)  # type: ignore[attr-defined]
 
 
-def _batch_needs(core: Core, jobs: Sequence[Job]) -> _Needs:
-    """Check a batch; return how many jobs of each priority it holds."""
+def _count_batch(jobs: Sequence[Job]) -> list[int]:
+    """Check a batch's jobs and ids; return how many jobs of each priority it holds."""
     counts = [0, 0, 0]
     ids = set()
     for job in jobs:
@@ -159,6 +153,12 @@ def _batch_needs(core: Core, jobs: Sequence[Job]) -> _Needs:
             raise DuplicateJob(f"job id {job.id!r} appears twice in one enqueue_many call")
         ids.add(job.id)
         counts[job.priority] += 1
+    return counts
+
+
+def _batch_needs(core: Core, jobs: Sequence[Job]) -> _Needs:
+    """Check a batch; return how many jobs of each priority it holds."""
+    counts = _count_batch(jobs)
     limit = core.config.queue_size
     for priority in _PRIORITIES:
         if counts[priority] > limit:

@@ -74,12 +74,15 @@ class JobQueue:
     """A pool of worker threads running jobs by weighted priority, with retries and status.
 
     ``Config.persist_path`` chooses the store: ``None`` keeps everything in memory, a path
-    keeps jobs in LMDB so that they survive a crash (at least once). Use as a context manager,
-    or call :meth:`close`.
+    keeps jobs in LMDB so that they survive a crash (at least once); ``Config.database_url``
+    keeps them in PostgreSQL, in a queue every process naming it shares. Use as a context
+    manager, or call :meth:`close`.
 
     Threads: ``jobqueue-final-worker-N`` run jobs; ``jobqueue-final-retry`` brings retries
-    back when due; ``jobqueue-final-claimer`` claims jobs from the store as room frees. None
-    is started per job, and none outlives :meth:`close` unless a handler never returns.
+    back when due; ``jobqueue-final-claimer`` claims jobs from the store as room frees; in
+    PostgreSQL, ``jobqueue-final-pg-writer`` writes moves and heartbeats and
+    ``jobqueue-final-pg-listener`` hears other processes. None is started per job, and none
+    outlives :meth:`close` unless a handler never returns.
     """
 
     def __init__(self, config: Config) -> None:
