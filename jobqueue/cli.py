@@ -75,11 +75,9 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-# Payload sizes of records read without their payload (a database's list), by id.
-_SIZES: dict[str, int] = {}
-
-
-def _job_json(record: JobRecord, payload: bool = False) -> dict[str, Any]:
+def _job_json(record: JobRecord, payload: bool = False,
+              payload_size: int | None = None) -> dict[str, Any]:
+    """``payload_size`` for a record read without its payload (a database's list)."""
     data: dict[str, Any] = {
         "id": record.id,
         "status": record.status.value,
@@ -90,7 +88,7 @@ def _job_json(record: JobRecord, payload: bool = False) -> dict[str, Any]:
         "created_at": _finite(record.created_at),
         "started_at": _finite(record.started_at),
         "finished_at": _finite(record.finished_at),
-        "payload_size": _SIZES.get(record.id, len(record.payload)),
+        "payload_size": len(record.payload) if payload_size is None else payload_size,
     }
     if payload:
         try:
@@ -147,13 +145,12 @@ def stats(path: str, queue: str = "default") -> dict[str, Any]:
 
 
 def select(path: str, status: str | None, priority: str | None, kind: str | None,
-           limit: int | None, queue: str = "default") -> list[JobRecord]:
+           limit: int | None, queue: str = "default") -> list[tuple[JobRecord, int]]:
+    """The matching jobs, oldest first, each with its payload's size."""
     with _open(path, queue) as reader:
         if isinstance(reader, QueueReader):  # filtered by the database; no payload read
             rank = None if priority is None else _PRIORITIES.index(priority)
-            found = reader.select(status, rank, kind, limit)
-            _SIZES.update((record.id, size) for record, size in found)
-            return [record for record, _ in found]
+            return reader.select(status, rank, kind, limit)
         found = []
         for record in reader.records():
             if status is not None and record.status.value != status:
@@ -164,7 +161,7 @@ def select(path: str, status: str | None, priority: str | None, kind: str | None
                 continue
             found.append(record)
     found.sort(key=lambda r: (r.created_at, r.id))
-    return found if limit is None else found[:limit]
+    return [(r, len(r.payload)) for r in (found if limit is None else found[:limit])]
 
 
 def show(path: str, job_id: str, queue: str = "default") -> JobRecord:
@@ -418,12 +415,12 @@ def _run(args: argparse.Namespace) -> None:
             else:
                 print()
     elif args.command == "list":
-        records = select(args.path, args.status, args.priority, args.kind, args.limit,
-                         args.queue)
+        found = select(args.path, args.status, args.priority, args.kind, args.limit,
+                       args.queue)
         if args.json:
-            print(_dumps([_job_json(r) for r in records]))
+            print(_dumps([_job_json(r, payload_size=size) for r, size in found]))
         else:
-            _print_list(records)
+            _print_list(r for r, _ in found)
     elif args.command == "show":
         record = show(args.path, args.id, args.queue)
         if args.json:
