@@ -88,16 +88,23 @@ def _job_json(record: JobRecord, payload: bool = False,
         "created_at": _finite(record.created_at),
         "started_at": _finite(record.started_at),
         "finished_at": _finite(record.finished_at),
+        "run_at": _finite(record.due_at),
         "payload_size": len(record.payload) if payload_size is None else payload_size,
     }
     if payload:
-        try:
-            data["payload"] = record.payload.decode("utf-8")
-            data["payload_encoding"] = "utf-8"
-        except UnicodeDecodeError:
-            data["payload"] = record.payload.hex()
-            data["payload_encoding"] = "hex"
+        data["payload"], data["payload_encoding"] = _text_or_hex(record.payload)
+        if record.result is None:
+            data["result"] = data["result_encoding"] = None
+        else:
+            data["result"], data["result_encoding"] = _text_or_hex(record.result)
     return data
+
+
+def _text_or_hex(data: bytes) -> tuple[str, str]:
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return data.hex(), "hex"
 
 
 def _database_stats(reader: QueueReader) -> dict[str, Any]:
@@ -211,16 +218,33 @@ def _size(count: float) -> str:
     return str(count)
 
 
-def _table(rows: Sequence[Sequence[str]], width: int) -> str:
-    """Columns as wide as their widest cell; the last one cut to fit the terminal."""
+def _jobs(count: int) -> str:
+    return f"{count:,} job" if count == 1 else f"{count:,} jobs"
+
+
+#: The most lines the last column of a table wraps to (``show`` prints it all).
+_WRAP_LINES = 3
+
+
+def _table(rows: Sequence[Sequence[str]], width: int | None) -> str:
+    """Columns as wide as their widest cell. The last one wraps to fit ``width`` (None: as
+    wide as it is), onto at most three lines aligned under it."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     fixed = sum(widths[:-1]) + 2 * (len(widths) - 1)
-    last = max(10, width - fixed)
+    last = None if width is None else max(20, width - fixed)
     lines = []
     for row in rows:
         cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths[:-1], strict=True)]
-        tail = row[-1] if len(row[-1]) <= last else row[-1][: last - 1] + "…"
-        lines.append("  ".join([*cells, tail]).rstrip())
+        tail = row[-1]
+        if last is None or len(tail) <= last:
+            lines.append("  ".join([*cells, tail]).rstrip())
+            continue
+        pieces = [tail[i : i + last] for i in range(0, len(tail), last)]
+        if len(pieces) > _WRAP_LINES:
+            pieces = pieces[:_WRAP_LINES]
+            pieces[-1] = pieces[-1][:-1] + "…"
+        lines.append("  ".join([*cells, pieces[0]]))
+        lines += [" " * (fixed + 2) + piece for piece in pieces[1:]]
     return "\n".join(lines)
 
 
@@ -243,7 +267,15 @@ def _print_stats(data: dict[str, Any]) -> None:
     owner = data["owner_pid"]
     print(f"store size        {_size(data['disk_bytes'])} on disk, map {_size(data['map_size'])}")
     print(f"owner             {'none' if owner is None else f'process {owner}'}")
-
+    left = {status: data["by_status"].get(status, 0) for status in ("queued", "processing",
+                                                             "retrying", "scheduled")}
+    if owner is None and any(left.values()):
+        waiting = ", ".join(f"{count} {status}" for status, count in left.items() if count)
+        print(f"note              no process runs this queue: {waiting} wait for the next "
+              "JobQueue on this path.")
+        if left["processing"]:
+            print("                  Processing ones were interrupted by a crash: that "
+                  "attempt counts as failed, and they retry if they have retries left.")
 
 def _print_list(records: Iterable[JobRecord]) -> None:
     rows = [["ID", "STATUS", "PRIORITY", "KIND", "ATTEMPTS", "AGE", "LAST ERROR"]]
@@ -254,7 +286,8 @@ def _print_list(records: Iterable[JobRecord]) -> None:
     if len(rows) == 1:
         print("no jobs match")
         return
-    print(_table(rows, shutil.get_terminal_size().columns))
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    print(_table(rows, width))
 
 
 def _stamp(epoch: float | None) -> str:
@@ -275,17 +308,24 @@ def _print_show(record: JobRecord) -> None:
         print(f"{key:<12} {_stamp(data[key])}")
     if record.status is Status.RETRYING:
         print(f"{'retry_at':<12} {_stamp(record.due_at)}")
-    payload = record.payload
+    if record.status is Status.SCHEDULED:
+        print(f"{'run_at':<12} {_stamp(record.due_at)}")
     if record.status is Status.COMPLETED:
         print(f"{'payload':<12} not kept once a job completes")
+        if record.result is None:
+            print(f"{'result':<12} none (a handler's result is kept when it is bytes)")
+        else:
+            print(f"{'result':<12} {_bytes(record.result)}")
         return
+    print(f"{'payload':<12} {_bytes(record.payload)}")
+
+
+def _bytes(data: bytes) -> str:
     try:
-        text = payload.decode("utf-8")
-        print(f"{'payload':<12} {len(payload)} bytes, UTF-8: {_printable(text)}")
+        return f"{len(data)} bytes, UTF-8: {_printable(data.decode('utf-8'))}"
     except UnicodeDecodeError:
-        preview = payload[:32].hex(" ")
-        more = " …" if len(payload) > 32 else ""
-        print(f"{'payload':<12} {len(payload)} bytes, hex: {preview}{more}")
+        more = " …" if len(data) > 32 else ""
+        return f"{len(data)} bytes, hex: {data[:32].hex(' ')}{more}"
 
 
 # -- repairing -----------------------------------------------------------------------------
@@ -296,9 +336,13 @@ def _repair(path: str, change: str, ids: list[str] | None, statuses: list[Status
         if is_database_url(path):  # many writers: each repair is one transaction
             if change == "requeue":
                 return pg_admin.requeue(path, queue, ids)
+            if change == "cancel":
+                return pg_admin.cancel(path, queue, ids or [])
             return pg_admin.purge(path, queue, ids, statuses)
         if change == "requeue":
             return admin.requeue(path, ids)
+        if change == "cancel":
+            return admin.cancel(path, ids or [])
         return admin.purge(path, ids, statuses)
     except StoreLocked as exc:
         raise CommandError(
@@ -323,6 +367,7 @@ EXAMPLES = """examples:
   jobqueue list ./jobs.db --status failed  the dead letters, with their last error
   jobqueue show ./jobs.db welcome-42       everything stored about one job
   jobqueue requeue ./jobs.db --all-failed  after the outage: run the failed jobs again
+  jobqueue cancel ./jobs.db welcome-42     it will not run (queued, scheduled, retrying)
   jobqueue purge ./jobs.db --completed     forget finished jobs
 
 exit status: 0 done, 1 refused (a process owns the store), 2 bad input, 3 unexpected error"""
@@ -376,14 +421,14 @@ def _parser() -> argparse.ArgumentParser:
 
     sub = command("list", "one line a job, oldest first",
                   "jobqueue list ./jobs.db --status failed --kind email --limit 20")
-    sub.add_argument("--status", choices=_STATUSES)
-    sub.add_argument("--priority", choices=_PRIORITIES)
+    sub.add_argument("--status", choices=_STATUSES, help="only jobs with this status")
+    sub.add_argument("--priority", choices=_PRIORITIES, help="only jobs of this priority")
     sub.add_argument("--kind", help="only jobs of this kind")
     sub.add_argument("--limit", type=_count, default=100, help="at most N jobs (default 100)")
     sub.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     sub = command("show", "everything stored about one job", "jobqueue show ./jobs.db job-42")
-    sub.add_argument("id", metavar="ID")
+    sub.add_argument("id", metavar="ID", help="the job's id, as given to Job(id=...)")
     sub.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     sub = command("requeue", "run FAILED jobs again from attempt 0 (store must be free)",
@@ -391,11 +436,17 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("ids", metavar="ID", nargs="*", help="the jobs to run again")
     sub.add_argument("--all-failed", action="store_true", help="every FAILED job")
 
+    sub = command("cancel", "cancel queued, scheduled or retrying jobs (LMDB: store must be "
+                  "free; PostgreSQL: while processes run, if none holds the job)",
+                  "jobqueue cancel ./jobs.db welcome-42")
+    sub.add_argument("ids", metavar="ID", nargs="+", help="the jobs to cancel")
+
     sub = command("purge", "delete finished jobs or given ids (store must be free)",
                   "jobqueue purge ./jobs.db --completed")
     sub.add_argument("ids", metavar="ID", nargs="*", help="the jobs to delete")
     sub.add_argument("--completed", action="store_true", help="every COMPLETED job")
     sub.add_argument("--failed", action="store_true", help="every FAILED job")
+    sub.add_argument("--cancelled", action="store_true", help="every CANCELLED job")
     return parser
 
 
@@ -433,15 +484,20 @@ def _run(args: argparse.Namespace) -> None:
         done = _repair(args.path, "requeue", None if args.all_failed else args.ids, [],
                        args.queue)
         shown = ", ".join(_printable(job_id) for job_id in done[:20])
-        print(f"requeued {len(done)} jobs" + (f": {shown}" if done else ""))
+        print(f"requeued {_jobs(len(done))}" + (f": {shown}" if done else ""))
     elif args.command == "purge":
         statuses = [s for s, on in ((Status.COMPLETED, args.completed),
-                                    (Status.FAILED, args.failed)) if on]
+                                    (Status.FAILED, args.failed),
+                                    (Status.CANCELLED, args.cancelled)) if on]
         if bool(args.ids) == bool(statuses):
-            raise CommandError("purge takes job ids, or --completed and/or --failed")
+            raise CommandError("purge takes job ids, or any of --completed, --failed and "
+                               "--cancelled")
         done = _repair(args.path, "purge", None if statuses else args.ids, statuses,
                        args.queue)
-        print(f"purged {len(done)} jobs")
+        print(f"purged {_jobs(len(done))}")
+    elif args.command == "cancel":
+        done = _repair(args.path, "cancel", args.ids, [], args.queue)
+        print(f"cancelled {_jobs(len(done))}: " + ", ".join(_printable(i) for i in done[:20]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

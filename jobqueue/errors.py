@@ -5,8 +5,12 @@ The naive stage raises none of these: it has no bound to be full and no close to
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "DuplicateJob",
+    "JobCancelled",
+    "JobFailed",
     "JobQueueError",
     "JobTimeout",
     "QueueClosed",
@@ -40,10 +44,30 @@ class StoreLocked(StoreError):
     """Another queue, in this process or another, owns the persistent store."""
 
     def __init__(self, path: str, owner_pid: int | None) -> None:
-        owner = f"process {owner_pid}" if owner_pid is not None else "another process"
+        if owner_pid is None:
+            owner = "another process"
+        elif owner_pid == os.getpid():
+            owner = (f"another JobQueue of this process ({owner_pid}): close() it before "
+                     "opening the store again")
+        else:
+            owner = f"process {owner_pid}"
         super().__init__(f"store {path!r} is owned by {owner}")
         self.path = path
         self.owner_pid = owner_pid
+
+
+class JobFailed(JobQueueError):
+    """From ``result()``: the job ended FAILED. ``last_error`` is its last attempt's error."""
+
+    def __init__(self, job_id: str, last_error: str | None, attempts: int) -> None:
+        super().__init__(f"job {job_id!r} failed after {attempts} attempts: {last_error}")
+        self.job_id = job_id
+        self.last_error = last_error
+        self.attempts = attempts
+
+
+class JobCancelled(JobQueueError):
+    """From ``result()``: the job was cancelled before it ran."""
 
 
 class JobTimeout(JobQueueError):

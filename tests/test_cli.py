@@ -79,6 +79,7 @@ class TestStats:
         data = json.loads(done.stdout)
         assert data["by_status"] == {
             "queued": 3, "processing": 0, "retrying": 0, "completed": 4, "failed": 2,
+            "scheduled": 0, "cancelled": 0,
         }
         assert data["by_priority"] == {"high": 0, "medium": 3, "low": 0}
         assert data["dead_letters"] == 2
@@ -122,7 +123,7 @@ class TestList:
         assert len(limited) == 2
         assert set(limited[0]) == {
             "id", "status", "priority", "kind", "attempts", "last_error", "created_at",
-            "started_at", "finished_at", "payload_size",
+            "started_at", "finished_at", "run_at", "payload_size",
         }
 
     def test_human_table(self, store: str) -> None:
@@ -191,6 +192,7 @@ class TestRepairs:
         data = json.loads(jobqueue("stats", store, "--json").stdout)
         assert data["by_status"] == {
             "queued": 3, "processing": 0, "retrying": 0, "completed": 0, "failed": 1,
+            "scheduled": 0, "cancelled": 0,
         }
         unknown = jobqueue("purge", store, "hook-1", "nope")
         assert unknown.returncode == 2 and "no job 'nope'" in unknown.stderr

@@ -351,7 +351,9 @@ class TestStoreLocked:
         path = store_path(tmp_path)
         config = final.Config(handler=lambda p: None, persist_path=path)
         with final.JobQueue(config):
-            with pytest.raises(final.StoreLocked, match=rf"process {os.getpid()}") as caught:
+            with pytest.raises(final.StoreLocked,
+                               match=rf"another JobQueue of this process \({os.getpid()}\)"
+                               ) as caught:
                 final.JobQueue(config)
         assert caught.value.owner_pid == os.getpid()
         assert path in str(caught.value)

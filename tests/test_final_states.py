@@ -65,7 +65,7 @@ class TestMoves:
         assert described == {(f.name, t.name): told for (f, t), told in MOVES.items()}
 
     def test_only_live_statuses_are_live(self) -> None:
-        assert {QUEUED, PROCESSING, RETRYING} == LIVE
+        assert {QUEUED, PROCESSING, RETRYING, Status.SCHEDULED} == LIVE
 
     @pytest.mark.parametrize(
         ("frm", "to"),

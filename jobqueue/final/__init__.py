@@ -9,6 +9,8 @@ from __future__ import annotations
 from jobqueue._priority import Priority
 from jobqueue.errors import (
     DuplicateJob,
+    JobCancelled,
+    JobFailed,
     JobQueueError,
     JobTimeout,
     QueueClosed,
@@ -20,6 +22,7 @@ from jobqueue.final._context import JobContext, current_job
 from jobqueue.final._model import (
     Config,
     Handler,
+    Hook,
     Job,
     JobInfo,
     LatencySummary,
@@ -30,15 +33,19 @@ from jobqueue.final._picker import DEFAULT_WEIGHTS, WeightedPicker
 from jobqueue.final._queue import JobQueue
 from jobqueue.final._states import InvalidTransition, Status
 from jobqueue.final._store import JobRecord, MemoryStore, QueueStats, Store
+from jobqueue.final._tasks import Task
 
 __all__ = [
     "DEFAULT_WEIGHTS",
     "Config",
     "DuplicateJob",
     "Handler",
+    "Hook",
     "InvalidTransition",
     "Job",
+    "JobCancelled",
     "JobContext",
+    "JobFailed",
     "JobInfo",
     "JobQueue",
     "JobQueueError",
@@ -56,6 +63,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreLocked",
+    "Task",
     "WeightedPicker",
     "current_job",
 ]

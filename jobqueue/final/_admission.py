@@ -19,11 +19,11 @@ from jobqueue._priority import Priority
 from jobqueue.errors import DuplicateJob, JobQueueError, QueueClosed, QueueFull, StoreError
 from jobqueue.final._context import running_in
 from jobqueue.final._core import Core
-from jobqueue.final._model import Handler, Job, check_timeout
-from jobqueue.final._states import GONE, NEW, QUEUED, State
+from jobqueue.final._model import MAX_DELAY, Handler, Job, check_timeout
+from jobqueue.final._states import GONE, NEW, QUEUED, SCHEDULED, State
 from jobqueue.final._table import Entry
 
-__all__ = ["describe_state", "enqueue"]
+__all__ = ["check_delay", "describe_state", "enqueue", "run_at"]
 
 _PRIORITIES = tuple(Priority)
 #: How many jobs of each priority a call brings, for the priorities it brings any of.
@@ -34,6 +34,31 @@ def describe_state(state: State) -> str:
     return "being enqueued" if state is NEW else str(state.value)
 
 
+def run_at(core: Core, job: Job, delay: float | None) -> float | None:
+    """When ``job`` should run, in epoch seconds: its ``run_at``, or ``delay`` seconds from
+    now; None when that is now or past (it is QUEUED at once)."""
+    when = job.run_at
+    if delay is not None:
+        if when is not None:
+            raise ValueError(f"job {job.id!r} has a run_at; give delay= or run_at, not both")
+        if not delay:
+            return None
+        when = core.clock() + core.table.epoch_offset + delay
+    if when is None or when <= core.clock() + core.table.epoch_offset:
+        return None
+    return when
+
+
+def check_delay(delay: object) -> float | None:
+    if delay is None:
+        return None
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+        raise TypeError(f"delay must be a number of seconds, not {type(delay).__name__}")
+    if not (0 <= delay <= MAX_DELAY):  # NaN fails both
+        raise ValueError(f"delay must be from 0 to {MAX_DELAY:.0f} seconds, got {delay}")
+    return float(delay)
+
+
 def enqueue(
     core: Core,
     jobs: Sequence[Job],
@@ -41,12 +66,15 @@ def enqueue(
     block: bool,
     timeout: float | None,
     connection: object = None,
+    delay: float | None = None,
 ) -> None:
     """Accept ``jobs``, all or none; see ``JobQueue.enqueue`` for what it raises."""
-    if core.shared and handler is None and not (connection is None and _hold_here(core, jobs)):
+    if core.shared and handler is None and not (
+        connection is None and delay is None and _hold_here(core, jobs)
+    ):
         if timeout is not None:
             check_timeout("timeout", timeout)  # checked, though a database is never full
-        _insert_shared(core, jobs, connection)
+        _insert_shared(core, jobs, connection, delay)
         return
     if connection is not None:
         raise ValueError("connection= enqueues inside a PostgreSQL transaction: it needs a "
@@ -55,9 +83,8 @@ def enqueue(
         job = jobs[0]
         if not isinstance(job, Job):
             raise TypeError(f"job must be a jobqueue.final.Job, not {type(job).__name__}")
-        needed: _Needs = ((job.priority, 1),)
     else:
-        needed = _batch_needs(core, jobs)
+        _count_batch(jobs)
     if timeout is not None:
         timeout = check_timeout("timeout", timeout)
 
@@ -67,17 +94,25 @@ def enqueue(
     seq = core.seq
     entries = []
     records = []
+    scheduled = 0
     for job in jobs:
-        entry = Entry(job, handler, next(seq), now)
+        if job.run_at is None and delay is None:
+            entry = Entry(job, handler, next(seq), now)
+        else:
+            when = run_at(core, job, delay)
+            due = None if when is None else when - core.table.epoch_offset
+            entry = Entry(job, handler, next(seq), now, when, due)
+            scheduled += due is not None
         entries.append(entry)
         records.append(entry.record)
+    needed = _needs(core, entries) if scheduled or len(jobs) > 1 else ((jobs[0].priority, 1),)
     store, table = core.store, core.table
     prepared = store.prepare(records)
     mutex = core.mutex
     if not mutex.acquire_now():  # (the hot path: see YieldingLock)
         mutex.acquire()
     try:
-        now = _admit_locked(core, jobs, needed, handler, block, timeout, now)
+        now = _admit_locked(core, jobs, needed, handler, block, timeout, now, scheduled)
         if entries[0].record.seq <= core.newest_seq:
             # A producer that numbered its jobs later got here first. Stores tell an id's
             # lives apart by seq, so a new life must be numbered after every earlier one:
@@ -128,7 +163,9 @@ def _hold_here(core: Core, jobs: Sequence[Job]) -> bool:
     return table.count(QUEUED, priority) + table.count(NEW, priority) < core.refill_below
 
 
-def _insert_shared(core: Core, jobs: Sequence[Job], connection: object) -> None:
+def _insert_shared(
+    core: Core, jobs: Sequence[Job], connection: object, delay: float | None
+) -> None:
     """Jobs for a shared store: into the database, for whichever process claims them first.
 
     The database holds the backlog, so nothing here waits for room (``queue_size`` bounds
@@ -138,7 +175,10 @@ def _insert_shared(core: Core, jobs: Sequence[Job], connection: object) -> None:
     _count_batch(jobs)
     if core.closing:
         raise QueueClosed("cannot enqueue after close() has started")
-    records = [Entry(job, None, 0, 0.0).record for job in jobs]
+    records = []
+    for job in jobs:
+        when = None if job.run_at is None and delay is None else run_at(core, job, delay)
+        records.append(Entry(job, None, 0, 0.0, when, when).record)
     core.store.insert(records, connection)  # type: ignore[attr-defined]
 
 
@@ -156,9 +196,13 @@ def _count_batch(jobs: Sequence[Job]) -> list[int]:
     return counts
 
 
-def _batch_needs(core: Core, jobs: Sequence[Job]) -> _Needs:
-    """Check a batch; return how many jobs of each priority it holds."""
-    counts = _count_batch(jobs)
+def _needs(core: Core, entries: Sequence[Entry]) -> _Needs:
+    """How many jobs of each priority the entries need room for: the QUEUED ones (a
+    SCHEDULED job takes none until it is due). Raises if they could never fit."""
+    counts = [0, 0, 0]
+    for entry in entries:
+        if entry.due is None:
+            counts[entry.job.priority] += 1
     limit = core.config.queue_size
     for priority in _PRIORITIES:
         if counts[priority] > limit:
@@ -177,9 +221,11 @@ def _admit_locked(
     block: bool,
     timeout: float | None,
     now: float,
+    scheduled: int = 0,
 ) -> float:
     """Wait until the jobs may be accepted; raise if they never will. Returns ``now``, or
-    the time after waiting."""
+    the time after waiting. ``scheduled`` of them are SCHEDULED: they need no room, but
+    are refused at once past ``max_scheduled``, as room there frees only as they come due."""
     endtime = None if timeout is None else now + timeout
     limit = core.config.queue_size
     table = core.table
@@ -199,6 +245,11 @@ def _admit_locked(
                         f"no handler for job {job.id!r}: kind {job.kind!r} is not in "
                         "handlers and the config has no default handler"
                     )
+            if scheduled and table.scheduled() + scheduled > core.config.max_scheduled:
+                raise QueueFull(
+                    f"{table.scheduled()} jobs are scheduled already, and max_scheduled is "
+                    f"{core.config.max_scheduled}: {scheduled} more would pass it"
+                )
             for full, count in needed:
                 crowded = table.occupied(full) + count > limit
                 # Stored jobs go first, but not before a handler's: the claimer may fill the
@@ -255,7 +306,15 @@ def _wait_in_handler_locked(
 
 def _accept_locked(core: Core, entries: Sequence[Entry], now: float) -> None:
     transition = core.table.transition
+    ready = 0
     for entry in entries:
-        transition(entry, QUEUED, now)
-    if core.idle_workers:
-        core.ready_locked(len(entries))
+        if entry.due is None:
+            transition(entry, QUEUED, now)
+            ready += 1
+        else:
+            if transition(entry, SCHEDULED, now):
+                core.retry_due.notify()  # the earliest due time: the timer must wake
+            # Its reservation counted against room, which a SCHEDULED job takes none of.
+            core.room_freed_locked(entry.job.priority)
+    if ready and core.idle_workers:
+        core.ready_locked(ready)

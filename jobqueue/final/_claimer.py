@@ -22,10 +22,17 @@ from collections.abc import Sequence
 
 from jobqueue._priority import Priority
 from jobqueue.final._core import Core, log_safely
+from jobqueue.final._model import Hook, JobInfo
 from jobqueue.final._retry import RetryPolicy
 from jobqueue.final._states import NEW, PROCESSING, QUEUED, RETRYING
 from jobqueue.final._store import JobRecord
-from jobqueue.final._workers import Outcome, failed_attempt, settle_locked
+from jobqueue.final._workers import (
+    Outcome,
+    call_hook,
+    failed_attempt,
+    hook_call_locked,
+    settle_locked,
+)
 
 __all__ = ["claim"]
 
@@ -97,7 +104,7 @@ def claim(core: Core, policy: RetryPolicy) -> None:
                         line.wake_all()
                     core.changed_locked()
                     break
-                _hold_locked(core, records, interrupted)
+                settled = _hold_locked(core, records, interrupted)
                 # A kind registered during the claim was not in ``kinds``, and jobs another
                 # process added during it may have come too late for it: the store may still
                 # hold such jobs, so only a claim that missed nothing clears the flag.
@@ -106,6 +113,8 @@ def claim(core: Core, policy: RetryPolicy) -> None:
                     core.unclaimed[priority] = False
                     core.room[priority].wake_all()
                 core.changed_locked()
+            for hook, info in settled:  # outside the mutex, as a worker calls them
+                call_hook(hook, info)
 
 
 def _room(core: Core, priority: Priority) -> int:
@@ -123,8 +132,10 @@ def _room(core: Core, priority: Priority) -> int:
 
 def _hold_locked(
     core: Core, records: Sequence[JobRecord], interrupted: dict[str, Outcome]
-) -> None:
+) -> list[tuple[Hook, JobInfo]]:
+    """Hold the claimed jobs; return the hooks to call for attempts settled here."""
     table = core.table
+    settled = []
     for record in records:
         # A producer may be enqueueing the same id: the store will refuse it (the record is
         # live there), so wait for its reservation to go.
@@ -141,7 +152,10 @@ def _hold_locked(
             watch[1] = entry  # a wait() follows it from here
         if entry.state is PROCESSING:
             settle_locked(core, entry, interrupted[record.id], now)
+            if core.hooks is not None and (hook := hook_call_locked(core, entry)) is not None:
+                settled.append(hook)
         elif entry.state is RETRYING:
             core.retry_due.notify()
         else:
             core.ready_locked(1)
+    return settled

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from jobqueue.final._core import Core, log_safely
 from jobqueue.final._model import check_timeout
+from jobqueue.final._states import PROCESSING, SCHEDULED
 
 __all__ = ["finish", "start_locked", "close"]
 
@@ -30,6 +31,7 @@ def start_locked(core: Core) -> None:
     for line in core.room:
         line.wake_all()
     core.claim_wake.notify_all()
+    core.tick_wake.notify_all()
     core.changed_locked()  # wakes the workers and the retry timer if nothing is left
 
 
@@ -47,6 +49,9 @@ def close(core: Core, threads: Sequence[threading.Thread], timeout: float | None
         if gave_up:
             core.stopping = True
             core.shutdown.set()
+            for entry in core.table.in_state(PROCESSING):  # handlers asleep in wait()
+                if entry.wake is not None:
+                    entry.wake.set()
             core.wake_workers_locked()
             core.retry_due.notify()
             core.changed.notify_all()
@@ -64,6 +69,13 @@ def close(core: Core, threads: Sequence[threading.Thread], timeout: float | None
     with core.mutex:
         if gave_up:
             abandoned = core.table.drop_all(core.clock())
+        elif not core.store.persistent:  # close() does not wait for jobs due later
+            abandoned = sorted(entry.job.id for entry in core.table.in_state(SCHEDULED))
+            if abandoned:
+                log_safely(logging.WARNING, "close(): %d scheduled jobs were not due yet, and "
+                           "are lost with the memory store: %s%s", len(abandoned),
+                           ", ".join(abandoned[:_IDS_LOGGED]),
+                           " and more" if len(abandoned) > _IDS_LOGGED else "")
         core.closed = True
         core.changed_locked()  # waiters whose jobs will not finish now must know
     if gave_up:

@@ -46,8 +46,11 @@ class JobContext:
         self._entry = entry
 
     def cancelled(self) -> bool:
-        """True once the job has timed out or shutdown has stopped waiting for it."""
+        """True once the job has timed out, ``cancel()`` was called for it, or shutdown has
+        stopped waiting for it."""
         if self._shutdown.is_set():
+            return True
+        if self._entry is not None and self._entry.cancel_requested:  # type: ignore[attr-defined]
             return True
         return self.deadline is not None and time.monotonic() >= self.deadline
 
@@ -60,7 +63,20 @@ class JobContext:
             left = max(0.0, self.deadline - time.monotonic())
             timeout = left if timeout is None else min(timeout, left)
             timeout = min(timeout, threading.TIMEOUT_MAX)
-        self._shutdown.wait(timeout)
+        entry = self._entry
+        if entry is None:
+            self._shutdown.wait(timeout)
+            return self.cancelled()
+        # An Event for this sleep alone, which cancel() and close() set: made here, not per
+        # job, as few handlers sleep. Published before cancelled() is read, so that a cancel
+        # either sees it or comes before the read.
+        wake = threading.Event()
+        entry.wake = wake  # type: ignore[attr-defined]
+        try:
+            if not self.cancelled():
+                wake.wait(timeout)
+        finally:
+            entry.wake = None  # type: ignore[attr-defined]
         return self.cancelled()
 
 

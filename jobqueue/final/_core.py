@@ -14,12 +14,12 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from jobqueue._priority import Priority
 from jobqueue.final._lock import YieldingLock
-from jobqueue.final._model import Config, Handler
-from jobqueue.final._states import NEW, PROCESSING, QUEUED, RETRYING
+from jobqueue.final._model import Config, Handler, Hook
+from jobqueue.final._states import COMPLETED, FAILED, NEW, PROCESSING, QUEUED, RETRYING, State
 from jobqueue.final._store import Store
 from jobqueue.final._table import JobTable
 
@@ -113,13 +113,15 @@ class WaitingLine:
 class Core:
     """The shared state of one queue. Fields are read and written with ``mutex`` held,
     except ``config``, ``store``, ``clock``, ``running``, ``ran``, ``forked``, ``seq``,
-    ``shared``, ``claim_batch``, ``refill_below`` and ``shutdown``, which never change or
-    are safe on their own."""
+    ``shared``, ``claim_batch``, ``refill_below``, ``hooks`` and ``shutdown``, which never
+    change or are safe on their own."""
 
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(
+        self, config: Config, store: Store, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.config = config
         self.store = store
-        self.clock = time.monotonic
+        self.clock = clock
         self.running = store.running  # told of each attempt about to run, if not None
         self.ran = store.ran  # and of its handler returning
         self.forked = False  # set in a child forked from this process: workers there stop
@@ -145,15 +147,27 @@ class Core:
         #   room[p]: producers wait for room in priority p;
         #   changed: wait(), join(), close() and the claimer wait for jobs to move;
         #   retry_due: the retry timer waits for the earliest retry;
-        #   claim_wake: the claimer waits for room in a priority the store may hold jobs of.
+        #   claim_wake: the claimer waits for room in a priority the store may hold jobs of;
+        #   tick_wake: the periodic thread waits for the next tick of its schedules.
         self.mutex = YieldingLock()
         self.work_ready = threading.Condition(self.mutex)  # type: ignore[arg-type]
         self.room = [WaitingLine(self.mutex) for _ in _PRIORITIES]
         self.changed = threading.Condition(self.mutex)  # type: ignore[arg-type]
         self.retry_due = threading.Condition(self.mutex)  # type: ignore[arg-type]
         self.claim_wake = threading.Condition(self.mutex)  # type: ignore[arg-type]
+        self.tick_wake = threading.Condition(self.mutex)  # type: ignore[arg-type]
+        self.schedules: list = []  # periodic schedules (_periodic.Schedule), by the ticker
         self.table = JobTable(store, config.effective_weights, self.clock)
+        if self.shared:  # due times it compares are the queue's: so is its clock
+            offset = self.table.epoch_offset
+            store.now = lambda: clock() + offset  # type: ignore[attr-defined]
         self.handlers: dict[str, Handler] = dict(config.handlers or {})
+        self.tasks: dict[str, object] = {}  # kind -> the Task whose handler it is
+        # The hook for each outcome, or None when the config has none (workers skip them).
+        hooks = {COMPLETED: config.on_complete, FAILED: config.on_failure,
+                 RETRYING: config.on_retry}
+        self.hooks: dict[State, Hook] | None = {
+            state: hook for state, hook in hooks.items() if hook is not None} or None
         self.unclaimed = [True, True, True]  # the store may hold jobs of p for this queue
         self.news = [0, 0, 0]  # counts jobs_ready() calls for p, for the claimer
         self.registered = 0  # counts register() calls of a new kind, for the claimer

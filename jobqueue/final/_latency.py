@@ -31,19 +31,35 @@ _LAST = _BUCKETS - 1
 class LatencyHistogram:
     """Counts latencies into log-spaced buckets. Not thread-safe: the queue's mutex guards it."""
 
-    __slots__ = ("_counts", "_total", "_max")
+    __slots__ = ("_counts", "_total", "_max", "_sum")
 
     def __init__(self) -> None:
         self._counts = [0] * _BUCKETS
         self._total = 0
         self._max = 0.0
+        self._sum = 0.0
 
     def record(self, seconds: float) -> None:
         index = bisect_left(_UPPER_BOUNDS, seconds)
         self._counts[index if index < _BUCKETS else _LAST] += 1
         self._total += 1
+        self._sum += seconds
         if seconds > self._max:
             self._max = seconds
+
+    def cumulative(self, bounds: list[float]) -> tuple[list[int], int, float]:
+        """For each of ``bounds`` (ascending), the latencies counted in buckets whose upper
+        bound is at most it (as Prometheus's ``le``; a bucket straddling a bound counts
+        above it); with the count and the sum of every latency."""
+        counts = []
+        seen = 0
+        index = 0
+        for bound in bounds:
+            while index < _BUCKETS and _UPPER_BOUNDS[index] <= bound:
+                seen += self._counts[index]
+                index += 1
+            counts.append(seen)
+        return counts, self._total, self._sum
 
     def summary(self) -> LatencySummary:
         """Percentiles as bucket upper bounds (never above the largest latency seen)."""

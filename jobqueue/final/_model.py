@@ -27,18 +27,23 @@ __all__ = [
     "MAX_RETRIES",
     "Config",
     "Handler",
+    "Hook",
     "Job",
     "JobInfo",
     "LatencySummary",
     "Metrics",
     "PriorityMetrics",
     "Status",
+    "check_epoch",
     "check_handler",
     "check_timeout",
 ]
 
 #: A handler receives the job's payload; it returns for success and raises for failure.
+#: What it returns is kept as the job's result when it is bytes (see ``JobQueue.result``).
 Handler = Callable[[bytes], Any]
+#: ``Config.on_complete``, ``on_failure`` and ``on_retry``: called with the job's JobInfo.
+Hook = Callable[["JobInfo"], Any]
 
 MAX_ID_BYTES = 256
 MAX_KIND_BYTES = 256
@@ -82,6 +87,17 @@ def check_timeout(name: str, value: object) -> float | None:
         return None
     _check_seconds(name, value)
     return None if value >= threading.TIMEOUT_MAX else float(value)  # type: ignore[operator]
+
+
+def check_epoch(name: str, value: object) -> None:
+    """A time as epoch seconds: a finite number, within what a thread can wait for."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be epoch seconds (time.time()), not "
+                        f"{type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number of epoch seconds, got {value}")
+    if abs(value) > MAX_DELAY:
+        raise ValueError(f"{name} must be epoch seconds (time.time()), got {value}")
 
 
 _UNRUN_FLAGS = inspect.CO_COROUTINE | inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
@@ -167,6 +183,27 @@ def _check_path(path: object) -> None:
                          f"{text!r}") from None
 
 
+def _payload_error(payload: object) -> str:
+    if isinstance(payload, str):
+        return ("payload must be bytes, not str: encode it (payload.encode()), or use "
+                "@jq.task for jobs with arguments")
+    return f"payload must be bytes, not {type(payload).__name__}"
+
+
+def _priority(value: object) -> Priority:
+    """A Priority from itself or its name ("high", as the CLI prints it)."""
+    if isinstance(value, str):
+        try:
+            return Priority[value.upper()]
+        except KeyError:
+            pass
+    elif isinstance(value, Priority):
+        return value
+    names = ", ".join(f"Priority.{p.name}" for p in Priority)
+    raise TypeError(f"priority must be one of {names} (or its name: 'high', 'medium', "
+                    f"'low'), not {value!r}")
+
+
 _set = object.__setattr__  # how a frozen dataclass sets its fields
 _MEDIUM = Priority.MEDIUM
 
@@ -175,8 +212,10 @@ _MEDIUM = Priority.MEDIUM
 class Job:
     """A unit of work: an id, an opaque payload and how to schedule it.
 
-    ``created`` (epoch seconds) defaults to now. Raises ``TypeError`` or ``ValueError``
-    naming the field when a value is wrong.
+    ``created`` (epoch seconds) defaults to now. ``run_at`` (epoch seconds) holds the job
+    SCHEDULED until then; None, or a time past, runs it as soon as a worker is free.
+    ``priority`` takes a :class:`Priority` or its name (``"high"``). Raises ``TypeError`` or
+    ``ValueError`` naming the field when a value is wrong.
     """
 
     id: str
@@ -185,6 +224,7 @@ class Job:
     kind: str
     max_retries: int | None
     created: float
+    run_at: float | None
 
     # Written out rather than generated: a producer makes one Job per job, and checking the
     # arguments before storing them costs a third less than dataclass's __init__ and
@@ -197,6 +237,7 @@ class Job:
         kind: str = "",
         max_retries: int | None = None,
         created: float | None = None,
+        run_at: float | None = None,
     ) -> None:
         if type(id) is not str and not isinstance(id, str):
             raise TypeError(f"id must be a str, not {type(id).__name__}")
@@ -204,9 +245,9 @@ class Job:
             raise ValueError("id must be a non-empty str")
         _check_text("id", id, MAX_ID_BYTES)
         if type(payload) is not bytes:
-            raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+            raise TypeError(_payload_error(payload))
         if type(priority) is not Priority:
-            raise TypeError(f"priority must be a Priority, not {priority!r}")
+            priority = _priority(priority)
         if type(kind) is not str:
             raise TypeError(f"kind must be a str, not {type(kind).__name__}")
         if kind:
@@ -225,6 +266,9 @@ class Job:
         _set(self, "kind", kind)
         _set(self, "max_retries", max_retries)
         _set(self, "created", created)
+        if run_at is not None:
+            check_epoch("run_at", run_at)
+        _set(self, "run_at", run_at)
 
 
 @dataclass(frozen=True)
@@ -249,6 +293,11 @@ class Config:
     database_url: str | None = None
     queue_name: str = "default"
     lease: float = 30.0
+    max_scheduled: int = 100_000
+    on_complete: Hook | None = None
+    on_failure: Hook | None = None
+    on_retry: Hook | None = None
+    eager: bool = False
 
     def __post_init__(self) -> None:
         _check_int("num_workers", self.num_workers, 1)
@@ -290,6 +339,16 @@ class Config:
         if self.lease < MIN_LEASE:
             raise ValueError(f"lease must be at least {MIN_LEASE} s (heartbeats go every third "
                              f"of it), got {self.lease}")
+        _check_int("max_scheduled", self.max_scheduled, 0)
+        for name in ("on_complete", "on_failure", "on_retry"):
+            hook = getattr(self, name)
+            if hook is not None:
+                check_handler(name, hook)
+        if not isinstance(self.eager, bool):
+            raise TypeError(f"eager must be a bool, not {type(self.eager).__name__}")
+        if self.eager and (self.persist_path is not None or self.database_url is not None):
+            raise ValueError("eager=True runs each job in the caller's thread, in memory, for "
+                             "tests: it takes no persist_path or database_url")
         if not isinstance(self.fsync, bool):
             raise TypeError(f"fsync must be a bool, not {type(self.fsync).__name__}")
         if self.handler is not None:
@@ -313,7 +372,9 @@ class Config:
 @dataclass(frozen=True, slots=True)
 class JobInfo:
     """What the queue knows about one job. Times are epoch seconds, ``None`` until they happen;
-    ``retry_at`` is when a RETRYING job runs next."""
+    ``retry_at`` is when a RETRYING or SCHEDULED job runs next. ``result`` is what a
+    COMPLETED job's handler returned, as the store keeps it: bytes (a task's as JSON), or
+    None."""
 
     id: str
     status: Status
@@ -325,6 +386,7 @@ class JobInfo:
     started_at: float | None
     finished_at: float | None
     retry_at: float | None = None
+    result: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +397,14 @@ class LatencySummary:
     p90: float
     p99: float
     max: float
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {_ms(getattr(self, name))}"
+                         for name in ("p50", "p90", "p99", "max"))
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.3g} ms"
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +417,15 @@ class PriorityMetrics:
     completed: int
     failed: int
     retried: int
+    scheduled: int = 0
+    cancelled: int = 0
+
+    def __str__(self) -> str:
+        return "  ".join(f"{name} {getattr(self, name):,}" for name in _COUNTS)
+
+
+_COUNTS = ("queued", "scheduled", "processing", "retrying", "completed", "failed",
+           "cancelled", "retried")
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,3 +444,17 @@ class Metrics:
     busy_workers: int
     utilization: float
     queue_latency: LatencySummary
+    scheduled: int = 0
+    cancelled: int = 0
+
+    def __str__(self) -> str:
+        """A few readable lines, for ``print(jq.metrics())``; ``repr`` has every field."""
+        lines = [
+            "  ".join(f"{name} {getattr(self, name):,}" for name in _COUNTS)
+            + f"  abandoned {self.abandoned:,}",
+            f"workers {self.busy_workers} of {self.num_workers} busy, "
+            f"utilization {self.utilization:.1%}",
+            f"queue latency {self.queue_latency}",
+        ]
+        lines += [f"{p.name.lower():<7}{m}" for p, m in self.per_priority.items()]
+        return "\n".join(lines)

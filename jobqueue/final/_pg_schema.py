@@ -10,6 +10,7 @@ One table holds the jobs of every queue in a database, one row per job id and qu
     jobqueue_jobs_ready     (queue, priority, seq) of live jobs no process holds: claims
     jobqueue_jobs_leases    (queue, lease_until) of held jobs: heartbeats, lapsed leases
     jobqueue_jobs_finished  (queue, finished_at) of finished jobs: retention, dead letters
+    jobqueue_jobs_scheduled (queue, due_at) of SCHEDULED jobs no process holds: due claims
 
 Creating them is idempotent and serialised by an advisory lock, so processes that start at
 once agree; a database made by a newer jobqueue (a higher schema version) is refused, since
@@ -30,7 +31,7 @@ __all__ = ["CHANNEL", "SCHEMA_VERSION", "ConnectionPool", "connect", "create_sch
 
 logger = logging.getLogger("jobqueue")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Every queue of a database notifies on this channel; the payload names the queue.
 CHANNEL = "jobqueue"
 # Any constant will do: it names the lock that serialises schema creation.
@@ -58,6 +59,7 @@ CREATE TABLE IF NOT EXISTS jobqueue_jobs (
     finished_at double precision,
     due_at double precision,
     seq bigint NOT NULL,
+    result bytea,
     owner text,
     lease_id bigint,
     lease_until timestamptz,
@@ -68,7 +70,21 @@ CREATE INDEX IF NOT EXISTS jobqueue_jobs_ready ON jobqueue_jobs (queue, priority
 CREATE INDEX IF NOT EXISTS jobqueue_jobs_leases ON jobqueue_jobs (queue, lease_until)
     WHERE owner IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobqueue_jobs_finished ON jobqueue_jobs (queue, finished_at)
-    WHERE status IN ('completed', 'failed');
+    WHERE status IN ('completed', 'failed', 'cancelled');
+CREATE INDEX IF NOT EXISTS jobqueue_jobs_scheduled ON jobqueue_jobs (queue, due_at)
+    WHERE owner IS NULL AND status = 'scheduled';
+"""
+
+# From version 1: results, and the SCHEDULED and CANCELLED statuses. Older processes still
+# running on the database ignore both (they claim only the statuses they know).
+_UPGRADE_FROM_1 = """
+ALTER TABLE jobqueue_jobs ADD COLUMN IF NOT EXISTS result bytea;
+DROP INDEX IF EXISTS jobqueue_jobs_finished;
+CREATE INDEX jobqueue_jobs_finished ON jobqueue_jobs (queue, finished_at)
+    WHERE status IN ('completed', 'failed', 'cancelled');
+CREATE INDEX IF NOT EXISTS jobqueue_jobs_scheduled ON jobqueue_jobs (queue, due_at)
+    WHERE owner IS NULL AND status = 'scheduled';
+UPDATE jobqueue_meta SET value = '2' WHERE key = 'schema_version';
 """
 
 
@@ -130,6 +146,9 @@ def create_schema(conn: Any) -> None:
                     "INSERT INTO jobqueue_meta VALUES ('schema_version', %s)",
                     (str(SCHEMA_VERSION),),
                 )
+            elif _version(row[0]) == 1:
+                conn.execute(_UPGRADE_FROM_1)
+                logger.info("upgraded the jobqueue tables from schema version 1 to 2")
             elif _version(row[0]) > SCHEMA_VERSION:
                 raise StoreError(
                     f"the database's jobqueue schema is version {row[0]}, newer than this "
@@ -162,6 +181,8 @@ def check_schema(conn: Any) -> None:
             f"the database's jobqueue schema is version {version[0]}, newer than this "
             f"jobqueue knows ({SCHEMA_VERSION}): upgrade jobqueue to use it"
         )
+    if version is not None and _version(version[0]) < SCHEMA_VERSION:
+        create_schema(conn)  # upgrades it, as the next queue to start would
 
 
 # psycopg's errors for a connection the server no longer serves.

@@ -50,7 +50,7 @@ from typing import Any
 from jobqueue._priority import Priority
 from jobqueue.errors import DuplicateJob, StoreError
 from jobqueue.final._pg_schema import CHANNEL, ConnectionPool, connect, create_schema
-from jobqueue.final._states import LIVE, Status
+from jobqueue.final._states import FINISHED, LIVE, Status
 from jobqueue.final._store import JobRecord, LeaseLost, QueueStats
 
 __all__ = ["PostgresStore"]
@@ -74,7 +74,12 @@ _NOTIFY_GAP = 0.002
 FOREIGN = "-" * 8
 
 _COLUMNS = ("id, payload, priority, kind, max_retries, created_at, status, attempts, "
-            "last_error, started_at, finished_at, due_at, seq")
+            "last_error, started_at, finished_at, due_at, seq, result")
+#: How many columns _COLUMNS names: a row's further columns start there.
+_NCOLS = 14
+_FINISHED_VALUES = frozenset(status.value for status in FINISHED)
+#: The statuses of finished jobs, as SQL: only a new life runs them again.
+_FINISHED = "('completed', 'failed', 'cancelled')"
 
 # New jobs: one row (VALUES) or many (unnest). A live id is a duplicate: ON CONFLICT updates
 # only a finished row (a new life), so a live one returns no row. Notices are sent for the
@@ -82,16 +87,16 @@ _COLUMNS = ("id, payload, priority, kind, max_retries, created_at, status, attem
 _INSERT = f"""
 WITH added AS (
     INSERT INTO jobqueue_jobs AS j
-        (queue, id, payload, priority, kind, max_retries, created_at, status, seq,
+        (queue, id, payload, priority, kind, max_retries, created_at, status, due_at, seq,
          owner, lease_id, lease_until)
     {{rows}}
     ON CONFLICT (queue, id) DO UPDATE SET
         payload = excluded.payload, priority = excluded.priority, kind = excluded.kind,
         max_retries = excluded.max_retries, created_at = excluded.created_at,
-        status = 'queued', attempts = 0, last_error = NULL, started_at = NULL,
-        finished_at = NULL, due_at = NULL, seq = excluded.seq, owner = excluded.owner,
-        lease_id = excluded.lease_id, lease_until = excluded.lease_until
-    WHERE j.status IN ('completed', 'failed')
+        status = excluded.status, attempts = 0, last_error = NULL, started_at = NULL,
+        finished_at = NULL, due_at = excluded.due_at, seq = excluded.seq, result = NULL,
+        owner = excluded.owner, lease_id = excluded.lease_id, lease_until = excluded.lease_until
+    WHERE j.status IN {_FINISHED} AND %(revive)s
     RETURNING j.id, j.priority, j.lease_id
 )
 SELECT id, lease_id, CASE WHEN priority = ANY(%(notify)s::smallint[])
@@ -104,13 +109,15 @@ _HELD = """%(owner)s, CASE WHEN %(owner)s::text IS NULL THEN NULL
                 ELSE now() + make_interval(secs => %(lease)s) END"""
 _INSERT_ONE = _INSERT.replace("{rows}", f"""VALUES (
     %(queue)s, %(id)s, %(payload)s, %(priority)s, %(kind)s, %(max_retries)s::integer,
-    %(created)s, 'queued', nextval('jobqueue_seq'), {_HELD})""")
+    %(created)s, %(status)s, %(due)s::float8, nextval('jobqueue_seq'), {_HELD})""")
 _INSERT_MANY = _INSERT.replace("{rows}", f"""
     SELECT %(queue)s, u.id, u.payload, u.priority, u.kind, u.max_retries, u.created_at,
-           'queued', nextval('jobqueue_seq'), {_HELD}
+           u.status, u.due_at, nextval('jobqueue_seq'), {_HELD}
     FROM unnest(%(ids)s::text[], %(payloads)s::bytea[], %(priorities)s::smallint[],
-                %(kinds)s::text[], %(max_retries)s::integer[], %(created)s::float8[])
-         WITH ORDINALITY AS u(id, payload, priority, kind, max_retries, created_at, n)
+                %(kinds)s::text[], %(max_retries)s::integer[], %(created)s::float8[],
+                %(statuses)s::text[], %(due)s::float8[])
+         WITH ORDINALITY AS u(id, payload, priority, kind, max_retries, created_at, status,
+                              due_at, n)
     ORDER BY u.n""")
 
 # One claim: the oldest unheld live jobs of a priority, then jobs whose lease lapsed. Rows
@@ -124,13 +131,19 @@ WITH unheld AS (
     WHERE queue = %(queue)s AND priority = %(priority)s AND owner IS NULL
       AND status IN ('queued', 'processing', 'retrying') {{kinds}}
     ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT ctid AS tid, id, seq, NULL::text AS old_owner FROM jobqueue_jobs
+    WHERE queue = %(queue)s AND owner IS NULL AND status = 'scheduled'
+      AND due_at <= %(now)s AND priority = %(priority)s {{kinds}}
+    ORDER BY due_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), lapsed AS (
     SELECT ctid AS tid, id, seq, owner AS old_owner FROM jobqueue_jobs
     WHERE queue = %(queue)s AND owner IS NOT NULL AND lease_until < now()
       AND owner <> %(owner)s AND priority = %(priority)s {{kinds}}
     ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), picked AS (
-    SELECT * FROM unheld UNION ALL SELECT * FROM lapsed ORDER BY seq LIMIT %(limit)s
+    SELECT * FROM unheld UNION ALL SELECT * FROM due UNION ALL SELECT * FROM lapsed
+    ORDER BY seq LIMIT %(limit)s
 )
 UPDATE jobqueue_jobs AS j
 SET owner = %(owner)s, lease_id = nextval('jobqueue_lease_ids'),
@@ -151,9 +164,10 @@ WITH target AS (
     SELECT held.tid, u.* FROM unnest(
             %(ids)s::text[], %(leases)s::bigint[], %(statuses)s::text[],
             %(attempts)s::integer[], %(errors)s::text[], %(started)s::float8[],
-            %(finished)s::float8[], %(due)s::float8[], %(held)s::bool[])
+            %(finished)s::float8[], %(due)s::float8[], %(held)s::bool[],
+            %(results)s::bytea[])
         AS u(id, lease_id, status, attempts, last_error, started_at, finished_at, due_at,
-             held)
+             held, result)
     JOIN LATERAL (
         SELECT ctid AS tid, lease_id FROM jobqueue_jobs
         WHERE queue = %(queue)s AND id = u.id LIMIT 1
@@ -163,13 +177,14 @@ WITH target AS (
         status = t.status, attempts = t.attempts, last_error = t.last_error,
         started_at = t.started_at, finished_at = t.finished_at, due_at = t.due_at,
         payload = CASE WHEN t.status = 'completed' THEN ''::bytea ELSE j.payload END,
+        result = t.result,
         owner = CASE WHEN t.held THEN j.owner END,
         lease_id = CASE WHEN t.held THEN j.lease_id END,
         lease_until = CASE WHEN t.held THEN j.lease_until END
     FROM target AS t WHERE j.ctid = t.tid AND j.lease_id = t.lease_id
     RETURNING j.id, j.status
 )
-SELECT id, status, CASE WHEN status IN ('completed', 'failed')
+SELECT id, status, CASE WHEN status IN {_FINISHED}
     THEN pg_notify('{CHANNEL}', 'd' || %(tag)s || %(queue)s) END
 FROM moved
 """
@@ -177,28 +192,28 @@ FROM moved
 # Finished jobs older than the retention's newest, a batch at a time. The cut-off is read
 # without locks; rows another transaction holds (a new life being enqueued) are skipped,
 # and one made live again meanwhile is skipped on the re-check.
-_TRIM = """
+_TRIM = f"""
 WITH cutoff AS (
     SELECT finished_at, seq FROM jobqueue_jobs
-    WHERE queue = %(queue)s AND status IN ('completed', 'failed')
+    WHERE queue = %(queue)s AND status IN {_FINISHED}
     ORDER BY finished_at DESC, seq DESC OFFSET %(keep)s LIMIT 1
 )
 DELETE FROM jobqueue_jobs WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM jobqueue_jobs
-    WHERE queue = %(queue)s AND status IN ('completed', 'failed')
+    WHERE queue = %(queue)s AND status IN {_FINISHED}
       AND finished_at <= (SELECT finished_at FROM cutoff)
       AND (finished_at, seq) <= (SELECT finished_at, seq FROM cutoff)
     ORDER BY finished_at, seq LIMIT %(batch)s FOR UPDATE SKIP LOCKED))
-  AND status IN ('completed', 'failed')
+  AND status IN {_FINISHED}
 """
 
 
 def _record(row: Sequence[Any]) -> JobRecord:
     (job_id, payload, priority, kind, max_retries, created_at, status, attempts, last_error,
-     started_at, finished_at, due_at, seq) = row[:13]
+     started_at, finished_at, due_at, seq, result) = row[:_NCOLS]
     return JobRecord(job_id, bytes(payload), _PRIORITIES[priority], kind, max_retries,
                      created_at, Status(status), attempts, last_error, started_at,
-                     finished_at, due_at, seq)
+                     finished_at, due_at, seq, None if result is None else bytes(result))
 
 
 def _identity(conn: Any) -> tuple[str, str, str]:
@@ -220,8 +235,11 @@ def _insert_params(records: Sequence[JobRecord]) -> tuple[str, dict[str, Any]]:
         return _INSERT_ONE, {
             "id": r.id, "payload": r.payload, "priority": int(r.priority), "kind": r.kind,
             "max_retries": r.max_retries, "created": r.created_at,
+            "status": r.status.value, "due": r.due_at,
         }
     return _INSERT_MANY, {
+        "statuses": [r.status.value for r in records],
+        "due": [r.due_at for r in records],
         "ids": [r.id for r in records],
         "payloads": [r.payload for r in records],
         "priorities": [int(r.priority) for r in records],
@@ -237,6 +255,8 @@ class PostgresStore:
     persistent = True
     shared = True
     ran = None  # (running() needs no word back: the outcome's write says it all)
+    #: The time in epoch seconds against which scheduled jobs come due (the queue's clock).
+    now: Callable[[], float] = staticmethod(time.time)
     #: The claimer looks for jobs at least this often (seconds), notified or not.
     poll_interval = 1.0
 
@@ -382,11 +402,14 @@ class PostgresStore:
             leases = self._insert(conn, records, self.owner, (), own_transaction=True)
         self._leases.update(leases)
 
-    def insert(self, records: Sequence[JobRecord], connection: Any = None) -> None:
+    def insert(
+        self, records: Sequence[JobRecord], connection: Any = None, *, revive: bool = True
+    ) -> None:
         """Insert jobs unheld, for any process to claim; all or none.
 
         With ``connection`` (the caller's psycopg connection), inside its transaction: the
-        jobs exist once that transaction commits, and never if it rolls back.
+        jobs exist once that transaction commits, and never if it rolls back. With
+        ``revive=False`` an id kept finished is a duplicate too (a periodic job's tick).
         """
         if self._closing:
             raise StoreError("the PostgreSQL store is closed")
@@ -399,7 +422,7 @@ class PostgresStore:
             self._check_same_database(connection)
             # Notified at its commit, to every listener (this one too: it cannot know when).
             self._insert(connection, records, None, [0, 1, 2], own_transaction=False,
-                         tag=FOREIGN)
+                         tag=FOREIGN, revive=revive)
             return
         priorities = {r.priority for r in records}
         now = time.monotonic()
@@ -408,7 +431,7 @@ class PostgresStore:
             for p in notify:
                 self._notified[p] = now
         with self._pool.connection() as conn:
-            self._insert(conn, records, None, notify, own_transaction=True)
+            self._insert(conn, records, None, notify, own_transaction=True, revive=revive)
         if len(notify) < len(priorities):
             with self._lock:  # the writer notifies for these once the gap has passed
                 for p in priorities.difference(notify):
@@ -434,6 +457,7 @@ class PostgresStore:
     def _insert(
         self, conn: Any, records: Sequence[JobRecord], owner: str | None,
         notify: Collection[int], own_transaction: bool, tag: str | None = None,
+        revive: bool = True,
     ) -> dict[str, int]:
         import psycopg
         from psycopg.rows import tuple_row
@@ -443,7 +467,7 @@ class PostgresStore:
                              f"{self._write_wait:.0f} s")
         sql, params = _insert_params(records)
         params.update(queue=self.queue, owner=owner, lease=self.lease, notify=list(notify),
-                      tag=self._tag if tag is None else tag)
+                      tag=self._tag if tag is None else tag, revive=revive)
         try:
             run = conn.cursor(row_factory=tuple_row).execute  # whatever the caller's factory
             if own_transaction and len(records) == 1:
@@ -718,6 +742,7 @@ class PostgresStore:
             "finished": [r.finished_at for r, _ in moves],
             "due": [r.due_at for r, _ in moves],
             "held": [lease > 0 for _, lease in moves],
+            "results": [r.result for r, _ in moves],
         }).fetchall()
         if len(written) != len(moves):
             self._renew_now = True  # this process was likely paused: check its other leases
@@ -734,7 +759,7 @@ class PostgresStore:
                     "lease of %s s without a heartbeat): its outcome here, %s, is not "
                     "written", record.id, self.lease, record.status.value,
                 )
-        finished = sum(1 for row in written if row[1] in ("completed", "failed"))
+        finished = sum(1 for row in written if row[1] in _FINISHED_VALUES)
         self._finished_since_trim += finished
         if finished and self._finished_since_trim > self._retention // 10:
             self._finished_since_trim = 0
@@ -778,7 +803,7 @@ class PostgresStore:
 
         query = _CLAIM.format(kinds="" if kinds is None else "AND kind = ANY(%(kinds)s)")
         params = {"queue": self.queue, "priority": int(priority), "limit": limit,
-                  "owner": self.owner, "lease": self.lease,
+                  "owner": self.owner, "lease": self.lease, "now": self.now(),
                   "kinds": None if kinds is None else list(kinds)}
         try:
             with self._pool.connection() as conn:
@@ -796,16 +821,17 @@ class PostgresStore:
                 # this one goes back, for a process that does not hold the id.
                 if self._leases.get(record.id) == old:
                     self._leases.pop(record.id, None)
-                stale.append(row[13])
+                stale.append(row[_NCOLS])
                 logger.info("job %r: claimed a new life of it while this queue still held an "
                             "old one, which another process took over; handed back", record.id)
                 continue
-            self._leases[record.id] = row[13]
-            if row[14] is not None or record.status is Status.PROCESSING:
+            self._leases[record.id] = row[_NCOLS]
+            old_owner = row[_NCOLS + 1]
+            if old_owner is not None or record.status is Status.PROCESSING:
                 self._suspects.add(record.id)  # its last process may have died running it
-            if row[14] is not None:
+            if old_owner is not None:
                 logger.warning("job %r taken over from %s, whose lease of it lapsed (%s)",
-                               record.id, row[14], record.status.value)
+                               record.id, old_owner, record.status.value)
             records.append(record)
         if stale:
             self._query("UPDATE jobqueue_jobs SET owner = NULL, lease_id = NULL, "
@@ -859,6 +885,23 @@ class PostgresStore:
         if self._on_ready is not None:
             self._on_ready((record.priority,))
         return record
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job no process holds (QUEUED, SCHEDULED or RETRYING), in one
+        statement; False if there is none such (held, running, finished or unknown)."""
+        if not _storable(job_id):
+            return False
+        row = self._query_one(
+            f"""WITH cancelled AS (
+                UPDATE jobqueue_jobs SET status = 'cancelled', finished_at = %(now)s,
+                    due_at = NULL
+                WHERE queue = %(queue)s AND id = %(id)s AND owner IS NULL
+                  AND status IN ('queued', 'scheduled', 'retrying')
+                RETURNING id)
+            SELECT id, pg_notify('{CHANNEL}', 'd' || %(tag)s || %(queue)s) FROM cancelled""",
+            {"queue": self.queue, "id": job_id, "tag": self._tag, "now": time.time()},
+        )
+        return row is not None
 
     def has_live(self) -> bool:
         """True while any process has work in this queue."""

@@ -18,18 +18,23 @@ lets jobs in through :mod:`._admission`, answers questions, and closes.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
 
-from jobqueue.errors import QueueClosed
-from jobqueue.final import _admission, _claimer, _closing, _workers
+from jobqueue._priority import Priority
+from jobqueue.errors import JobCancelled, JobFailed, QueueClosed
+from jobqueue.final import _admission, _claimer, _closing, _periodic, _workers
 from jobqueue.final._context import JobContext, own_thread, running_in, worker_local
 from jobqueue.final._core import Core
 from jobqueue.final._model import (
+    MAX_DELAY,
     Config,
     Handler,
     Job,
@@ -39,12 +44,26 @@ from jobqueue.final._model import (
     check_timeout,
 )
 from jobqueue.final._retry import RetryPolicy
-from jobqueue.final._states import GONE, LIVE, NEW, Status
-from jobqueue.final._store import QueueStats, open_store
+from jobqueue.final._states import (
+    CANCELLED,
+    GONE,
+    LIVE,
+    NEW,
+    PROCESSING,
+    QUEUED,
+    RETRYING,
+    SCHEDULED,
+    Status,
+)
+from jobqueue.final._store import JobRecord, QueueStats, open_store
+from jobqueue.final._tasks import Task, decode_result, make_task
 
 __all__ = ["JobQueue"]
 
 logger = logging.getLogger("jobqueue")
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 # Every queue of this process, so that a forked child can mark them unusable (Core.forked).
@@ -70,6 +89,11 @@ def _check_id(job_id: object) -> None:
         raise TypeError(f"job_id must be a str, not {type(job_id).__name__}")
 
 
+def _unknown(job_id: str) -> KeyError:
+    return KeyError(f"no job {job_id!r} in this queue (never enqueued, or finished longer "
+                    "ago than status_retention keeps)")
+
+
 class JobQueue:
     """A pool of worker threads running jobs by weighted priority, with retries and status.
 
@@ -85,7 +109,7 @@ class JobQueue:
     outlives :meth:`close` unless a handler never returns.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, _clock: Callable[[], float] | None = None) -> None:
         if not isinstance(config, Config):
             raise TypeError(f"config must be a jobqueue.final.Config, not {type(config).__name__}")
         # A forked child has none of the threads and must not touch the parent's store:
@@ -94,11 +118,15 @@ class JobQueue:
         self._config = config
         store = open_store(config)
         try:
-            self._core = core = Core(config, store)
+            # _clock: a monotonic clock for tests, which move it and wake the timers
+            # themselves (tests/clock.py); the timers still sleep in real time.
+            self._core = core = Core(config, store, _clock or time.monotonic)
         except BaseException:
             store.close(0)
             raise
-        policy = RetryPolicy(config.max_retries, config.base_delay, config.max_delay, config.jitter)
+        self._policy = policy = RetryPolicy(
+            config.max_retries, config.base_delay, config.max_delay, config.jitter
+        )
         # One close() at a time; a second one waits. Reentrant: close() logs, and a log
         # handler may call close() again on the same thread.
         self._close_lock = threading.RLock()
@@ -108,13 +136,19 @@ class JobQueue:
         try:
             if core.shared:  # other processes' news: new jobs to claim, jobs finished
                 core.store.listen(core.jobs_ready, core.jobs_changed)  # type: ignore[attr-defined]
-            for number in range(config.num_workers):
+            # Eager mode runs every job in the thread that enqueues it: no threads to start,
+            # and no claimer to find stored jobs (eager queues keep none).
+            if config.eager:
+                core.unclaimed = [False, False, False]
+            for number in range(0 if config.eager else config.num_workers):
                 self._start_thread(
                     lambda: _workers.work(core, policy, self._finish_close),
                     f"jobqueue-final-worker-{number}",
                 )
-            self._start_thread(lambda: _workers.retry_timer(core), "jobqueue-final-retry")
-            self._start_thread(lambda: _claimer.claim(core, policy), "jobqueue-final-claimer")
+            if not config.eager:
+                self._start_thread(lambda: _workers.retry_timer(core), "jobqueue-final-retry")
+                self._start_thread(lambda: _claimer.claim(core, policy),
+                                   "jobqueue-final-claimer")
         except BaseException:
             self.close(timeout=0)
             raise
@@ -149,11 +183,15 @@ class JobQueue:
         timeout: float | None = None,
         *,
         connection: object = None,
+        delay: float | None = None,
     ) -> None:
         """Accept a job, run by ``handlers[job.kind]`` or else ``handler`` from the config.
 
         Blocks while the job's priority is full (``queue_size`` jobs queued or waiting for a
         retry); raises ``QueueFull`` at once with ``block=False`` or after ``timeout`` seconds.
+        With ``delay`` seconds (or a ``Job.run_at`` to come) the job is SCHEDULED until
+        then: it takes no room until it is due, but past ``max_scheduled`` jobs scheduled
+        ``QueueFull`` is raised at once, as room there frees only as they come due.
         With a persistent store, returns only once the job is committed to it.
         Raises ``QueueClosed`` once :meth:`close` has started, ``DuplicateJob`` if a job with
         this id is queued, processing or retrying, ``ValueError`` if no handler can run it,
@@ -168,7 +206,12 @@ class JobQueue:
         """
         if self._core.forked:
             self._refuse_if_forked()
-        _admission.enqueue(self._core, (job,), None, block, timeout, connection)
+        if delay is not None:
+            delay = _admission.check_delay(delay)
+        if self._config.eager:
+            self._run_eagerly((job,), None, block, timeout)
+            return
+        _admission.enqueue(self._core, (job,), None, block, timeout, connection, delay)
 
     def enqueue_with_handler(
         self, job: Job, handler: Handler, block: bool = True, timeout: float | None = None
@@ -182,6 +225,9 @@ class JobQueue:
         """
         self._refuse_if_forked()
         check_handler("handler", handler)
+        if self._config.eager:
+            self._run_eagerly((job,), handler, block, timeout)
+            return
         _admission.enqueue(self._core, (job,), handler, block, timeout)
 
     def enqueue_many(
@@ -191,17 +237,118 @@ class JobQueue:
         timeout: float | None = None,
         *,
         connection: object = None,
+        delay: float | None = None,
     ) -> None:
         """Accept several jobs at once, all or none: one store commit for the whole batch.
 
         Blocks until the batch fits; raises ``ValueError`` if it holds more jobs of one
         priority than ``queue_size``, since it could never fit. Otherwise as :meth:`enqueue`,
-        ``connection`` included.
+        ``connection`` and ``delay`` included.
         """
         self._refuse_if_forked()
+        if delay is not None:
+            delay = _admission.check_delay(delay)
         batch = tuple(jobs)
-        if batch:
-            _admission.enqueue(self._core, batch, None, block, timeout, connection)
+        if batch and self._config.eager:
+            self._run_eagerly(batch, None, block, timeout)
+        elif batch:
+            _admission.enqueue(self._core, batch, None, block, timeout, connection, delay)
+
+    def _run_eagerly(
+        self, jobs: tuple[Job, ...], handler: Handler | None, block: bool,
+        timeout: float | None,
+    ) -> None:
+        """Eager mode: accept the jobs, then run each here and now, retries included
+        (without waiting for the backoff). A job's run_at is not waited for either."""
+        jobs = tuple(
+            job if not isinstance(job, Job) or job.run_at is None
+            else Job(job.id, job.payload, job.priority, job.kind, job.max_retries, job.created)
+            for job in jobs
+        )
+        _admission.enqueue(self._core, jobs, handler, block, timeout)
+        for job in jobs:
+            _workers.run_now(self._core, self._policy, job.id)
+
+    def task(
+        self,
+        kind: str | None = None,
+        *,
+        priority: Priority | str = Priority.MEDIUM,
+        max_retries: int | None = None,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]:
+        """Decorate a function to make it a task: the handler of ``kind`` (default: its
+        module and qualified name), enqueued with its arguments as JSON.
+
+        ``@jq.task(kind="email")`` on ``def send(to: str)`` gives a :class:`Task`:
+        ``send.enqueue(to="ada@example.com", id="welcome-42")`` returns the job's id, and
+        ``jq.result(id)`` what ``send`` returned, through JSON. ``send(...)`` still calls
+        the function directly. Raises ``TypeError`` for a parameter named ``id``,
+        ``delay`` or ``run_at`` (enqueue's own) or a function that is not a plain one.
+        """
+        def decorate(function: Callable[P, R]) -> Task[P, R]:
+            made = make_task(self, function, kind, priority, max_retries)
+            self.register(made.kind, made.run)
+            with self._core.mutex:
+                self._core.tasks[made.kind] = made
+            return made
+        return decorate
+
+    def every(
+        self, seconds: float, job_factory: Callable[[], Job], *, name: str
+    ) -> None:
+        """Enqueue ``job_factory()`` every ``seconds``, at whole multiples of it since the
+        epoch (``every(60)``: each minute on the minute), under the id ``name@<tick time>``.
+
+        Every process and every restart computes the same ids, and an id the store holds
+        (live, or finished within ``status_retention``) is not enqueued again: no tick
+        runs twice. Ticks missed while no process ran are skipped. One thread,
+        ``jobqueue-final-periodic``, serves every schedule. Raises ``ValueError`` for a
+        name in use or a period out of range, ``TypeError`` for wrong types.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise TypeError(f"seconds must be a number, not {type(seconds).__name__}")
+        if not (0.001 <= seconds <= MAX_DELAY):  # NaN fails too
+            raise ValueError(f"seconds must be from 0.001 to {MAX_DELAY:.0f}, got {seconds}")
+        self._add_schedule(name, _periodic.every_ticks(float(seconds)), job_factory)
+
+    def cron(
+        self, expression: str, job_factory: Callable[[], Job], *, name: str,
+        tz: datetime.tzinfo = datetime.UTC,
+    ) -> None:
+        """As :meth:`every`, at the times of a cron ``expression`` (``"*/5 * * * *"``) in
+        the time zone ``tz`` (default UTC). Needs croniter: ``pip install 'jobqueue[cron]'``
+        (``ImportError`` naming it otherwise); ``ValueError`` for an invalid expression.
+        """
+        if not isinstance(tz, datetime.tzinfo):
+            raise TypeError(f"tz must be a datetime.tzinfo, not {type(tz).__name__}")
+        self._add_schedule(name, _periodic.cron_ticks(expression, tz), job_factory)
+
+    def _add_schedule(
+        self, name: str, ticks: _periodic.Ticks, job_factory: Callable[[], Job]
+    ) -> None:
+        self._refuse_if_forked()
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        Job(_periodic.tick_id(name, 0.0))  # the ids it makes must be valid: checks the name
+        if "@" in name:
+            raise ValueError(f"name must not contain '@' (it separates the tick time): {name!r}")
+        if not callable(job_factory):
+            raise TypeError(f"job_factory must be callable, not {type(job_factory).__name__}")
+        core = self._core
+        with self._close_lock, core.mutex:
+            if core.closing:
+                raise QueueClosed("cannot add a periodic job after close() has started")
+            if any(schedule.name == name for schedule in core.schedules):
+                raise ValueError(f"a periodic job named {name!r} exists already")
+            now = core.clock() + core.table.epoch_offset
+            core.schedules.append(_periodic.Schedule(name, ticks, job_factory,
+                                                     ticks.next_after(now)))
+            core.tick_wake.notify()
+            start = len(core.schedules) == 1
+        if start:
+            with self._close_lock:
+                self._start_thread(lambda: _periodic.ticker(core, self.enqueue),
+                                   "jobqueue-final-periodic")
 
     def register(self, kind: str, handler: Handler) -> None:
         """Add or replace the handler for jobs of ``kind``, while the queue runs.
@@ -216,7 +363,8 @@ class JobQueue:
         with core.mutex:
             new_kind = kind not in core.handlers
             core.handlers[kind] = handler
-            if new_kind and self._config.handler is None and not core.closing:
+            if (new_kind and self._config.handler is None and not core.closing
+                    and not self._config.eager):  # (eager queues keep nothing stored)
                 core.registered += 1
                 core.unclaimed = [True, True, True]  # the store may hold jobs of that kind
                 core.claim_wake.notify()
@@ -242,11 +390,45 @@ class JobQueue:
             return
         record = core.store.get(job_id)
         if record is None:
-            raise KeyError(job_id)
+            raise _unknown(job_id)
         if record.status is not Status.FAILED:
             raise ValueError(f"job {job_id!r} is {record.status.value}, not failed")
         job = record.job()
         _admission.enqueue(core, (job,), None, True, None)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job that has not started: QUEUED, SCHEDULED or RETRYING becomes
+        CANCELLED (final, kept as finished jobs are), and True is returned.
+
+        A running job is not stopped (Python cannot stop a thread): its handler is asked to,
+        through ``current_job().cancelled()`` and ``current_job().wait()``, and False is
+        returned; what the handler then does decides the outcome. False too for a finished
+        or unknown job. In PostgreSQL, a job no process holds is cancelled in the database;
+        one another process has claimed cannot be cancelled from here (False). Never blocks
+        on a handler.
+        """
+        self._refuse_if_forked()
+        _check_id(job_id)
+        core = self._core
+        wake = None
+        with core.mutex:
+            entry = core.table.get(job_id)
+            if entry is not None:
+                state = entry.state
+                if state is PROCESSING:
+                    entry.cancel_requested = True  # before reading wake: see JobContext.wait
+                    wake = entry.wake
+                elif state in (QUEUED, SCHEDULED, RETRYING):
+                    core.table.transition(entry, CANCELLED, core.clock())
+                    if state is not SCHEDULED:
+                        core.room_freed_locked(entry.job.priority)
+                    core.changed_locked()
+                    return True
+        if wake is not None:
+            wake.set()  # type: ignore[attr-defined]
+        if entry is None and core.shared:
+            return core.store.cancel(job_id)  # type: ignore[attr-defined, no-any-return]
+        return False
 
     # -- asking -----------------------------------------------------------------------------
 
@@ -275,12 +457,34 @@ class JobQueue:
         return None if record is None else record.info()
 
     def wait(self, job_id: str, timeout: float | None = None) -> Status:
-        """Block until the job is COMPLETED or FAILED and return that status.
+        """Block until the job is finished (COMPLETED, FAILED or CANCELLED); return that.
 
         Raises ``KeyError`` for an unknown id, ``TimeoutError`` after ``timeout`` seconds (None
         or ``inf``: no limit), ``QueueClosed`` if close() left the job unfinished, and
         ``RuntimeError`` from the handler running that very job (it would wait for itself).
         """
+        return self._finished_record(job_id, timeout).status
+
+    def result(self, job_id: str, timeout: float | None = None) -> Any:
+        """Block until the job is finished, as :meth:`wait`; return what its handler
+        returned, like ``Future.result()``.
+
+        A task's result comes back through JSON; a plain handler's is kept only when it is
+        bytes (None otherwise). Raises :class:`JobFailed` (with the last error) for a FAILED
+        job, :class:`JobCancelled` for a CANCELLED one, and as :meth:`wait` otherwise.
+        Results are kept with the finished job, up to ``status_retention`` jobs.
+        """
+        record = self._finished_record(job_id, timeout)
+        if record.status is Status.FAILED:
+            raise JobFailed(job_id, record.last_error, record.attempts)
+        if record.status is Status.CANCELLED:
+            raise JobCancelled(f"job {job_id!r} was cancelled")
+        if record.kind in self._core.tasks:
+            return decode_result(record.result)
+        return record.result
+
+    def _finished_record(self, job_id: str, timeout: float | None) -> JobRecord:
+        """The record of the job once it is finished; see wait()."""
         self._refuse_if_forked()
         _check_id(job_id)
         timeout = check_timeout("timeout", timeout)
@@ -311,9 +515,9 @@ class JobQueue:
                     if entry is not None:
                         break
                     if record is None:
-                        raise KeyError(job_id)
+                        raise _unknown(job_id)
                     if record.status not in LIVE:
-                        return record.status
+                        return record
                     # Stored and not claimed yet: look again after the next change. A change
                     # while the store was read bumped the version: look again at once.
                     if core.version == version:
@@ -334,9 +538,9 @@ class JobQueue:
         if entry.state is GONE:
             if core.shared:  # taken over by another process: its outcome is in the store
                 remaining = None if endtime is None else max(0.0, endtime - core.clock())
-                return self.wait(job_id, remaining)
-            raise KeyError(job_id)
-        return entry.state  # type: ignore[return-value]
+                return self._finished_record(job_id, remaining)
+            raise _unknown(job_id)
+        return entry.record
 
     def _wait_for(self, job_id: str, endtime: float | None, timeout: float | None) -> None:
         core = self._core
@@ -419,7 +623,8 @@ class JobQueue:
         per_priority = {
             p: {Status.QUEUED: m.queued, Status.PROCESSING: m.processing,
                 Status.RETRYING: m.retrying, Status.COMPLETED: m.completed,
-                Status.FAILED: m.failed}
+                Status.FAILED: m.failed, Status.SCHEDULED: m.scheduled,
+                Status.CANCELLED: m.cancelled}
             for p, m in metrics.per_priority.items()
         }
         counts = {status: sum(c[status] for c in per_priority.values()) for status in Status}
@@ -440,6 +645,19 @@ class JobQueue:
         with core.mutex:
             elapsed = core.clock() - self._started_at
             return core.table.metrics(self._config.num_workers, elapsed, len(self._abandoned))
+
+    def _metrics_and_latency(
+        self, bounds: list[float]
+    ) -> tuple[Metrics, tuple[list[int], int, float]]:
+        """metrics() with its latency histogram at ``bounds``, from one snapshot (for
+        :mod:`jobqueue.final.prometheus`)."""
+        self._refuse_if_forked()
+        core = self._core
+        with core.mutex:
+            elapsed = core.clock() - self._started_at
+            metrics = core.table.metrics(self._config.num_workers, elapsed,
+                                         len(self._abandoned))
+            return metrics, core.table.latency_buckets(bounds)
 
     # -- closing ----------------------------------------------------------------------------
 

@@ -9,6 +9,9 @@ A record is a fixed header followed by the variable fields::
     H  id length  H kind length  I last_error length  I payload length
     id, kind, last_error (UTF-8), payload
 
+A COMPLETED record has no payload: its handler's result, if any, takes the payload's place,
+and the ``_HAS_RESULT`` flag says so (an older record, without the flag, has no result).
+
 Only plain values are decoded, so a damaged or hostile store cannot run code (unlike pickle).
 """
 
@@ -30,6 +33,7 @@ _STATUS_CODES = {status: code for code, status in enumerate(Status)}
 _STATUSES = tuple(Status)
 _PRIORITIES = tuple(Priority)
 _HAS_ERROR = 1
+_HAS_RESULT = 2
 _NAN = math.nan
 
 
@@ -50,11 +54,16 @@ def encode(record: JobRecord, fseq: int = 0) -> bytes:
     job_id = record.id.encode()
     kind = record.kind.encode()
     error = b"" if record.last_error is None else record.last_error.encode("utf-8", "replace")
+    flags = 0 if record.last_error is None else _HAS_ERROR
+    body = record.payload
+    if record.result is not None:
+        body = record.result  # a COMPLETED record's payload is empty
+        flags |= _HAS_RESULT
     header = _HEADER.pack(
         FORMAT_VERSION,
         _STATUS_CODES[record.status],
         record.priority,
-        0 if record.last_error is None else _HAS_ERROR,
+        flags,
         record.attempts,
         -1 if record.max_retries is None else record.max_retries,
         record.seq,
@@ -66,9 +75,9 @@ def encode(record: JobRecord, fseq: int = 0) -> bytes:
         len(job_id),
         len(kind),
         len(error),
-        len(record.payload),
+        len(body),
     )
-    return b"".join((header, job_id, kind, error, record.payload))
+    return b"".join((header, job_id, kind, error, body))
 
 
 def decode(data: bytes) -> tuple[JobRecord, int]:
@@ -95,9 +104,13 @@ def decode(data: bytes) -> tuple[JobRecord, int]:
     except UnicodeDecodeError as exc:
         raise RecordError(f"record text is not UTF-8: {exc}") from None
     start += error_len
+    body = bytes(data[start:])
+    result = None
+    if flags & _HAS_RESULT:
+        body, result = b"", body
     record = JobRecord(
         job_id,
-        bytes(data[start:]),
+        body,
         _PRIORITIES[priority],
         kind,
         None if max_retries < 0 else max_retries,
@@ -109,6 +122,7 @@ def decode(data: bytes) -> tuple[JobRecord, int]:
         _optional(finished),
         _optional(due),
         seq,
+        result,
     )
     return record, fseq
 

@@ -73,6 +73,11 @@ class RetrySchedule(Generic[_T]):
         heapq.heappush(self._heap, (due, next(self._order), item))
         return self._heap[0][2] is item
 
+    def remove(self, item: _T) -> None:
+        """Unschedule ``item`` (by identity); O(n), for the rare cancel."""
+        self._heap = [queued for queued in self._heap if queued[2] is not item]
+        heapq.heapify(self._heap)
+
     def pop_due(self, now: float | None = None) -> list[_T]:
         """Remove and return the items due at ``now`` (default: the clock), earliest first."""
         if now is None:

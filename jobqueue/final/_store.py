@@ -29,8 +29,9 @@ __all__ = ["JobRecord", "LeaseLost", "MemoryStore", "QueueStats", "Store", "open
 class JobRecord(NamedTuple):
     """Everything a store keeps about a job. Times are epoch seconds or ``None``.
 
-    ``seq`` orders jobs of one priority by arrival; ``due_at`` is when a RETRYING job runs next.
-    A COMPLETED record carries no payload: nothing will run it again.
+    ``seq`` orders jobs of one priority by arrival; ``due_at`` is when a RETRYING or
+    SCHEDULED job runs next. A COMPLETED record carries no payload (nothing will run it
+    again) and, in ``result``, what its handler returned, if bytes.
     """
 
     id: str
@@ -46,6 +47,7 @@ class JobRecord(NamedTuple):
     finished_at: float | None
     due_at: float | None
     seq: int
+    result: bytes | None = None
 
     def job(self) -> Job:
         """The job this record keeps, to run again."""
@@ -64,6 +66,7 @@ class JobRecord(NamedTuple):
             self.started_at,
             self.finished_at,
             self.due_at,
+            self.result,
         )
 
 
@@ -79,6 +82,8 @@ class QueueStats:
     failed: int
     per_priority: Mapping[Priority, Mapping[Status, int]]
     processes: int
+    scheduled: int = 0
+    cancelled: int = 0
 
     @classmethod
     def of(
@@ -86,7 +91,8 @@ class QueueStats:
         processes: int,
     ) -> QueueStats:
         return cls(counts[Status.QUEUED], counts[Status.PROCESSING], counts[Status.RETRYING],
-                   counts[Status.COMPLETED], counts[Status.FAILED], per_priority, processes)
+                   counts[Status.COMPLETED], counts[Status.FAILED], per_priority, processes,
+                   counts.get(Status.SCHEDULED, 0), counts.get(Status.CANCELLED, 0))
 
 
 class LeaseLost(Exception):
@@ -191,9 +197,10 @@ _PRIORITIES = tuple(Priority)
 
 def _from_plain(kept: tuple) -> JobRecord:
     (job_id, payload, priority, kind, max_retries, created_at, status, attempts, last_error,
-     started_at, finished_at, due_at, seq) = kept
+     started_at, finished_at, due_at, seq, result) = kept
     return JobRecord(job_id, payload, _PRIORITIES[priority], kind, max_retries, created_at,
-                     _STATUS[status], attempts, last_error, started_at, finished_at, due_at, seq)
+                     _STATUS[status], attempts, last_error, started_at, finished_at, due_at, seq,
+                     result)
 
 
 class MemoryStore:
@@ -252,11 +259,11 @@ class MemoryStore:
 
     def finished(self, record: JobRecord) -> None:
         (job_id, payload, priority, kind, max_retries, created_at, status, attempts, last_error,
-         started_at, finished_at, due_at, seq) = record
+         started_at, finished_at, due_at, seq, result) = record
         finished = self._finished
         finished[job_id] = (  # plain values: see _from_plain
             job_id, payload, int(priority), kind, max_retries, created_at, _PLAIN_STATUS[status],
-            attempts, last_error, started_at, finished_at, due_at, seq,
+            attempts, last_error, started_at, finished_at, due_at, seq, result,
         )
         self._live.pop(job_id, None)  # after: get() without the mutex finds one or the other
         if len(finished) > self._retention:

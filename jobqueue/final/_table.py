@@ -20,6 +20,7 @@ from jobqueue.final._model import Handler, Job, Metrics, PriorityMetrics
 from jobqueue.final._picker import WeightedPicker
 from jobqueue.final._retry import RetrySchedule
 from jobqueue.final._states import (
+    CANCELLED,
     COMPLETED,
     FAILED,
     GONE,
@@ -28,6 +29,7 @@ from jobqueue.final._states import (
     PROCESSING,
     QUEUED,
     RETRYING,
+    SCHEDULED,
     STORED,
     InvalidTransition,
     State,
@@ -38,7 +40,9 @@ __all__ = ["Entry", "JobTable"]
 
 _PRIORITIES = tuple(Priority)
 # GONE is counted though nothing reads it: every move can then count its target alike.
-_COUNTED = (NEW, QUEUED, PROCESSING, RETRYING, COMPLETED, FAILED, GONE)
+_COUNTED = (NEW, QUEUED, PROCESSING, RETRYING, SCHEDULED, COMPLETED, FAILED, CANCELLED, GONE)
+#: The states whose jobs wait in the retry schedule for a due time.
+_WAITING = (RETRYING, SCHEDULED)
 
 
 _new_record = tuple.__new__  # JobRecord from a tuple, without namedtuple's Python __new__
@@ -47,22 +51,31 @@ _new_record = tuple.__new__  # JobRecord from a tuple, without namedtuple's Pyth
 class Entry:
     """One job this queue holds. Times are monotonic seconds, except in ``record``."""
 
-    __slots__ = ("job", "handler", "state", "record", "ready_since", "started", "due")
+    __slots__ = ("job", "handler", "state", "record", "ready_since", "started", "due",
+                 "result", "cancel_requested", "wake")
 
-    def __init__(self, job: Job, handler: Handler | None, seq: int, now: float) -> None:
+    def __init__(
+        self, job: Job, handler: Handler | None, seq: int, now: float,
+        run_at: float | None = None, due: float | None = None,
+    ) -> None:
         self.job = job
         self.handler = handler  # a closure from enqueue_with_handler, else None: look it up
         self.state: State = NEW
         #: The job's record as it stands, which the table hands the store at each move. The
         #: store keeps that same tuple: a job costs the garbage collector one record, and a
-        #: move builds the next one.
+        #: move builds the next one. A job given a due time (``due``, on the table's clock)
+        #: is SCHEDULED until then, with its ``run_at`` as the record's due time.
         self.record: JobRecord = _new_record(JobRecord, (
             job.id, job.payload, job.priority, job.kind, job.max_retries, job.created,
-            QUEUED, 0, None, None, None, None, seq,
+            QUEUED if due is None else SCHEDULED, 0, None, None, None,
+            run_at, seq, None,
         ))
         self.ready_since = now  # when it last became runnable, for queue latency
         self.started: float | None = None  # when its latest attempt started
-        self.due: float | None = None  # when a RETRYING job runs again
+        self.due = due  # when a RETRYING or SCHEDULED job runs, on the table's clock
+        self.result: bytes | None = None  # what the handler returned, once COMPLETED
+        self.cancel_requested = False  # cancel() asked its running handler to stop
+        self.wake: object = None  # the Event a running handler sleeps on, in wait()
 
     @property
     def attempts(self) -> int:
@@ -94,7 +107,8 @@ class JobTable:
         self.retries: RetrySchedule[Entry] = RetrySchedule(clock)
         self._latency = LatencyHistogram()
         self._busy_seconds = 0.0
-        self._epoch_offset = time.time() - clock()  # records carry epoch seconds
+        #: Add to the clock's time for epoch seconds, which records carry.
+        self.epoch_offset = self._epoch_offset = time.time() - clock()
         # Each legal move with the store method it calls, bound once.
         self._moves: dict[tuple[State, State], Callable[[JobRecord], None] | None] = {
             move: None if method is None else getattr(store, method)
@@ -123,6 +137,13 @@ class JobTable:
     def busy(self) -> int:
         return sum(self._counts[PROCESSING])
 
+    def in_state(self, state: State) -> list[Entry]:
+        return [entry for entry in self._entries.values() if entry.state is state]
+
+    def scheduled(self) -> int:
+        """SCHEDULED jobs of every priority: what ``max_scheduled`` bounds."""
+        return sum(self._counts[SCHEDULED])
+
     # -- moving -----------------------------------------------------------------------------
 
     def transition(self, entry: Entry, to: State, now: float) -> bool:
@@ -150,8 +171,15 @@ class JobTable:
             self._ready[priority].append(entry)
             if current is NEW:
                 return False  # its record was made QUEUED, and the store has it (MOVES)
+        elif to is SCHEDULED:  # its record was made (NEW) or claimed (STORED) SCHEDULED
+            return self.retries.push(entry, entry.due)  # type: ignore[arg-type]
+        elif to is CANCELLED:
+            if current is QUEUED:
+                self._ready[priority].remove(entry)  # O(n), but cancel() is rare
+            else:
+                self.retries.remove(entry)
         (job_id, payload, _, kind, max_retries, created_at, _, attempts, last_error,
-         started_at, finished_at, due_at, seq) = entry.record
+         started_at, finished_at, due_at, seq, result) = entry.record
         earliest = False
         if to is QUEUED:
             due_at = None
@@ -167,16 +195,18 @@ class JobTable:
             if current is PROCESSING:
                 self._retried[priority] += 1
             earliest = self.retries.push(entry, entry.due)  # type: ignore[arg-type]
-        else:  # COMPLETED, FAILED, GONE: the queue is done with it
+        else:  # COMPLETED, FAILED, CANCELLED, GONE: the queue is done with it
             del self._entries[job_id]
             if to is GONE:
                 return False
             finished_at = now + self._epoch_offset
+            due_at = None
             if to is COMPLETED:
                 payload = b""  # nothing will run it again
+                result = entry.result
         entry.record = record = _new_record(JobRecord, (
             job_id, payload, priority, kind, max_retries, created_at, to, attempts,
-            last_error, started_at, finished_at, due_at, seq,
+            last_error, started_at, finished_at, due_at, seq, result,
         ))
         if store_call is not None:
             store_call(record)
@@ -199,9 +229,12 @@ class JobTable:
         if record.started_at is not None:
             entry.started = record.started_at - offset
         self._entries[job.id] = entry
-        if record.status is RETRYING and record.due_at is not None:
+        if record.status in _WAITING and record.due_at is not None:
             entry.due = record.due_at - offset
-            self.transition(entry, RETRYING, now)
+            if record.status is SCHEDULED and entry.due <= now:
+                self.transition(entry, QUEUED, now)  # it came due while no queue held it
+            else:
+                self.transition(entry, record.status, now)
         elif record.status is PROCESSING:
             self.transition(entry, PROCESSING, now)  # the caller settles it as failed
         else:
@@ -218,8 +251,13 @@ class JobTable:
         self.transition(entry, PROCESSING, now)
         return entry
 
+    def take_entry(self, entry: Entry, now: float) -> None:
+        """Make this QUEUED job PROCESSING, whatever the picker would choose (eager mode)."""
+        self._ready[entry.job.priority].remove(entry)
+        self.transition(entry, PROCESSING, now)
+
     def come_due(self, now: float) -> list[Entry]:
-        """Move every retry due at ``now`` back to QUEUED; return them."""
+        """Move every retry and scheduled job due at ``now`` to QUEUED; return them."""
         due = self.retries.pop_due(now)
         for entry in due:
             self.transition(entry, QUEUED, now)
@@ -243,20 +281,26 @@ class JobTable:
         for ready in self._ready:
             ready.clear()
         self.retries = RetrySchedule(self.retries.clock)
-        for state in (QUEUED, PROCESSING, RETRYING):
+        for state in (QUEUED, PROCESSING, RETRYING, SCHEDULED):
             self._counts[state] = [0, 0, 0]
         return dropped
 
     # -- describing -------------------------------------------------------------------------
+
+    def latency_buckets(self, bounds: list[float]) -> tuple[list[int], int, float]:
+        """The latency histogram at ``bounds``: see LatencyHistogram.cumulative."""
+        return self._latency.cumulative(bounds)
 
     def metrics(self, num_workers: int, elapsed: float, abandoned: int) -> Metrics:
         """An atomic snapshot, read from the counts (call it under the queue's mutex)."""
         counts = self._counts
         queued, processing, retrying = counts[QUEUED], counts[PROCESSING], counts[RETRYING]
         completed, failed, retried = counts[COMPLETED], counts[FAILED], self._retried
+        scheduled, cancelled = counts[SCHEDULED], counts[CANCELLED]
         per_priority = {
             p: PriorityMetrics(
-                queued[p], processing[p], retrying[p], completed[p], failed[p], retried[p]
+                queued[p], processing[p], retrying[p], completed[p], failed[p], retried[p],
+                scheduled[p], cancelled[p],
             )
             for p in _PRIORITIES
         }
@@ -277,4 +321,6 @@ class JobTable:
             busy_workers=busy,
             utilization=utilization,
             queue_latency=self._latency.summary(),
+            scheduled=sum(scheduled),
+            cancelled=sum(cancelled),
         )

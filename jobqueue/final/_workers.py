@@ -19,19 +19,20 @@ from collections.abc import Callable
 from jobqueue.errors import JobTimeout
 from jobqueue.final._context import JobContext, worker_local
 from jobqueue.final._core import Core, log_safely
-from jobqueue.final._model import Job
+from jobqueue.final._model import Hook, Job, JobInfo
 from jobqueue.final._retry import RetryPolicy
 from jobqueue.final._states import COMPLETED, FAILED, GONE, QUEUED, RETRYING
 from jobqueue.final._store import LeaseLost
 from jobqueue.final._table import Entry
 
-__all__ = ["failed_attempt", "retry_timer", "settle_locked", "work"]
+__all__ = ["call_hook", "failed_attempt", "hook_call_locked", "retry_timer", "run_now",
+           "settle_locked", "work"]
 
 
-#: An attempt's outcome, worked out without the mutex: None for success, else the error as
-#: text and the delay before a retry (None: no retry); or LOST, when a shared store said
-#: another process took the job over before its handler ran.
-Outcome = tuple[str, float | None] | None
+#: An attempt's outcome, worked out without the mutex: None or the result's bytes for
+#: success, else the error as text and the delay before a retry (None: no retry); or LOST,
+#: when a shared store said another process took the job over before its handler ran.
+Outcome = tuple[str, float | None] | bytes | None
 LOST: Outcome = ("taken over by another process", None)
 
 
@@ -44,16 +45,25 @@ def work(core: Core, policy: RetryPolicy, finish_close: Callable[[], None]) -> N
     mutex, clock = core.mutex, core.clock
     entry: Entry | None = None
     outcome: Outcome = None
+    hooked = core.hooks is not None
     while True:
+        settled = None
         if not mutex.acquire_now():  # (the hot path: see YieldingLock)
             mutex.acquire()
         try:
             now = clock()
             if entry is not None:
                 settle_locked(core, entry, outcome, now)
-            entry = _next_locked(core, now)
+                if hooked:
+                    settled = hook_call_locked(core, entry)
+            if settled is None:
+                entry = _next_locked(core, now)
         finally:
             mutex.release()
+        if settled is not None:  # called now, not once the next job comes
+            call_hook(*settled)
+            entry = None
+            continue
         if entry is None:
             if core.close_when_drained:
                 finish_close()
@@ -151,14 +161,11 @@ def _run(core: Core, policy: RetryPolicy, entry: Entry) -> Outcome:
             if handler is None:  # its handler was replaced away; fail the attempt
                 raise LookupError(f"no handler for kind {job.kind!r}")
             result = handler(job.payload)
-            if result is not None and isinstance(result, _UNRUN):
-                _discard(result)
-                raise TypeError(
-                    f"the handler returned {type(result).__name__} {result!r} without "
-                    "running: handlers must be plain functions, not async or generators"
-                )
+            if result is not None and type(result) is not bytes:
+                result = _kept(result)
         except BaseException as exc:  # even SystemExit: the worker must live to settle it
             error = exc
+            result = None
         if ticket is not None and not core.forked:  # (a child must not mark the parent's)
             try:
                 core.ran(ticket)  # type: ignore[misc]
@@ -166,16 +173,31 @@ def _run(core: Core, policy: RetryPolicy, entry: Entry) -> Outcome:
                 pass
         if error is None:
             if deadline is None:
-                return None
+                return result
             elapsed = core.clock() - started
             if elapsed <= job_timeout:  # type: ignore[operator]
-                return None
+                return result
             error = JobTimeout(f"timed out after {elapsed:.3f} s (job_timeout={job_timeout} s)")
         # Logged before the outcome is visible: a waiter woken by the failure finds it
         # logged, and a slow log handler holds up no other thread.
         return failed_attempt(core, policy, job, entry.attempts, _describe(error), error)
     finally:
         worker_local.context = None
+
+
+def _kept(result: object) -> bytes | None:
+    """What the store keeps of a handler's result: bytes; nothing else (a plain handler's
+    other values are not kept, so that ``return True`` costs nothing: a task encodes its
+    result as JSON). Raises for what says the handler never ran."""
+    if isinstance(result, (bytearray, memoryview)):
+        return bytes(result)
+    if isinstance(result, _UNRUN):
+        _discard(result)
+        raise TypeError(
+            f"the handler returned {type(result).__name__} {result!r} without "
+            "running: handlers must be plain functions, not async or generators"
+        )
+    return None
 
 
 def _discard(unrun: object) -> None:
@@ -224,8 +246,11 @@ def settle_locked(core: Core, entry: Entry, outcome: Outcome, now: float) -> Non
         table.transition(entry, GONE, now)
     elif outcome is None:
         table.transition(entry, COMPLETED, now)
+    elif type(outcome) is bytes:
+        entry.result = outcome
+        table.transition(entry, COMPLETED, now)
     else:
-        entry.last_error, delay = outcome
+        entry.last_error, delay = outcome  # type: ignore[misc]
         if core.stopping:
             # close() gave up on this job: it is not finished, so it is not failed either.
             # Back to the store, for the next start.
@@ -237,6 +262,46 @@ def settle_locked(core: Core, entry: Entry, outcome: Outcome, now: float) -> Non
         else:
             table.transition(entry, FAILED, now)
     core.changed_locked()
+
+
+def run_now(core: Core, policy: RetryPolicy, job_id: str) -> None:
+    """Eager mode: run a QUEUED job in the calling thread, its retries at once, until it
+    is finished, as a worker would."""
+    table = core.table
+    while True:
+        with core.mutex:
+            entry = table.get(job_id)
+            if entry is None or entry.state not in (QUEUED, RETRYING):
+                return
+            now = core.clock()
+            if entry.state is RETRYING:  # no waiting for the backoff
+                table.retries.remove(entry)
+                table.transition(entry, QUEUED, now)
+            table.take_entry(entry, now)
+        outcome = _run(core, policy, entry)
+        with core.mutex:
+            settle_locked(core, entry, outcome, core.clock())
+            settled = hook_call_locked(core, entry) if core.hooks is not None else None
+        if settled is not None:
+            call_hook(*settled)
+
+
+def hook_call_locked(core: Core, entry: Entry) -> tuple[Hook, JobInfo] | None:
+    """The hook for the outcome just recorded, with the job's JobInfo, to call once the
+    mutex is released; None if there is none."""
+    hook = core.hooks.get(entry.state)  # type: ignore[union-attr]
+    if hook is None or core.stopping:
+        return None
+    return hook, entry.record.info()
+
+
+def call_hook(hook: Hook, info: JobInfo) -> None:
+    """Call a hook; whatever it raises is logged, and changes nothing."""
+    try:
+        hook(info)
+    except BaseException:  # even SystemExit: the job's outcome is recorded already
+        log_safely(logging.ERROR, "a hook raised for job %r (%s); the job stays %s",
+                   info.id, getattr(hook, "__name__", hook), info.status.value, exc_info=True)
 
 
 def retry_timer(core: Core) -> None:

@@ -20,6 +20,7 @@ The ``jobqueue`` command is built on this module; scripts can use it too::
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
@@ -189,6 +190,37 @@ def requeue(path: str, job_ids: Sequence[str] | None = None) -> list[str]:
                     finished_at=None, due_at=None, seq=seq,
                 ), new=True)
             tables.put_meta_int(txn, b"seq", seq)
+            return [record.id for record, _ in chosen]
+
+        return _transaction(tables, change)
+
+
+#: The statuses of a job cancel() may cancel: it has not started (or waits to start again).
+CANCELLABLE = (Status.QUEUED, Status.SCHEDULED, Status.RETRYING)
+
+
+def cancel(path: str, job_ids: Sequence[str]) -> list[str]:
+    """Make QUEUED, SCHEDULED or RETRYING jobs CANCELLED; returns the ids cancelled.
+
+    Raises ``KeyError`` for an unknown id and ``ValueError`` for a job in another status,
+    before anything is written; ``StoreLocked`` if a process owns the store (it holds its
+    jobs in memory, and would run them anyway).
+    """
+    with _owned(path) as tables:
+
+        def change(txn: lmdb.Transaction) -> list[str]:
+            chosen = [_stored(tables, txn, job_id) for job_id in dict.fromkeys(job_ids)]
+            for record, _ in chosen:
+                if record.status not in CANCELLABLE:
+                    raise ValueError(f"job {record.id!r} is {record.status.value}: only queued, "
+                                     "scheduled or retrying jobs can be cancelled")
+            now = time.time()
+            counters = (Tables.last_key(txn, tables.done), txn.stat(tables.done)["entries"],
+                        tables.meta_int(txn, b"seq"))
+            finished = [(record._replace(status=Status.CANCELLED, finished_at=now,
+                                         due_at=None), False) for record, _ in chosen]
+            # No pruning here (the retention is the queue's): the next start prunes.
+            tables.write_batch(txn, finished, counters, retention=2**63)
             return [record.id for record, _ in chosen]
 
         return _transaction(tables, change)

@@ -16,16 +16,17 @@ changing it from under its worker would run it twice or lose its outcome.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 from jobqueue.errors import StoreError
 from jobqueue.final._pg_schema import CHANNEL, check_schema, connect
-from jobqueue.final._postgres import _COLUMNS, FOREIGN, _record, _storable
-from jobqueue.final._states import Status
+from jobqueue.final._postgres import _COLUMNS, _NCOLS, FOREIGN, _record, _storable
+from jobqueue.final._states import FINISHED, Status
 from jobqueue.final._store import JobRecord
 
-__all__ = ["QueueReader", "is_database_url", "purge", "requeue"]
+__all__ = ["QueueReader", "cancel", "is_database_url", "purge", "requeue"]
 
 
 def is_database_url(text: str) -> bool:
@@ -91,7 +92,7 @@ class QueueReader:
         payload's size: the payloads themselves are not read (records carry b"")."""
         if kind is not None and not _storable(kind):
             return []
-        columns = _COLUMNS.replace("payload", "''::bytea")
+        columns = _COLUMNS.replace("payload", "''::bytea").replace("result", "NULL::bytea")
         rows = self._conn.execute(
             f"SELECT {columns}, octet_length(payload) FROM jobqueue_jobs "
             "WHERE queue = %s AND (%s::text IS NULL OR status = %s) "
@@ -99,7 +100,7 @@ class QueueReader:
             "ORDER BY created_at, id LIMIT %s",
             (self.queue, status, status, priority, priority, kind, kind, limit),
         ).fetchall()
-        return [(_record(row), row[13]) for row in rows]
+        return [(_record(row), row[_NCOLS]) for row in rows]
 
     def holders(self) -> dict[str, int]:
         """The processes holding jobs of this queue under a live lease, and how many each."""
@@ -140,7 +141,7 @@ def _locked(conn: Any, queue: str, job_ids: Sequence[str]) -> list[tuple[JobReco
         f"SELECT {_COLUMNS}, CASE WHEN lease_until > now() THEN owner END FROM jobqueue_jobs "
         "WHERE queue = %s AND id = ANY(%s) FOR UPDATE", (queue, list(job_ids)),
     ).fetchall()
-    found = {row[0]: (_record(row), row[13]) for row in rows}
+    found = {row[0]: (_record(row), row[_NCOLS]) for row in rows}
     for job_id in job_ids:
         if job_id not in found:
             raise KeyError(job_id)
@@ -186,6 +187,27 @@ def requeue(url: str, queue: str, job_ids: Sequence[str] | None = None) -> list[
         return ids
 
 
+def cancel(url: str, queue: str, job_ids: Sequence[str]) -> list[str]:
+    """Make QUEUED, SCHEDULED or RETRYING jobs no process holds CANCELLED. One
+    transaction; returns the ids cancelled. Raises ``KeyError`` for an unknown id and
+    ``ValueError`` for a job in another status or one a process holds (it would run it
+    anyway), before anything is written."""
+    _check_queue(queue)
+    with _open(url) as conn, conn.transaction():
+        chosen = _locked(conn, queue, job_ids)
+        for record, _ in chosen:
+            if record.status not in (Status.QUEUED, Status.SCHEDULED, Status.RETRYING):
+                raise ValueError(f"job {record.id!r} is {record.status.value}: only queued, "
+                                 "scheduled or retrying jobs can be cancelled")
+        ids = [record.id for record, _ in chosen]
+        conn.execute(
+            "UPDATE jobqueue_jobs SET status = 'cancelled', finished_at = %s, due_at = NULL "
+            "WHERE queue = %s AND id = ANY(%s)", (time.time(), queue, ids),
+        )
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"d{FOREIGN}{queue}"))
+        return ids
+
+
 def purge(
     url: str, queue: str, job_ids: Sequence[str] | None = None,
     statuses: Collection[Status] = (),
@@ -196,7 +218,7 @@ def purge(
     _check_queue(queue)
     with _open(url) as conn, conn.transaction():
         if job_ids is None:
-            finished = [s.value for s in statuses if s in (Status.COMPLETED, Status.FAILED)]
+            finished = [s.value for s in statuses if s in FINISHED]
             return [row[0] for row in conn.execute(
                 "DELETE FROM jobqueue_jobs WHERE queue = %s AND status = ANY(%s) RETURNING id",
                 (queue, finished),
