@@ -1,12 +1,14 @@
 """``python -m bench``: jobqueue's three stages and their peers, side by side.
 
 Runs every scenario on every system, shows progress, prints one table per scenario, checks the
-speed targets as ratios from this one run, and writes everything to bench/results/latest.json.
+speed targets as ratios from this one run, and writes everything to bench/results/latest.json
+(not tracked: the README quotes bench/results/reference.json, a committed run).
 
-    python -m bench                      # the full run, under 2 minutes on 2 cores
+    python -m bench                      # the full run, about 4 minutes on 2 cores
     python -m bench --quick              # a few seconds: does the harness still work?
     python -m bench --only throughput --systems final-memory,threadpool
     python -m bench --plot               # also PNG charts (needs the 'bench' extra)
+    python -m bench --from bench/results/reference.json --plot   # chart a run, run nothing
     python -m bench --check              # exit 1 if a target is missed
 """
 
@@ -48,8 +50,8 @@ PLAN: Plan = {
         ("enqueue_many", ["final-memory", "final-lmdb", "final-lmdb-fsync", *POSTGRES],
          lambda n, s: scenarios.throughput(n, s, producers=1, batch=True)),
     ],
-    "latency": [("10,000/s offered", MAIN + POSTGRES, scenarios.latency)],
-    "memory": [("1,000,000 offered", ["naive", "improved", "final-memory", "final-lmdb",
+    "latency": [("steady offer", MAIN + POSTGRES, scenarios.latency)],
+    "memory": [("offer until full", ["naive", "improved", "final-memory", "final-lmdb",
                                       "threadpool", "queue-floor"], scenarios.memory)],
     "starvation": [("HIGH flood", ["improved", "final-memory", "final-lmdb", "final-postgres"],
                     scenarios.starvation)],
@@ -160,12 +162,12 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     ratio("final-lmdb-fsync >= 3x best fsync peer (4 producers)",
           tp("final-lmdb-fsync", "4 producers"), best_peer, 3)
     bound("final-lmdb latency p50 <= 1 ms",
-          _figure(results, "latency", "10,000/s offered", "final-lmdb", "p50_ms"), 1.0, "ms")
+          _figure(results, "latency", "steady offer", "final-lmdb", "p50_ms"), 1.0, "ms")
     bound("final-lmdb latency p99 <= 10 ms",
-          _figure(results, "latency", "10,000/s offered", "final-lmdb", "p99_ms"), 10.0, "ms")
+          _figure(results, "latency", "steady offer", "final-lmdb", "p99_ms"), 10.0, "ms")
     for name in ("final-memory", "final-lmdb"):
         bound(f"{name} peak RSS growth <= 50 MB",
-              _figure(results, "memory", "1,000,000 offered", name, "rss_growth_mb"), 50, "MB")
+              _figure(results, "memory", "offer until full", name, "rss_growth_mb"), 50, "MB")
     bound("final-lmdb loses 0 jobs in a crash",
           _figure(results, "crash", "SIGKILL halfway", "final-lmdb", "lost"), 0, "jobs")
 
@@ -204,10 +206,31 @@ def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+#: Row figures that differ between systems of one table, named in its heading.
+_PER_ROW = {"offered_per_s": "offered {}/s", "offered": "{} offered", "jobs": "{} jobs"}
+
+
+def heading(scenario: str, variant: str, rows: dict[str, Any]) -> str:
+    """A table's heading, saying what its rows ran: ``latency: steady offer (10,000/s
+    offered: naive, ...; 1,000/s offered: huey, ...)``."""
+    for key, shape in _PER_ROW.items():
+        groups: dict[Any, list[str]] = {}
+        for name, row in rows.items():
+            if key in row:
+                groups.setdefault(row[key], []).append(name)
+        if len(groups) == 1:
+            return f"{scenario}: {variant}, {shape.format(_cell(next(iter(groups))))} each"
+        if groups:
+            parts = [f"{shape.format(_cell(value))}: {', '.join(names)}"
+                     for value, names in sorted(groups.items(), key=lambda kv: -kv[0])]
+            return f"{scenario}: {variant} ({'; '.join(parts)})"
+    return f"{scenario}: {variant}"
+
+
 def print_tables(results: dict[str, Any], checks: list[dict[str, Any]]) -> None:
     for scenario, variants in results.items():
         for variant, rows in variants.items():
-            print(f"\n## {scenario}: {variant}\n")
+            print(f"\n## {heading(scenario, variant, rows)}\n")
             columns: list[str] = []
             for row in rows.values():
                 for key in row:
@@ -226,7 +249,7 @@ def print_tables(results: dict[str, Any], checks: list[dict[str, Any]]) -> None:
     if checks:
         print("\n## targets\n")
         for check in checks:
-            verdict = "PASS" if check["pass"] else "FAIL"
+            verdict = "met   " if check["pass"] else "missed"
             unit = check.get("unit", "x")
             print(f"{verdict}  {check['target']}: measured {check['measured']} {unit}")
 
@@ -249,7 +272,7 @@ def summary(report: dict[str, Any]) -> str:
         f"{machine['python']}, {machine['platform']}; the run took {report['seconds']:.0f} s.",
         "",
         "| system | durability | jobs/s, 1 producer | jobs/s, 4 producers | jobs/s, "
-        "`enqueue_many` | latency p50 / p99 | RSS growth, 1M offered | LOW done in 5 s of "
+        "`enqueue_many` | latency p50 / p99 | RSS growth, jobs offered | LOW done in 5 s of "
         "HIGH flood | lost in crash | lost at close |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -258,8 +281,8 @@ def summary(report: dict[str, Any]) -> str:
             name in variants for scenario in res.values() for variants in scenario.values()
         ):
             continue  # (the SQL floor has its own rows, with PostgreSQL's below)
-        latency = row_of("latency", "10,000/s offered", name)
-        memory = row_of("memory", "1,000,000 offered", name)
+        latency = row_of("latency", "steady offer", name)
+        memory = row_of("memory", "offer until full", name)
         starved = row_of("starvation", "HIGH flood", name)
         crashed = row_of("crash", "SIGKILL halfway", name)
         closed = row_of("shutdown", "close()", name)
@@ -268,7 +291,7 @@ def summary(report: dict[str, Any]) -> str:
             rate("enqueue_many", name),
             f"{latency['p50_ms']:.3f} / {latency['p99_ms']:.3f} ms at "
             f"{latency['offered_per_s']:,}/s" if latency else "-",
-            f"{memory['rss_growth_mb']:.1f} MB" if memory else "-",
+            f"{memory['rss_growth_mb']:.1f} MB, {memory.get('offered', 0):,}" if memory else "-",
             f"{starved['low_finished']}/100" if starved else "-",
             f"{crashed['lost']:,} of {crashed['acknowledged']:,}" if crashed else "-",
             f"{closed['lost']:,} of {closed['accepted']:,}" if closed else "-",
@@ -318,48 +341,140 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict[str, Any]) -> list[Path]:
+#: Bar colours by what a system's jobs survive (its ``durability`` says so in words).
+_DURABILITY_COLOURS = {"in memory": "#9e9e9e", "survives the process dying": "#f28e2b",
+                       "survives power loss": "#4e79a7"}
+
+
+def durability_class(text: str) -> str:
+    if text.startswith("in memory"):
+        return "in memory"
+    if any(word in text for word in ("fsync=True", "synchronous_commit=on", "FULL", "power")):
+        return "survives power loss"
+    return "survives the process dying"
+
+
+def _bar_figures(scenario: str, row: dict[str, Any]) -> tuple[float, str, list[float]] | None:
+    """What a system's bar shows: its value, the label beside it, and every run's value
+    (for the spread); None if the row has no figure for this chart."""
+    if "jobs_per_s" in row:
+        runs = [float(r) for r in row.get("runs_jobs_per_s", [])]
+        return row["jobs_per_s"], f"{_cell(float(row['jobs_per_s']))}/s", runs
+    if "p99_ms" in row:
+        return row["p99_ms"], (f"p50 {_cell(float(row['p50_ms']))} / "
+                               f"p99 {_cell(float(row['p99_ms']))} ms"), []
+    if "rss_growth_mb" in row:
+        return row["rss_growth_mb"], (f"{_cell(float(row['rss_growth_mb']))} MB, "
+                                      f"{_cell(row.get('offered'))} offered"), []
+    if "low_finished" in row:
+        return row["low_finished"], f"{row['low_finished']} of {row.get('low_offered', 100)}", []
+    if scenario == "crash" and "lost" in row:
+        return row["lost"], f"{row['lost']:,} lost of {row['acknowledged']:,} acknowledged", []
+    if "lost" in row:
+        return row["lost"], f"{row['lost']:,} lost of {row['accepted']:,} accepted", []
+    return None
+
+
+_AXIS_LABELS = {"throughput": "jobs/s", "latency": "enqueue to start, ms (bar: p99, dot: p50)",
+                "memory": "peak RSS growth, MB", "starvation": "LOW jobs finished in the window",
+                "crash": "acknowledged jobs lost", "shutdown": "accepted jobs lost",
+                "postgres": "jobs/s"}
+
+
+def plot(report: dict[str, Any], directory: Path = RESULTS) -> list[Path]:
+    """One PNG per scenario: bars coloured by durability, every run as a dot, the date and
+    machine in the corner."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FixedLocator, ScalarFormatter
 
+    machine = report.get("machine", {})
+    footer = (f"{report.get('date', '?')}  ·  {machine.get('cpu_count', '?')} CPUs, "
+              f"Python {machine.get('python', '?')}, {machine.get('platform', '?')}"
+              + ("  ·  --quick" if report.get("quick") else ""))
     written = []
-    key_for = {"throughput": ("jobs_per_s", "jobs/s"), "latency": ("p99_ms", "p99 latency, ms"),
-               "memory": ("rss_growth_mb", "peak RSS growth, MB"),
-               "starvation": ("low_finished", "LOW jobs finished in the window"),
-               "crash": ("lost", "acknowledged jobs lost"), "shutdown": ("lost", "jobs lost")}
-    for scenario, variants in results.items():
-        fig, axes = plt.subplots(1, len(variants), figsize=(6 * len(variants), 4), squeeze=False)
-        for axis, (variant, rows) in zip(axes[0], variants.items(), strict=True):
+    for scenario, variants in report["results"].items():
+        panels = list(variants.items())
+        heights = [max(1.6, 0.42 * len(rows) + 1.0) for _, rows in panels]
+        fig, axes = plt.subplots(len(panels), 1, figsize=(11, sum(heights) + 0.8),
+                                 squeeze=False, gridspec_kw={"height_ratios": heights})
+        for axis, (variant, rows) in zip(axes[:, 0], panels, strict=True):
+            axis.set_title(heading(scenario, variant, rows), fontsize=10, loc="left", wrap=True)
             if scenario == "workers":
-                for name, row in rows.items():
-                    for kind in ("cpu", "io"):
-                        counts = [c for c in (1, 2, 4, 8, 16, 32) if f"{kind}_{c}" in row]
-                        axis.plot(counts, [row[f"{kind}_{c}"] for c in counts], marker="o",
-                                  label=f"{name} ({kind}-bound)")
-                axis.set_xscale("log", base=2)
-                axis.set_xlabel("workers")
-                axis.set_ylabel("jobs/s")
-                axis.legend(fontsize=7)
-            else:
-                key, label = key_for[scenario]
-                names = [n for n, r in rows.items() if isinstance(r.get(key), (int, float))]
-                values = [rows[n][key] for n in names]
-                bars = axis.barh(names, values)
-                axis.bar_label(bars, labels=[_cell(float(v)) for v in values], fontsize=7,
-                               padding=2)
-                if values and min(values) > 0 and max(values) / min(values) > 20:
-                    axis.set_xscale("log")  # rates span three orders of magnitude
-                    label += " (log scale)"
-                axis.set_xlabel(label)
-            axis.set_title(f"{scenario}: {variant}")
-        fig.tight_layout()
-        path = RESULTS / f"{scenario}.png"
-        fig.savefig(path, dpi=100)
+                _plot_workers(axis, rows, FixedLocator, ScalarFormatter)
+                continue
+            if scenario == "postgres" and any("1_processes" in r for r in rows.values()):
+                _plot_processes(axis, rows)
+                continue
+            shown = [(name, figures) for name, row in rows.items()
+                     if (figures := _bar_figures(scenario, row)) is not None]
+            if not shown:
+                axis.set_axis_off()
+                continue
+            names = [name for name, _ in shown][::-1]  # the first system on top
+            figures = [f for _, f in shown][::-1]
+            values = [float(f[0]) for f in figures]
+            colours = [_DURABILITY_COLOURS[durability_class(rows[n].get("durability", ""))]
+                       for n in names]
+            bars = axis.barh(names, values, color=colours)
+            axis.bar_label(bars, labels=[f[1] for f in figures], fontsize=8, padding=3)
+            for y, (_, _, runs) in enumerate(figures):
+                if len(runs) > 1:  # the spread across runs: each run a dot, min-max a line
+                    axis.plot([min(runs), max(runs)], [y, y], color="black", linewidth=1)
+                    axis.plot(runs, [y] * len(runs), "o", color="black", markersize=3)
+            if scenario in ("latency",) or "p50_ms" in next(iter(rows.values()), {}):
+                p50 = [float(rows[n].get("p50_ms", 0)) for n in names]
+                axis.plot(p50, range(len(names)), "D", color="black", markersize=4)
+            label = _AXIS_LABELS.get(scenario, "")
+            positive = [v for v in values if v > 0]
+            if positive and max(positive) / min(positive) > 20 and scenario != "starvation":
+                axis.set_xscale("log")  # rates span orders of magnitude
+                label += " (log scale)"
+            axis.set_xlabel(label, fontsize=9)
+            axis.tick_params(labelsize=9)
+            axis.margins(x=0.35)  # room for the labels beside the bars
+        legend = [Patch(color=colour, label=name) for name, colour in _DURABILITY_COLOURS.items()]
+        fig.legend(handles=legend, loc="upper right", fontsize=8, ncols=3, frameon=False)
+        fig.text(0.01, 0.005, footer, fontsize=7, color="#555555")
+        fig.tight_layout(rect=(0, 0.02, 1, 0.97))
+        path = directory / f"{scenario}.png"
+        fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _plot_workers(axis: Any, rows: dict[str, Any], locator: Any, formatter: Any) -> None:
+    counts_seen: set[int] = set()
+    for name, row in rows.items():
+        for kind in ("cpu", "io"):
+            counts = [c for c in (1, 2, 4, 8, 16, 32) if f"{kind}_{c}" in row]
+            counts_seen.update(counts)
+            axis.plot(counts, [row[f"{kind}_{c}"] for c in counts], marker="o",
+                      label=f"{name} ({kind}-bound)")
+    axis.set_xscale("log", base=2)
+    axis.xaxis.set_major_locator(locator(sorted(counts_seen)))
+    axis.xaxis.set_major_formatter(formatter())
+    axis.set_xlabel("workers", fontsize=9)
+    axis.set_ylabel("jobs/s", fontsize=9)
+    axis.legend(fontsize=8)
+
+
+def _plot_processes(axis: Any, rows: dict[str, Any]) -> None:
+    for name, row in rows.items():
+        counts = sorted(int(key.split("_")[0]) for key in row if key.endswith("_processes"))
+        axis.plot(counts, [row[f"{c}_processes"] for c in counts], marker="o", label=name)
+        for c in counts:
+            axis.annotate(_cell(float(row[f"{c}_processes"])), (c, row[f"{c}_processes"]),
+                          fontsize=8, textcoords="offset points", xytext=(0, 5),
+                          ha="center")
+        axis.set_xticks(counts)
+    axis.set_xlabel("processes sharing the queue", fontsize=9)
+    axis.set_ylabel("jobs/s", fontsize=9)
+    axis.legend(fontsize=8)
 
 
 def _versions() -> dict[str, str | None]:
@@ -380,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", help=f"comma-separated systems: {', '.join(SYSTEMS)}")
     parser.add_argument("--plot", action="store_true", help="write PNG charts to bench/results")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--from", dest="source", type=Path, default=None, metavar="FILE",
+                        help="print and chart an earlier run's JSON instead of running")
     parser.add_argument("--output", type=Path, default=None,
                         help="where to write the figures (default: bench/results/latest.json, "
                              "or quick.json with --quick)")
@@ -391,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown scenario or system: {', '.join(unknown)}")
 
+    if args.source is not None:
+        return _from_file(args.source, args.plot, args.check)
     size = Size.quick() if args.quick else Size()
     if args.output is None:  # a smoke test must not overwrite the figures the README quotes
         args.output = RESULTS / ("quick.json" if args.quick else "latest.json")
@@ -412,11 +531,28 @@ def main(argv: list[str] | None = None) -> int:
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\n{elapsed:.0f} s; figures written to {args.output}")
     if args.plot:
-        for path in plot(results):
+        for path in plot(report, args.output.parent):
             print(f"chart: {path}")
     if args.check and not all(c["pass"] for c in checks):
         return 1
     return 0
+
+
+def _from_file(source: Path, charts: bool, check: bool) -> int:
+    try:
+        report = json.loads(source.read_text())
+        results, checks = report["results"], report.get("targets", [])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"python -m bench: cannot read {source}: {exc}", file=sys.stderr)
+        return 2
+    print(f"# {source}: a run of {report.get('date', '?')}")
+    print_tables(results, checks)
+    print("\n## summary\n")
+    print(summary(report))
+    if charts:
+        for path in plot(report, source.parent):
+            print(f"chart: {path}")
+    return 1 if check and not all(c["pass"] for c in checks) else 0
 
 
 if __name__ == "__main__":

@@ -59,6 +59,35 @@ def test_quick_mode(tmp_path: Path) -> None:
     assert results["shutdown"]["close()"]["naive"]["lost"] > 0
     assert "## throughput: 1 producer" in done.stdout
     assert any(t["target"].startswith("final-lmdb loses 0") for t in report["targets"])
+    assert "PASS" not in done.stdout and "FAIL" not in done.stdout  # met / missed, as the README
+    # An earlier run, read and charted again without running anything.
+    again = subprocess.run(
+        [sys.executable, "-m", "bench", "--from", str(output), "--plot"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "## throughput: 1 producer" in again.stdout and "## summary" in again.stdout
+    assert (tmp_path / "throughput.png").stat().st_size > 0
+    assert not (tmp_path / "quick.json").exists()  # nothing ran
+
+
+def test_headings_say_what_each_row_ran() -> None:
+    from bench.__main__ import heading
+
+    rows = {"a": {"offered_per_s": 10_000}, "b": {"offered_per_s": 1_000},
+            "c": {"offered_per_s": 10_000}}
+    assert heading("latency", "steady offer", rows) == (
+        "latency: steady offer (offered 10,000/s: a, c; offered 1,000/s: b)")
+    assert heading("crash", "SIGKILL", {"a": {"jobs": 600}, "b": {"jobs": 600}}) == (
+        "crash: SIGKILL, 600 jobs each")
+
+
+def test_a_missing_file_is_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--from", "no-such.json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2 and "cannot read no-such.json" in done.stderr
 
 
 def test_rejects_unknown_names() -> None:
