@@ -244,7 +244,7 @@ def _table(rows: Sequence[Sequence[str]], width: int | None) -> str:
             pieces = pieces[:_WRAP_LINES]
             pieces[-1] = pieces[-1][:-1] + "…"
         lines.append("  ".join([*cells, pieces[0]]))
-        lines += [" " * (fixed + 2) + piece for piece in pieces[1:]]
+        lines += [" " * fixed + piece for piece in pieces[1:]]
     return "\n".join(lines)
 
 

@@ -93,6 +93,9 @@ class TestStats:
         assert done.returncode == 0
         assert "queued 3" in done.stdout and "failed 2" in done.stdout
         assert "owner             none" in done.stdout
+        # What is left waits for the next start, and the output says so.
+        assert ("note              no process runs this queue: 3 queued wait for the next "
+                "JobQueue on this path.") in done.stdout
 
     def test_while_another_process_owns_and_writes(self, store: str, tmp_path: Path) -> None:
         owner = Owner(store, str(tmp_path / "runs.log"))
@@ -157,9 +160,10 @@ class TestRepairs:
         try:
             requeue = jobqueue("requeue", store, "--all-failed")
             purge = jobqueue("purge", store, "--completed")
+            cancel = jobqueue("cancel", store, "resize-0")
         finally:
             owner.stop()
-        for done in (requeue, purge):
+        for done in (requeue, purge, cancel):
             assert done.returncode == 1
             assert f"owned by process {owner.process.pid}" in done.stderr
             assert "Traceback" not in done.stderr
@@ -197,6 +201,78 @@ class TestRepairs:
         unknown = jobqueue("purge", store, "hook-1", "nope")
         assert unknown.returncode == 2 and "no job 'nope'" in unknown.stderr
         assert json.loads(jobqueue("stats", store, "--json").stdout)["dead_letters"] == 1
+
+
+class TestCancel:
+    def test_cancelled_jobs_stay_cancelled_at_the_next_start(self, store: str) -> None:
+        done = jobqueue("cancel", store, "resize-0", "resize-2")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "cancelled 2 jobs: resize-0, resize-2\n"
+        shown = json.loads(jobqueue("show", store, "resize-0", "--json").stdout)
+        assert shown["status"] == "cancelled" and shown["finished_at"] is not None
+        ran = []
+        with final.JobQueue(final.Config(persist_path=store,
+                                         handler=lambda p: ran.append(1))) as queue:
+            assert queue.wait("resize-1", timeout=10) is final.Status.COMPLETED
+            assert queue.status("resize-0") is final.Status.CANCELLED
+            with pytest.raises(final.JobCancelled):
+                queue.result("resize-2")
+        assert len(ran) == 1
+
+    def test_only_jobs_that_have_not_run_can_be_cancelled(self, store: str) -> None:
+        done = jobqueue("cancel", store, "resize-0", "mail-0")
+        assert done.returncode == 2
+        assert "job 'mail-0' is completed: only queued, scheduled or retrying" in done.stderr
+        assert "nothing changed" in done.stderr
+        assert json.loads(jobqueue("show", store, "resize-0", "--json").stdout)[
+            "status"] == "queued"  # all or nothing
+        unknown = jobqueue("cancel", store, "nope")
+        assert unknown.returncode == 2 and "no job 'nope'" in unknown.stderr
+
+    def test_purge_cancelled(self, store: str) -> None:
+        assert jobqueue("cancel", store, "resize-1").returncode == 0
+        done = jobqueue("purge", store, "--cancelled")
+        assert (done.returncode, done.stdout) == (0, "purged 1 job\n")
+        assert jobqueue("show", store, "resize-1").returncode == 2
+
+
+class TestNewcomer:
+    def test_one_job_is_singular(self, store: str) -> None:
+        done = jobqueue("requeue", store, "hook-1")
+        assert done.stdout == "requeued 1 job: hook-1\n"
+
+    def test_every_option_has_help(self) -> None:
+        listed = jobqueue("list", "--help").stdout
+        assert "only jobs with this status" in listed and "only jobs of this priority" in listed
+        assert "the job's id" in jobqueue("show", "--help").stdout
+        assert "cancel" in jobqueue("--help").stdout
+
+    def test_a_long_last_error_wraps_on_a_terminal_and_is_whole_in_a_pipe(
+        self, store: str
+    ) -> None:
+        from jobqueue.cli import _table
+
+        error = "ConnectionError: https://hooks.example.com/" + "x" * 120
+        rows = [["ID", "STATUS", "LAST ERROR"], ["hook-1", "failed", error]]
+        wrapped = _table(rows, 80).splitlines()
+        assert len(wrapped) == 4 and all(len(line) <= 80 for line in wrapped)
+        assert "".join(line.strip() for line in wrapped[1:]).endswith("x" * 10)
+        assert wrapped[2].startswith(" " * len("hook-1  failed  "))
+        assert _table(rows, None).splitlines()[1].endswith(error)  # no terminal: all of it
+        piped = jobqueue("list", store, "--status", "failed")
+        assert "ConnectionError: hooks.example.com refused the connection" in piped.stdout
+
+    def test_show_prints_a_result(self, tmp_path: Path) -> None:
+        path = str(tmp_path / "results")
+        with final.JobQueue(final.Config(persist_path=path, handler=lambda p: b"42 rows")) as q:
+            q.enqueue(final.Job("count"))
+            q.wait("count", timeout=10)
+            q.enqueue(final.Job("later"), delay=3600)
+        shown = jobqueue("show", path, "count")
+        assert "result       7 bytes, UTF-8: 42 rows" in shown.stdout
+        data = json.loads(jobqueue("show", path, "count", "--json").stdout)
+        assert (data["result"], data["result_encoding"]) == ("42 rows", "utf-8")
+        assert "run_at" in jobqueue("show", path, "later").stdout
 
 
 class TestErrors:

@@ -327,6 +327,27 @@ class TestScheduled:
         advance(again, clock, 3600)
         assert again.wait("nightly", timeout=10) is Status.COMPLETED and ran.is_set()
 
+    def test_a_job_claimed_at_a_restart_wakes_the_timer(self, tmp_path: Path) -> None:
+        """The retry timer sleeps with nothing to wait for; a scheduled job the claimer brings
+        back must wake it. (The real clock: a fake one would wake it by being moved.)"""
+        path = str(tmp_path / "jobs")
+        with final.JobQueue(final.Config(persist_path=path, handler=lambda p: None)) as jq:
+            jq.enqueue(Job("soon"), delay=0.3)
+        with final.JobQueue(final.Config(persist_path=path, handler=lambda p: None)) as jq:
+            assert jq.wait("soon", timeout=10) is Status.COMPLETED
+
+    @pytest.mark.parametrize("store", ["memory"])
+    def test_scheduled_jobs_lost_by_a_close_from_a_handler_are_named(
+        self, build: Build
+    ) -> None:
+        holder: list[final.JobQueue] = []
+        jq = build(handlers={"closer": lambda p: holder[0].close(), "x": lambda p: None})
+        holder.append(jq)
+        jq.enqueue(Job("tomorrow", kind="x"), delay=86400)
+        jq.enqueue(Job("close", kind="closer"))
+        assert jq.close(timeout=10) == ["tomorrow"]
+        assert jq.metrics().abandoned == 1
+
     @pytest.mark.parametrize("store", ["memory"])
     def test_close_does_not_wait_for_scheduled_jobs_and_names_them(
         self, build: Build, caplog: pytest.LogCaptureFixture
@@ -392,12 +413,32 @@ class TestCancel:
                 woke.set()
                 raise RuntimeError("stopped early")
 
-        jq = build(handler=patient, max_retries=0)
+        jq = build(handler=patient, max_retries=3, base_delay=0)
         jq.enqueue(Job("long"))
         assert started.wait(10)
         assert jq.cancel("long") is False  # running: asked, not cancelled
         assert woke.wait(10)
-        assert jq.wait("long", timeout=10) is Status.FAILED
+        # It stopped as asked by raising: CANCELLED, and not retried.
+        assert jq.wait("long", timeout=10) is Status.CANCELLED
+        assert jq.info("long").attempts == 1  # type: ignore[union-attr]
+        assert jq.info("long").last_error == "RuntimeError: stopped early"  # type: ignore[union-attr]
+
+    def test_a_running_job_that_returns_anyway_is_completed(self, build: Build) -> None:
+        gate = Gate()
+        jq = build(handler=gate)
+        jq.enqueue(Job("busy"))
+        assert gate.started.wait(10)
+        assert jq.cancel("busy") is False
+        gate.release.set()
+        assert jq.wait("busy", timeout=10) is Status.COMPLETED
+
+    @pytest.mark.parametrize("store", ["memory", "lmdb"])
+    def test_cancel_after_close_is_refused(self, build: Build) -> None:
+        jq = build(handler=lambda p: None)
+        jq.enqueue(Job("later"), delay=3600)
+        jq.close()
+        with pytest.raises(final.QueueClosed, match="cannot cancel after close"):
+            jq.cancel("later")
 
     def test_finished_and_unknown_jobs_are_not_cancelled(self, build: Build) -> None:
         jq = build(handler=lambda p: None)
@@ -603,6 +644,30 @@ class TestHooks:
         assert jq.status("a") is Status.COMPLETED
         assert "a hook raised for job 'a'" in caplog.text
 
+    @pytest.mark.parametrize("store", ["memory", "lmdb"])
+    def test_a_hook_that_would_wait_for_room_forever_raises_instead(
+        self, build: Build, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        holder: list[final.JobQueue] = []
+
+        def follow_up(info: final.JobInfo) -> None:
+            if info.id == "first":
+                holder[0].enqueue(Job("follow-up", priority=HIGH))  # HIGH is full
+
+        jq = build(handler=lambda p: None, on_complete=follow_up, num_workers=1,
+                   queue_size=1)
+        holder.append(jq)
+        gate = Gate()
+        with caplog.at_level(logging.ERROR, logger="jobqueue"):
+            jq.enqueue_with_handler(Job("first", priority=HIGH), gate)
+            assert gate.started.wait(10)
+            jq.enqueue(Job("queued", priority=HIGH))  # fills HIGH
+            gate.release.set()
+            assert jq.wait("queued", timeout=10) is Status.COMPLETED  # no hang
+        assert "every worker would" in caplog.text or "all 1 workers would be waiting" in (
+            caplog.text)
+        assert jq.status("follow-up") is None
+
     @pytest.mark.parametrize("store", ["memory"])
     def test_a_hook_may_enqueue_follow_up_work(self, build: Build) -> None:
         holder: list[final.JobQueue] = []
@@ -671,6 +736,21 @@ class TestEager:
             assert jq.result("same") == 0.5
             div.enqueue(3, 2, id="same")  # finished: a new life, as without eager
             assert jq.result("same") == 1.5
+
+    def test_a_nested_job_leaves_the_outer_handlers_context_alone(self) -> None:
+        seen: list[str] = []
+        holder: list[final.JobQueue] = []
+
+        def handler(payload: bytes) -> None:
+            if payload == b"outer":
+                holder[0].enqueue(Job("inner", b"inner"))
+            seen.append(final.current_job().job.id)
+
+        with final.JobQueue(final.Config(eager=True, handler=handler)) as jq:
+            holder.append(jq)
+            jq.enqueue(Job("outer", b"outer"))
+            assert jq.status("outer") is Status.COMPLETED
+        assert seen == ["inner", "outer"]
 
     def test_eager_is_for_memory_only(self, tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="eager=True runs each job in the caller's thread"):

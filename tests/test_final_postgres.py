@@ -104,6 +104,35 @@ class TestSchema:
             final.JobQueue(config)
 
 
+    def test_a_version_1_database_is_upgraded_by_the_first_queue(
+        self, config: final.Config
+    ) -> None:
+        producer = dataclasses.replace(config, handler=None)  # runs nothing: "old" waits
+        with final.JobQueue(producer) as jq:
+            jq.enqueue(final.Job("old", b"from version 1", kind="later"))
+        with psycopg.connect(config.database_url, autocommit=True) as conn:  # type: ignore[arg-type]
+            # The tables as version 1 made them.
+            conn.execute("ALTER TABLE jobqueue_jobs DROP COLUMN result")
+            conn.execute("DROP INDEX jobqueue_jobs_scheduled")
+            conn.execute("DROP INDEX jobqueue_jobs_finished")
+            conn.execute("CREATE INDEX jobqueue_jobs_finished ON jobqueue_jobs "
+                         "(queue, finished_at) WHERE status IN ('completed', 'failed')")
+            conn.execute("UPDATE jobqueue_meta SET value = '1'")
+        url = config.database_url or ""
+        uri = (f"postgresql://postgres@/{url.rsplit('dbname=', 1)[1]}"
+               f"?host={url.split('host=', 1)[1].split()[0]}")
+        assert cli.main(["stats", uri]) == 2  # the command line does not upgrade: a queue does
+        config = dataclasses.replace(config, handlers={"later": lambda p: p.upper()})
+        with final.JobQueue(config) as jq:
+            assert jq.result("old", timeout=10) == b"FROM VERSION 1"
+            jq.enqueue(final.Job("after", kind="later"), delay=3600)
+            assert jq.cancel("after") is True
+        with psycopg.connect(config.database_url) as conn:  # type: ignore[arg-type]
+            assert conn.execute("SELECT value FROM jobqueue_meta").fetchone() == ("2",)
+            assert conn.execute("SELECT to_regclass('jobqueue_jobs_scheduled') IS NOT NULL"
+                                ).fetchone() == (True,)
+
+
 class TestSharing:
     def test_queue_names_never_mix(self, config: final.Config, queues: list) -> None:
         ran: dict[str, list[str]] = {"a": [], "b": []}

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from jobqueue._priority import Priority
 from jobqueue.errors import DuplicateJob, JobQueueError, QueueClosed, QueueFull, StoreError
-from jobqueue.final._context import running_in
+from jobqueue.final._context import on_worker
 from jobqueue.final._core import Core
 from jobqueue.final._model import MAX_DELAY, Handler, Job, check_timeout
 from jobqueue.final._states import GONE, NEW, QUEUED, SCHEDULED, State
@@ -255,7 +255,7 @@ def _admit_locked(
                 # Stored jobs go first, but not before a handler's: the claimer may fill the
                 # room a handler waits for, and only a worker could free it again.
                 if crowded or (
-                    core.unclaimed[full] and not core.shared and running_in(core) is None
+                    core.unclaimed[full] and not core.shared and not on_worker(core)
                 ):
                     break
             else:
@@ -270,7 +270,7 @@ def _admit_locked(
                         f"the {full.name} queue stayed full ({limit} jobs) for {timeout} s"
                     )
             waited = True
-            if running_in(core) is not None:
+            if on_worker(core):
                 _wait_in_handler_locked(core, full, count, remaining)
             else:
                 core.room[full].wait(count, remaining)
@@ -311,10 +311,7 @@ def _accept_locked(core: Core, entries: Sequence[Entry], now: float) -> None:
         if entry.due is None:
             transition(entry, QUEUED, now)
             ready += 1
-        else:
-            if transition(entry, SCHEDULED, now):
-                core.retry_due.notify()  # the earliest due time: the timer must wake
-            # Its reservation counted against room, which a SCHEDULED job takes none of.
-            core.room_freed_locked(entry.job.priority)
+        elif transition(entry, SCHEDULED, now):
+            core.retry_due.notify()  # the earliest due time: the timer must wake
     if ready and core.idle_workers:
         core.ready_locked(ready)

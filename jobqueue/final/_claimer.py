@@ -24,7 +24,7 @@ from jobqueue._priority import Priority
 from jobqueue.final._core import Core, log_safely
 from jobqueue.final._model import Hook, JobInfo
 from jobqueue.final._retry import RetryPolicy
-from jobqueue.final._states import NEW, PROCESSING, QUEUED, RETRYING
+from jobqueue.final._states import NEW, PROCESSING, QUEUED, RETRYING, SCHEDULED
 from jobqueue.final._store import JobRecord
 from jobqueue.final._workers import (
     Outcome,
@@ -114,7 +114,7 @@ def claim(core: Core, policy: RetryPolicy) -> None:
                     core.room[priority].wake_all()
                 core.changed_locked()
             for hook, info in settled:  # outside the mutex, as a worker calls them
-                call_hook(hook, info)
+                call_hook(core, hook, info)
 
 
 def _room(core: Core, priority: Priority) -> int:
@@ -154,8 +154,8 @@ def _hold_locked(
             settle_locked(core, entry, interrupted[record.id], now)
             if core.hooks is not None and (hook := hook_call_locked(core, entry)) is not None:
                 settled.append(hook)
-        elif entry.state is RETRYING:
-            core.retry_due.notify()
+        elif entry.state is RETRYING or entry.state is SCHEDULED:
+            core.retry_due.notify()  # it may be the earliest now: the timer must look
         else:
             core.ready_locked(1)
     return settled

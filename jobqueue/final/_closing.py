@@ -69,13 +69,8 @@ def close(core: Core, threads: Sequence[threading.Thread], timeout: float | None
     with core.mutex:
         if gave_up:
             abandoned = core.table.drop_all(core.clock())
-        elif not core.store.persistent:  # close() does not wait for jobs due later
-            abandoned = sorted(entry.job.id for entry in core.table.in_state(SCHEDULED))
-            if abandoned:
-                log_safely(logging.WARNING, "close(): %d scheduled jobs were not due yet, and "
-                           "are lost with the memory store: %s%s", len(abandoned),
-                           ", ".join(abandoned[:_IDS_LOGGED]),
-                           " and more" if len(abandoned) > _IDS_LOGGED else "")
+        else:
+            abandoned = _scheduled_lost_locked(core)
         core.closed = True
         core.changed_locked()  # waiters whose jobs will not finish now must know
     if gave_up:
@@ -99,16 +94,32 @@ def close(core: Core, threads: Sequence[threading.Thread], timeout: float | None
     return abandoned
 
 
-def finish(core: Core, threads: Sequence[threading.Thread]) -> None:
+def _scheduled_lost_locked(core: Core) -> list[str]:
+    """close() does not wait for jobs due later: a persistent store keeps them; in memory
+    they are lost, and said so. Their ids."""
+    if core.store.persistent:
+        return []
+    lost = sorted(entry.job.id for entry in core.table.in_state(SCHEDULED))
+    if lost:
+        log_safely(logging.WARNING, "close(): %d scheduled jobs were not due yet, and are "
+                   "lost with the memory store: %s%s", len(lost), ", ".join(lost[:_IDS_LOGGED]),
+                   " and more" if len(lost) > _IDS_LOGGED else "")
+    return lost
+
+
+def finish(core: Core, threads: Sequence[threading.Thread]) -> list[str]:
     """The end of a close() a handler called: the queue is drained; stop and give the store
-    up. Run by a worker on its way out, under the queue's close lock."""
+    up. Run by a worker on its way out, under the queue's close lock. Returns the ids of
+    the jobs lost (scheduled, in memory)."""
     if core.closed:
-        return
+        return []
     here = threading.current_thread()
     for thread in threads:  # on their way out too: nothing is left to run
         if thread is not here:
             thread.join(CANCEL_GRACE)
     with core.mutex:
+        lost = _scheduled_lost_locked(core)
         core.closed = True
         core.changed_locked()
     core.store.close(check_timeout("shutdown_timeout", core.config.shutdown_timeout))
+    return lost

@@ -13,10 +13,12 @@ import time
 
 from jobqueue.final._model import Job, check_timeout
 
-__all__ = ["JobContext", "current_job", "own_thread", "running_in", "worker_local"]
+__all__ = ["JobContext", "current_job", "on_worker", "own_thread", "running_in",
+           "worker_local"]
 
 #: Where a worker sets ``context`` before calling a handler, and clears it once the attempt's
-#: failure, if any, is logged; and where each of a queue's threads sets ``owner``, its core.
+#: failure, if any, is logged; ``hook_of``, the core, while it calls a hook; and where each of
+#: a queue's threads sets ``owner``, its core.
 worker_local = threading.local()
 
 
@@ -84,6 +86,13 @@ def own_thread(owner: object) -> bool:
     """Whether the calling thread is one of ``owner``'s own (a worker, the retry timer, the
     claimer), which a queue marks as it starts them (``worker_local.owner``)."""
     return getattr(worker_local, "owner", None) is owner
+
+
+def on_worker(owner: object) -> bool:
+    """Whether the calling thread is one of ``owner``'s workers, in a handler or a hook:
+    a thread only another worker taking a job could unblock, were it to wait for room."""
+    return (running_in(owner) is not None
+            or getattr(worker_local, "hook_of", None) is owner)
 
 
 def running_in(owner: object) -> JobContext | None:

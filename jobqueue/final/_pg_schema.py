@@ -75,8 +75,9 @@ CREATE INDEX IF NOT EXISTS jobqueue_jobs_scheduled ON jobqueue_jobs (queue, due_
     WHERE owner IS NULL AND status = 'scheduled';
 """
 
-# From version 1: results, and the SCHEDULED and CANCELLED statuses. Older processes still
-# running on the database ignore both (they claim only the statuses they know).
+# From version 1: results, and the SCHEDULED and CANCELLED statuses. Every process of the
+# older version must be stopped first: it cannot read the new statuses, and the index builds
+# lock the table against writers while they run.
 _UPGRADE_FROM_1 = """
 ALTER TABLE jobqueue_jobs ADD COLUMN IF NOT EXISTS result bytea;
 DROP INDEX IF EXISTS jobqueue_jobs_finished;
@@ -182,7 +183,11 @@ def check_schema(conn: Any) -> None:
             f"jobqueue knows ({SCHEMA_VERSION}): upgrade jobqueue to use it"
         )
     if version is not None and _version(version[0]) < SCHEMA_VERSION:
-        create_schema(conn)  # upgrades it, as the next queue to start would
+        raise StoreError(
+            f"the database's jobqueue schema is version {version[0]}, older than this "
+            f"jobqueue's ({SCHEMA_VERSION}): stop the processes of the older version, then "
+            "start one JobQueue of this one on it, which upgrades it"
+        )
 
 
 # psycopg's errors for a connection the server no longer serves.

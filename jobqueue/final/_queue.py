@@ -412,6 +412,8 @@ class JobQueue:
         core = self._core
         wake = None
         with core.mutex:
+            if core.closed:
+                raise QueueClosed("cannot cancel after close(): the store is given up")
             entry = core.table.get(job_id)
             if entry is not None:
                 state = entry.state
@@ -705,7 +707,7 @@ class JobQueue:
         """After close() from a handler: the workers, drained, call this on their way out."""
         if self._close_lock.acquire(blocking=False):  # else another worker, or a close()
             try:
-                _closing.finish(self._core, self._threads)
+                self._abandoned = _closing.finish(self._core, self._threads)
             finally:
                 self._close_lock.release()
 

@@ -21,6 +21,8 @@ knows: it handed the job out, or nothing it keeps changes)::
     RETRYING     QUEUED       its retry came due                           -
     SCHEDULED    QUEUED       its run_at came                              -
     QUEUED       CANCELLED    cancel() before it ran                       finished
+    PROCESSING   CANCELLED    cancel() while it ran, and its handler then  finished
+                              raised (it stopped as asked: no retry)
     SCHEDULED    CANCELLED    cancel() before it was due                   finished
     RETRYING     CANCELLED    cancel() while it waited for a retry         finished
     PROCESSING   QUEUED       close() gave up on it while it ran           released
@@ -33,8 +35,8 @@ reserved while the store takes the job, ``STORED`` a job only the store holds, `
 that never was. COMPLETED, FAILED and CANCELLED are final: the queue forgets the job and the
 store keeps its record (up to ``status_retention``). Running a finished id again, with
 ``enqueue()`` or, for a FAILED one, ``requeue()``, starts a new life at ``NEW``. A running job
-is not cancelled by a move: ``cancel()`` asks its handler to stop (``current_job()``), and
-the handler's return or raise decides the outcome.
+is asked to stop (``current_job()``): if its handler then raises, the job is CANCELLED, not
+retried; if it returns, it is COMPLETED.
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ MOVES: dict[tuple[State, State], str | None] = {
     (RETRYING, QUEUED): None,
     (SCHEDULED, QUEUED): None,  # the store keeps the due time; a restart sees it has passed
     (QUEUED, CANCELLED): "finished",
+    (PROCESSING, CANCELLED): "finished",  # its handler stopped as cancel() asked
     (SCHEDULED, CANCELLED): "finished",
     (RETRYING, CANCELLED): "finished",
     (PROCESSING, QUEUED): "released",

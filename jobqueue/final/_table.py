@@ -40,7 +40,10 @@ __all__ = ["Entry", "JobTable"]
 
 _PRIORITIES = tuple(Priority)
 # GONE is counted though nothing reads it: every move can then count its target alike.
-_COUNTED = (NEW, QUEUED, PROCESSING, RETRYING, SCHEDULED, COMPLETED, FAILED, CANCELLED, GONE)
+#: NEW jobs that will be SCHEDULED: counted apart, as they take no room.
+_NEW_LATER = "new, to be scheduled"
+_COUNTED = (NEW, _NEW_LATER, QUEUED, PROCESSING, RETRYING, SCHEDULED, COMPLETED, FAILED,
+            CANCELLED, GONE)
 #: The states whose jobs wait in the retry schedule for a due time.
 _WAITING = (RETRYING, SCHEDULED)
 
@@ -141,8 +144,9 @@ class JobTable:
         return [entry for entry in self._entries.values() if entry.state is state]
 
     def scheduled(self) -> int:
-        """SCHEDULED jobs of every priority: what ``max_scheduled`` bounds."""
-        return sum(self._counts[SCHEDULED])
+        """SCHEDULED jobs of every priority, and those being enqueued so: what
+        ``max_scheduled`` bounds."""
+        return sum(self._counts[SCHEDULED]) + sum(self._counts[_NEW_LATER])
 
     # -- moving -----------------------------------------------------------------------------
 
@@ -159,7 +163,9 @@ class JobTable:
             raise InvalidTransition(entry.job.id, current, to) from None
         priority = entry.job.priority
         counts = self._counts
-        if current is not STORED:
+        if current is NEW and entry.due is not None:
+            counts[_NEW_LATER][priority] -= 1  # a reservation that took no room
+        elif current is not STORED:
             counts[current][priority] -= 1
         counts[to][priority] += 1
         entry.state = to
@@ -176,7 +182,7 @@ class JobTable:
         elif to is CANCELLED:
             if current is QUEUED:
                 self._ready[priority].remove(entry)  # O(n), but cancel() is rare
-            else:
+            elif current is not PROCESSING:
                 self.retries.remove(entry)
         (job_id, payload, _, kind, max_retries, created_at, _, attempts, last_error,
          started_at, finished_at, due_at, seq, result) = entry.record
@@ -213,10 +219,11 @@ class JobTable:
         return earliest
 
     def reserve(self, entries: Iterable[Entry]) -> None:
-        """Hold ids and room for jobs the store has not accepted yet (state NEW)."""
+        """Hold ids and room for jobs the store has not accepted yet (state NEW); a job
+        that will be SCHEDULED holds its id and a place under ``max_scheduled``, no room."""
         for entry in entries:
             self._entries[entry.job.id] = entry
-            self._counts[NEW][entry.job.priority] += 1
+            self._counts[NEW if entry.due is None else _NEW_LATER][entry.job.priority] += 1
 
     def claim(self, record: JobRecord, now: float) -> Entry:
         """Hold a job the store handed out: QUEUED, RETRYING if a retry is still due, or

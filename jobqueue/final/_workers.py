@@ -21,7 +21,7 @@ from jobqueue.final._context import JobContext, worker_local
 from jobqueue.final._core import Core, log_safely
 from jobqueue.final._model import Hook, Job, JobInfo
 from jobqueue.final._retry import RetryPolicy
-from jobqueue.final._states import COMPLETED, FAILED, GONE, QUEUED, RETRYING
+from jobqueue.final._states import CANCELLED, COMPLETED, FAILED, GONE, QUEUED, RETRYING
 from jobqueue.final._store import LeaseLost
 from jobqueue.final._table import Entry
 
@@ -61,7 +61,7 @@ def work(core: Core, policy: RetryPolicy, finish_close: Callable[[], None]) -> N
         finally:
             mutex.release()
         if settled is not None:  # called now, not once the next job comes
-            call_hook(*settled)
+            call_hook(core, *settled)
             entry = None
             continue
         if entry is None:
@@ -149,6 +149,7 @@ def _run(core: Core, policy: RetryPolicy, entry: Entry) -> Outcome:
             return LOST
         except Exception:  # the store is closed: close() gave up on this worker long ago
             log_safely(logging.WARNING, "job %r runs after its store was closed", job.id)
+    outer = getattr(worker_local, "context", None)  # eager mode: a handler's, nested
     worker_local.context = JobContext(job, entry.attempts, deadline, core.shutdown, core, entry)
     try:
         error: BaseException | None = None
@@ -180,9 +181,13 @@ def _run(core: Core, policy: RetryPolicy, entry: Entry) -> Outcome:
             error = JobTimeout(f"timed out after {elapsed:.3f} s (job_timeout={job_timeout} s)")
         # Logged before the outcome is visible: a waiter woken by the failure finds it
         # logged, and a slow log handler holds up no other thread.
-        return failed_attempt(core, policy, job, entry.attempts, _describe(error), error)
+        message = _describe(error)
+        if entry.cancel_requested:
+            log_safely(logging.INFO, "job %r stopped as cancel() asked: %s", job.id, message)
+            return message, None
+        return failed_attempt(core, policy, job, entry.attempts, message, error)
     finally:
-        worker_local.context = None
+        worker_local.context = outer
 
 
 def _kept(result: object) -> bytes | None:
@@ -251,7 +256,9 @@ def settle_locked(core: Core, entry: Entry, outcome: Outcome, now: float) -> Non
         table.transition(entry, COMPLETED, now)
     else:
         entry.last_error, delay = outcome  # type: ignore[misc]
-        if core.stopping:
+        if entry.cancel_requested and not core.stopping:
+            table.transition(entry, CANCELLED, now)  # it stopped as cancel() asked
+        elif core.stopping:
             # close() gave up on this job: it is not finished, so it is not failed either.
             # Back to the store, for the next start.
             table.transition(entry, QUEUED, now)
@@ -283,7 +290,7 @@ def run_now(core: Core, policy: RetryPolicy, job_id: str) -> None:
             settle_locked(core, entry, outcome, core.clock())
             settled = hook_call_locked(core, entry) if core.hooks is not None else None
         if settled is not None:
-            call_hook(*settled)
+            call_hook(core, *settled)
 
 
 def hook_call_locked(core: Core, entry: Entry) -> tuple[Hook, JobInfo] | None:
@@ -295,13 +302,18 @@ def hook_call_locked(core: Core, entry: Entry) -> tuple[Hook, JobInfo] | None:
     return hook, entry.record.info()
 
 
-def call_hook(hook: Hook, info: JobInfo) -> None:
-    """Call a hook; whatever it raises is logged, and changes nothing."""
+def call_hook(core: Core, hook: Hook, info: JobInfo) -> None:
+    """Call a hook; whatever it raises is logged, and changes nothing. Marked as a worker's
+    call (``hook_of``): an enqueue from it waits for room as a handler's does."""
+    previous = getattr(worker_local, "hook_of", None)
+    worker_local.hook_of = core
     try:
         hook(info)
     except BaseException:  # even SystemExit: the job's outcome is recorded already
         log_safely(logging.ERROR, "a hook raised for job %r (%s); the job stays %s",
                    info.id, getattr(hook, "__name__", hook), info.status.value, exc_info=True)
+    finally:
+        worker_local.hook_of = previous
 
 
 def retry_timer(core: Core) -> None:
