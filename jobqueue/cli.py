@@ -45,7 +45,7 @@ _MAP_RESIZED_TRIES = 5  # the owner grew its map while a command read: read agai
 
 _STATUSES = [status.value for status in Status]
 _PRIORITIES = ["high", "medium", "low"]
-_LIVE = (Status.QUEUED, Status.PROCESSING, Status.RETRYING)
+_LIVE = (Status.QUEUED, Status.PROCESSING, Status.RETRYING, Status.SCHEDULED)
 
 
 class CommandError(Exception):

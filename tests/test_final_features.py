@@ -20,7 +20,7 @@ from test_final_contract import Gate, hold_worker, until
 
 from jobqueue import final
 from jobqueue.final import Job, Priority, Status
-from jobqueue.final._periodic import tick_id
+from jobqueue.final._periodic import Ticks, every_ticks, tick_id
 
 HIGH, MEDIUM, LOW = Priority.HIGH, Priority.MEDIUM, Priority.LOW
 
@@ -151,6 +151,41 @@ class TestTasks:
             @jq.task(kind="y")
             async def coro() -> None:
                 pass
+
+    @pytest.mark.parametrize("store", ["memory"])
+    def test_odd_arguments_are_type_errors_too(self, build: Build) -> None:
+        jq = build()
+
+        @jq.task(kind="t")
+        def t(x: object) -> None:
+            pass
+
+        deep: list = []
+        for _ in range(100_000):
+            deep = [deep]
+        with pytest.raises(TypeError, match="argument 'x' cannot be encoded as JSON"):
+            t.enqueue(deep)
+        with pytest.raises(TypeError, match="argument 'x' cannot be encoded"):
+            t.enqueue(math.nan)  # standard JSON has no NaN
+        with pytest.raises(TypeError, match="argument 'x' cannot be encoded"):
+            t.enqueue(b"bytes")
+
+    @pytest.mark.parametrize("store", ["memory"])
+    def test_two_functions_cannot_share_a_kind(self, build: Build) -> None:
+        jq = build()
+
+        def make(n: int) -> Callable[[], int]:
+            def task() -> int:
+                return n
+            return task
+
+        first = jq.task()(make(1))
+        with pytest.raises(ValueError, match="is the task .* already: give this one its own"):
+            jq.task()(make(2))
+        assert jq.task()(first.function) is not None  # the same function again is fine
+        second = jq.task(kind="second")(make(2))
+        assert jq.result(second.enqueue(), timeout=10) == 2
+        assert jq.result(first.enqueue(), timeout=10) == 1
 
     @pytest.mark.parametrize("store", ["memory"])
     def test_an_unencodable_result_fails_the_job(self, build: Build) -> None:
@@ -562,6 +597,8 @@ class TestPeriodic:
             jq.cron("every tuesday", make, name="x")
         with pytest.raises(ValueError, match="must not contain '@'"):
             jq.every(60, make, name="a@b")
+        with pytest.raises(ValueError, match="name must be a non-empty str"):
+            jq.every(60, make, name="")
         with pytest.raises(TypeError, match="job_factory must be callable"):
             jq.every(60, "job", name="x")  # type: ignore[arg-type]
         jq.every(60, make, name="x")
@@ -570,6 +607,64 @@ class TestPeriodic:
         jq.close()
         with pytest.raises(final.QueueClosed):
             jq.every(60, make, name="y")
+
+    @pytest.mark.parametrize("seconds", [0.007, 0.029, 0.123, 0.1, 60.0])
+    def test_every_tick_is_after_the_last_whatever_the_rounding(self, seconds: float) -> None:
+        ticks = every_ticks(seconds)
+        for k in range(1, 200_000, 997):
+            tick = k * seconds + 1.7e9 // seconds * seconds
+            after = ticks.next_after(tick)
+            assert after > tick and after - tick <= seconds * 1.0001
+            latest = ticks.latest(tick)
+            assert latest <= tick < ticks.next_after(latest)
+
+    @pytest.mark.parametrize("store", ["memory"])
+    def test_a_schedule_whose_times_ran_out_stops_alone(
+        self, build: Build, clock: Clock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        recorder = Recorder()
+        jq = build(handlers={"r": recorder})
+        with pytest.raises(ValueError, match="has no time after now"):
+            jq.cron("* * * * * * 2000-2001", lambda: Job("x", kind="r"), name="past")
+        start = wall(jq, clock)
+        calls = []
+
+        def next_after(now: float) -> float:
+            calls.append(now)
+            if len(calls) > 1:
+                raise RuntimeError("no more times")
+            return start + 1
+
+        with caplog.at_level(logging.ERROR, logger="jobqueue"):
+            jq._add_schedule("ends", Ticks(next_after, lambda now: start + 1),
+                             lambda: Job("x", kind="r"))
+            jq.every(10, lambda: Job("x", kind="r"), name="goes-on")
+            advance(jq, clock, 1.5)
+            assert until(lambda: "has no time after" in caplog.text)
+            assert [s.name for s in jq._core.schedules] == ["goes-on"]
+            tick = jq._core.schedules[0].next_tick
+            advance(jq, clock, tick - wall(jq, clock) + 0.01)
+            assert tick_id("goes-on", tick) in recorder.wait_for(1)
+
+    @pytest.mark.parametrize("store", ["memory"])
+    def test_a_factory_raising_system_exit_does_not_stop_the_thread(
+        self, build: Build, clock: Clock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        recorder = Recorder()
+        jq = build(handlers={"r": recorder})
+
+        def exits() -> Job:
+            raise SystemExit("a factory must not end the periodic thread")
+
+        with caplog.at_level(logging.ERROR, logger="jobqueue"):
+            jq.every(10, exits, name="exits")
+            jq.every(10, lambda: Job("x", kind="r"), name="fine")
+            tick = jq._core.schedules[0].next_tick
+            advance(jq, clock, tick - wall(jq, clock) + 0.01)
+            assert recorder.wait_for(1) == [tick_id("fine", tick)]
+            advance(jq, clock, 10)
+            assert recorder.wait_for(2)[1] == tick_id("fine", tick + 10)
+        assert "periodic job 'exits': the tick at" in caplog.text
 
     @pytest.mark.parametrize("store", ["memory"])
     def test_a_factory_that_fails_is_logged_and_the_schedule_goes_on(
@@ -669,6 +764,29 @@ class TestHooks:
         assert jq.status("follow-up") is None
 
     @pytest.mark.parametrize("store", ["memory"])
+    def test_a_hook_reads_finished_jobs_and_is_refused_a_wait(self, build: Build) -> None:
+        holder: list[final.JobQueue] = []
+        seen: list[object] = []
+        gate = Gate()
+
+        def hook(info: final.JobInfo) -> None:
+            seen.append(holder[0].result(info.id))  # its own job: finished
+            try:
+                holder[0].wait("blocked")
+            except RuntimeError as exc:
+                seen.append(str(exc))
+
+        jq = build(handlers={"r": lambda p: b"done", "gate": gate}, on_complete=hook)
+        holder.append(jq)
+        jq.enqueue(Job("blocked", kind="gate"))
+        assert gate.started.wait(10)
+        jq.enqueue(Job("first", kind="r"))
+        assert until(lambda: len(seen) == 2)
+        assert seen[0] == b"done"
+        assert "from a hook would block a worker" in seen[1]  # type: ignore[operator]
+        gate.release.set()
+
+    @pytest.mark.parametrize("store", ["memory"])
     def test_a_hook_may_enqueue_follow_up_work(self, build: Build) -> None:
         holder: list[final.JobQueue] = []
 
@@ -751,6 +869,44 @@ class TestEager:
             jq.enqueue(Job("outer", b"outer"))
             assert jq.status("outer") is Status.COMPLETED
         assert seen == ["inner", "outer"]
+
+    def test_a_handler_waiting_for_its_own_job_is_refused(self) -> None:
+        errors: list[str] = []
+        holder: list[final.JobQueue] = []
+
+        def handler(payload: bytes) -> None:
+            for call in (lambda: holder[0].wait("a"), lambda: holder[0].join()):
+                try:
+                    call()
+                except RuntimeError as exc:
+                    errors.append(str(exc))
+
+        with final.JobQueue(final.Config(eager=True, handler=handler)) as jq:
+            holder.append(jq)
+            jq.enqueue(Job("a"))
+            assert jq.status("a") is Status.COMPLETED
+        assert "called by that job's own handler" in errors[0]
+        assert "join() called from the handler of job 'a'" in errors[1]
+
+    def test_close_from_a_handler_closes_once_the_job_is_done(self) -> None:
+        holder: list[final.JobQueue] = []
+        jq = final.JobQueue(final.Config(eager=True, handler=lambda p: holder[0].close()))
+        holder.append(jq)
+        jq.enqueue(Job("a"))
+        assert jq._core.closed and jq.status("a") is Status.COMPLETED
+        with pytest.raises(final.QueueClosed):
+            jq.enqueue(Job("b"))
+        assert jq.close() == []
+
+    def test_ctrl_c_in_a_handler_reaches_the_caller(self) -> None:
+        def interrupted(payload: bytes) -> None:
+            raise KeyboardInterrupt
+
+        with final.JobQueue(final.Config(eager=True, handler=interrupted)) as jq:
+            with pytest.raises(KeyboardInterrupt):
+                jq.enqueue(Job("a"))
+            assert jq.status("a") is Status.FAILED  # settled, not left PROCESSING
+            assert jq.info("a").attempts == 1  # type: ignore[union-attr]  # not retried
 
     def test_eager_is_for_memory_only(self, tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="eager=True runs each job in the caller's thread"):

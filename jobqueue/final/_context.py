@@ -13,7 +13,7 @@ import time
 
 from jobqueue.final._model import Job, check_timeout
 
-__all__ = ["JobContext", "current_job", "on_worker", "own_thread", "running_in",
+__all__ = ["JobContext", "current_job", "on_hook", "on_worker", "own_thread", "running_in",
            "worker_local"]
 
 #: Where a worker sets ``context`` before calling a handler, and clears it once the attempt's
@@ -93,6 +93,11 @@ def on_worker(owner: object) -> bool:
     a thread only another worker taking a job could unblock, were it to wait for room."""
     return (running_in(owner) is not None
             or getattr(worker_local, "hook_of", None) is owner)
+
+
+def on_hook(owner: object) -> bool:
+    """Whether the calling thread is running one of ``owner``'s hooks."""
+    return getattr(worker_local, "hook_of", None) is owner
 
 
 def running_in(owner: object) -> JobContext | None:

@@ -157,6 +157,7 @@ class Core:
         self.claim_wake = threading.Condition(self.mutex)  # type: ignore[arg-type]
         self.tick_wake = threading.Condition(self.mutex)  # type: ignore[arg-type]
         self.schedules: list = []  # periodic schedules (_periodic.Schedule), by the ticker
+        self.ticker_started = False
         self.table = JobTable(store, config.effective_weights, self.clock)
         if self.shared:  # due times it compares are the queue's: so is its clock
             offset = self.table.epoch_offset

@@ -47,8 +47,23 @@ class Schedule:
 
 
 def every_ticks(seconds: float) -> Ticks:
-    return Ticks(lambda now: (math.floor(now / seconds) + 1) * seconds,
-                 lambda now: math.floor(now / seconds) * seconds)
+    # Ticks are whole multiples k * seconds. Division rounds: (k * seconds) / seconds may
+    # come out just under k, so each answer is checked against ``now`` and moved on.
+    def next_after(now: float) -> float:
+        k = math.floor(now / seconds) + 1
+        while k * seconds <= now:
+            k += 1
+        return k * seconds
+
+    def latest(now: float) -> float:
+        k = math.floor(now / seconds)
+        while k * seconds > now:
+            k -= 1
+        while (k + 1) * seconds <= now:
+            k += 1
+        return k * seconds
+
+    return Ticks(next_after, latest)
 
 
 def cron_ticks(expression: str, tz: datetime.tzinfo) -> Ticks:
@@ -69,7 +84,6 @@ def cron_ticks(expression: str, tz: datetime.tzinfo) -> Ticks:
         return float(croniter(expression, datetime.datetime.fromtimestamp(
             next_after(now), tz)).get_prev(float))
 
-    next_after(0.0)  # an expression with no time that ever comes raises here
     return Ticks(next_after, latest)
 
 
@@ -95,14 +109,22 @@ def ticker(core: Core, enqueue: Callable[[Job], None]) -> None:
                 wait = None if earliest is None else min(earliest - now, threading.TIMEOUT_MAX)
                 core.tick_wake.wait(wait)
         for schedule in due:
-            # Several ticks due at once (the thread waited for room): the latest of them.
-            tick = max(schedule.next_tick, schedule.ticks.latest(now))
-            schedule.next_tick = schedule.ticks.next_after(tick)
+            try:
+                # Several ticks due at once (the thread waited for room): the latest of them.
+                tick = max(schedule.next_tick, schedule.ticks.latest(now))
+                schedule.next_tick = schedule.ticks.next_after(tick)
+            except Exception:  # a cron expression whose times ran out (a year range)
+                log_safely(logging.ERROR, "periodic job %r has no time after %s: stopped",
+                           schedule.name, tick_id(schedule.name, schedule.next_tick),
+                           exc_info=True)
+                with core.mutex:
+                    core.schedules.remove(schedule)
+                continue
             try:
                 _enqueue_tick(core, enqueue, schedule, tick)
             except QueueClosed:
                 return
-            except Exception:
+            except BaseException:  # even SystemExit from a factory: the others go on
                 log_safely(logging.ERROR, "periodic job %r: the tick at %s was not enqueued",
                            schedule.name, tick_id(schedule.name, tick), exc_info=True)
 

@@ -31,7 +31,7 @@ from typing import Any, ParamSpec, TypeVar
 from jobqueue._priority import Priority
 from jobqueue.errors import JobCancelled, JobFailed, QueueClosed
 from jobqueue.final import _admission, _claimer, _closing, _periodic, _workers
-from jobqueue.final._context import JobContext, own_thread, running_in, worker_local
+from jobqueue.final._context import JobContext, on_hook, own_thread, running_in, worker_local
 from jobqueue.final._core import Core
 from jobqueue.final._model import (
     MAX_DELAY,
@@ -268,6 +268,8 @@ class JobQueue:
         _admission.enqueue(self._core, jobs, handler, block, timeout)
         for job in jobs:
             _workers.run_now(self._core, self._policy, job.id)
+        if self._core.close_when_drained and not own_thread(self._core):
+            self._finish_close()  # a handler called close(): nothing is left to run
 
     def task(
         self,
@@ -287,9 +289,16 @@ class JobQueue:
         """
         def decorate(function: Callable[P, R]) -> Task[P, R]:
             made = make_task(self, function, kind, priority, max_retries)
-            self.register(made.kind, made.run)
             with self._core.mutex:
+                other = self._core.tasks.get(made.kind)
+                if other is not None and other.function is not function:  # type: ignore[attr-defined]
+                    raise ValueError(
+                        f"kind {made.kind!r} is the task {other.function!r} already: give "  # type: ignore[attr-defined]
+                        "this one its own kind= (functions of one name, made by one "
+                        "factory or lambdas, share the default kind)"
+                    )
                 self._core.tasks[made.kind] = made
+            self.register(made.kind, made.run)
             return made
         return decorate
 
@@ -330,23 +339,29 @@ class JobQueue:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, not {type(name).__name__}")
         Job(_periodic.tick_id(name, 0.0))  # the ids it makes must be valid: checks the name
+        if not name:
+            raise ValueError("name must be a non-empty str: it starts every tick's id")
         if "@" in name:
             raise ValueError(f"name must not contain '@' (it separates the tick time): {name!r}")
         if not callable(job_factory):
             raise TypeError(f"job_factory must be callable, not {type(job_factory).__name__}")
         core = self._core
-        with self._close_lock, core.mutex:
-            if core.closing:
-                raise QueueClosed("cannot add a periodic job after close() has started")
-            if any(schedule.name == name for schedule in core.schedules):
-                raise ValueError(f"a periodic job named {name!r} exists already")
-            now = core.clock() + core.table.epoch_offset
-            core.schedules.append(_periodic.Schedule(name, ticks, job_factory,
-                                                     ticks.next_after(now)))
-            core.tick_wake.notify()
-            start = len(core.schedules) == 1
-        if start:
-            with self._close_lock:
+        now = core.clock() + core.table.epoch_offset
+        try:
+            first = ticks.next_after(now)
+        except Exception as exc:  # croniter: an expression whose times have all passed
+            raise ValueError(f"periodic job {name!r} has no time after now: {exc}") from None
+        with self._close_lock:  # held until the thread is started: close() waits for it
+            with core.mutex:
+                if core.closing:
+                    raise QueueClosed("cannot add a periodic job after close() has started")
+                if any(schedule.name == name for schedule in core.schedules):
+                    raise ValueError(f"a periodic job named {name!r} exists already")
+                core.schedules.append(_periodic.Schedule(name, ticks, job_factory, first))
+                core.tick_wake.notify()
+                start = not core.ticker_started
+                core.ticker_started = True
+            if start:
                 self._start_thread(lambda: _periodic.ticker(core, self.enqueue),
                                    "jobqueue-final-periodic")
 
@@ -403,9 +418,10 @@ class JobQueue:
         A running job is not stopped (Python cannot stop a thread): its handler is asked to,
         through ``current_job().cancelled()`` and ``current_job().wait()``, and False is
         returned; what the handler then does decides the outcome. False too for a finished
-        or unknown job. In PostgreSQL, a job no process holds is cancelled in the database;
-        one another process has claimed cannot be cancelled from here (False). Never blocks
-        on a handler.
+        or unknown job, and for a job this queue has not claimed from its store yet (an LMDB
+        backlog beyond ``queue_size`` at a restart). In PostgreSQL, a job no process holds
+        is cancelled in the database; one another process has claimed cannot be cancelled
+        from here (False). Never blocks on a handler; raises ``QueueClosed`` after close().
         """
         self._refuse_if_forked()
         _check_id(job_id)
@@ -485,13 +501,23 @@ class JobQueue:
             return decode_result(record.result)
         return record.result
 
-    def _finished_record(self, job_id: str, timeout: float | None) -> JobRecord:
+    def _finished_record(
+        self, job_id: str, timeout: float | None, hook: bool = False
+    ) -> JobRecord:
         """The record of the job once it is finished; see wait()."""
         self._refuse_if_forked()
         _check_id(job_id)
         timeout = check_timeout("timeout", timeout)
         core = self._core
-        if own_thread(core):
+        if not hook and own_thread(core) and on_hook(core):
+            # A hook: the worker it holds may be the one a job needs, so a hook reads
+            # finished jobs only (its own is, by the time it is called).
+            try:
+                return self._finished_record(job_id, 0.0, hook=True)
+            except TimeoutError:
+                raise RuntimeError(f"wait({job_id!r}) from a hook would block a worker the "
+                                   "job may need: a hook may read finished jobs only") from None
+        if own_thread(core) and not hook:
             context = running_in(core)
             if context is not None and context.job.id == job_id:
                 raise RuntimeError(f"wait({job_id!r}) called by that job's own handler would "

@@ -31,7 +31,9 @@ _OWN_KEYWORDS = ("id", "delay", "run_at")
 
 
 def _encode(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    # Standard JSON only (no NaN or Infinity), for whatever else reads the payload.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode()
 
 
 def decode_result(result: bytes | None) -> Any:
@@ -95,7 +97,7 @@ class Task(Generic[P, R]):
             raise TypeError(f"task {self.kind!r}: {exc}") from None
         try:
             return _encode({"args": args, "kwargs": kwargs})
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             pass
         # Name the culprit: encode each argument alone.
         bound = self._signature.bind(*args, **kwargs).arguments

@@ -182,6 +182,9 @@ def _run(core: Core, policy: RetryPolicy, entry: Entry) -> Outcome:
         # Logged before the outcome is visible: a waiter woken by the failure finds it
         # logged, and a slow log handler holds up no other thread.
         message = _describe(error)
+        if core.config.eager and not isinstance(error, Exception):
+            worker_local.interrupted = error  # run_now raises it once the job is settled
+            return message, None
         if entry.cancel_requested:
             log_safely(logging.INFO, "job %r stopped as cancel() asked: %s", job.id, message)
             return message, None
@@ -273,7 +276,23 @@ def settle_locked(core: Core, entry: Entry, outcome: Outcome, now: float) -> Non
 
 def run_now(core: Core, policy: RetryPolicy, job_id: str) -> None:
     """Eager mode: run a QUEUED job in the calling thread, its retries at once, until it
-    is finished, as a worker would."""
+    is finished, as a worker would. The thread counts as the queue's own meanwhile, so a
+    handler that waits for its own job is refused as on a worker. A KeyboardInterrupt or
+    SystemExit from the handler fails the job, then reaches the caller: this is the
+    caller's thread, not a worker that must live on."""
+    owner = getattr(worker_local, "owner", None)
+    worker_local.owner = core
+    try:
+        _run_now(core, policy, job_id)
+    finally:
+        worker_local.owner = owner
+    interrupted = getattr(worker_local, "interrupted", None)
+    if interrupted is not None and owner is not core:  # the outermost run re-raises it
+        worker_local.interrupted = None
+        raise interrupted
+
+
+def _run_now(core: Core, policy: RetryPolicy, job_id: str) -> None:
     table = core.table
     while True:
         with core.mutex:
@@ -291,6 +310,8 @@ def run_now(core: Core, policy: RetryPolicy, job_id: str) -> None:
             settled = hook_call_locked(core, entry) if core.hooks is not None else None
         if settled is not None:
             call_hook(core, *settled)
+        if getattr(worker_local, "interrupted", None) is not None:
+            return
 
 
 def hook_call_locked(core: Core, entry: Entry) -> tuple[Hook, JobInfo] | None:
