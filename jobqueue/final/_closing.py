@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from jobqueue.final._core import Core, log_safely
 from jobqueue.final._model import check_timeout
-from jobqueue.final._states import PROCESSING, SCHEDULED
+from jobqueue.final._states import SCHEDULED
 
 __all__ = ["finish", "start_locked", "close"]
 
@@ -49,9 +49,8 @@ def close(core: Core, threads: Sequence[threading.Thread], timeout: float | None
         if gave_up:
             core.stopping = True
             core.shutdown.set()
-            for entry in core.table.in_state(PROCESSING):  # handlers asleep in wait()
-                if entry.wake is not None:
-                    entry.wake.set()
+            for wake in list(core.sleepers.values()):  # handlers asleep in wait()
+                wake.set()
             core.wake_workers_locked()
             core.retry_due.notify()
             core.changed.notify_all()

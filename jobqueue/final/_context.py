@@ -52,7 +52,8 @@ class JobContext:
         stopped waiting for it."""
         if self._shutdown.is_set():
             return True
-        if self._entry is not None and self._entry.cancel_requested:  # type: ignore[attr-defined]
+        owner = self._owner
+        if owner is not None and self._entry in owner.stop_asked:  # type: ignore[attr-defined]
             return True
         return self.deadline is not None and time.monotonic() >= self.deadline
 
@@ -65,20 +66,21 @@ class JobContext:
             left = max(0.0, self.deadline - time.monotonic())
             timeout = left if timeout is None else min(timeout, left)
             timeout = min(timeout, threading.TIMEOUT_MAX)
-        entry = self._entry
-        if entry is None:
+        owner = self._owner
+        if owner is None:
             self._shutdown.wait(timeout)
             return self.cancelled()
         # An Event for this sleep alone, which cancel() and close() set: made here, not per
         # job, as few handlers sleep. Published before cancelled() is read, so that a cancel
-        # either sees it or comes before the read.
+        # or a close either sees it or comes before the read.
         wake = threading.Event()
-        entry.wake = wake  # type: ignore[attr-defined]
+        sleepers = owner.sleepers  # type: ignore[attr-defined]
+        sleepers[self._entry] = wake
         try:
             if not self.cancelled():
                 wake.wait(timeout)
         finally:
-            entry.wake = None  # type: ignore[attr-defined]
+            sleepers.pop(self._entry, None)
         return self.cancelled()
 
 

@@ -164,6 +164,12 @@ class Core:
             store.now = lambda: clock() + offset  # type: ignore[attr-defined]
         self.handlers: dict[str, Handler] = dict(config.handlers or {})
         self.tasks: dict[str, object] = {}  # kind -> the Task whose handler it is
+        # Running jobs cancel() asked to stop, and the Event each handler sleeping in
+        # current_job().wait() waits on. Read without the mutex by handlers (one set or
+        # dict operation, atomic under the GIL); kept here, not on every Entry, as few jobs
+        # are ever cancelled or sleep.
+        self.stop_asked: set[object] = set()
+        self.sleepers: dict[object, threading.Event] = {}
         # The hook for each outcome, or None when the config has none (workers skip them).
         hooks = {COMPLETED: config.on_complete, FAILED: config.on_failure,
                  RETRYING: config.on_retry}

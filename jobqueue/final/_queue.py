@@ -434,8 +434,8 @@ class JobQueue:
             if entry is not None:
                 state = entry.state
                 if state is PROCESSING:
-                    entry.cancel_requested = True  # before reading wake: see JobContext.wait
-                    wake = entry.wake
+                    core.stop_asked.add(entry)  # before reading sleepers: see JobContext.wait
+                    wake = core.sleepers.get(entry)
                 elif state in (QUEUED, SCHEDULED, RETRYING):
                     core.table.transition(entry, CANCELLED, core.clock())
                     if state is not SCHEDULED:

@@ -54,8 +54,7 @@ _new_record = tuple.__new__  # JobRecord from a tuple, without namedtuple's Pyth
 class Entry:
     """One job this queue holds. Times are monotonic seconds, except in ``record``."""
 
-    __slots__ = ("job", "handler", "state", "record", "ready_since", "started", "due",
-                 "result", "cancel_requested", "wake")
+    __slots__ = ("job", "handler", "state", "record", "ready_since", "started", "due")
 
     def __init__(
         self, job: Job, handler: Handler | None, seq: int, now: float,
@@ -76,9 +75,6 @@ class Entry:
         self.ready_since = now  # when it last became runnable, for queue latency
         self.started: float | None = None  # when its latest attempt started
         self.due = due  # when a RETRYING or SCHEDULED job runs, on the table's clock
-        self.result: bytes | None = None  # what the handler returned, once COMPLETED
-        self.cancel_requested = False  # cancel() asked its running handler to stop
-        self.wake: object = None  # the Event a running handler sleeps on, in wait()
 
     @property
     def attempts(self) -> int:
@@ -208,8 +204,7 @@ class JobTable:
             finished_at = now + self._epoch_offset
             due_at = None
             if to is COMPLETED:
-                payload = b""  # nothing will run it again
-                result = entry.result
+                payload = b""  # nothing will run it again (its result, if any, is set)
         entry.record = record = _new_record(JobRecord, (
             job_id, payload, priority, kind, max_retries, created_at, to, attempts,
             last_error, started_at, finished_at, due_at, seq, result,

@@ -149,7 +149,8 @@ def _run(core: Core, policy: RetryPolicy, entry: Entry) -> Outcome:
             return LOST
         except Exception:  # the store is closed: close() gave up on this worker long ago
             log_safely(logging.WARNING, "job %r runs after its store was closed", job.id)
-    outer = getattr(worker_local, "context", None)  # eager mode: a handler's, nested
+    # Eager mode runs a job inside another's handler: its context comes back after.
+    outer = getattr(worker_local, "context", None) if config.eager else None
     worker_local.context = JobContext(job, entry.attempts, deadline, core.shutdown, core, entry)
     try:
         error: BaseException | None = None
@@ -185,7 +186,7 @@ def _run(core: Core, policy: RetryPolicy, entry: Entry) -> Outcome:
         if core.config.eager and not isinstance(error, Exception):
             worker_local.interrupted = error  # run_now raises it once the job is settled
             return message, None
-        if entry.cancel_requested:
+        if core.stop_asked and entry in core.stop_asked:
             log_safely(logging.INFO, "job %r stopped as cancel() asked: %s", job.id, message)
             return message, None
         return failed_attempt(core, policy, job, entry.attempts, message, error)
@@ -255,11 +256,11 @@ def settle_locked(core: Core, entry: Entry, outcome: Outcome, now: float) -> Non
     elif outcome is None:
         table.transition(entry, COMPLETED, now)
     elif type(outcome) is bytes:
-        entry.result = outcome
+        entry.record = entry.record._replace(result=outcome)  # (the rarer case: a result)
         table.transition(entry, COMPLETED, now)
     else:
         entry.last_error, delay = outcome  # type: ignore[misc]
-        if entry.cancel_requested and not core.stopping:
+        if core.stop_asked and entry in core.stop_asked and not core.stopping:
             table.transition(entry, CANCELLED, now)  # it stopped as cancel() asked
         elif core.stopping:
             # close() gave up on this job: it is not finished, so it is not failed either.
@@ -271,6 +272,8 @@ def settle_locked(core: Core, entry: Entry, outcome: Outcome, now: float) -> Non
                 core.retry_due.notify()
         else:
             table.transition(entry, FAILED, now)
+    if core.stop_asked:
+        core.stop_asked.discard(entry)
     core.changed_locked()
 
 
