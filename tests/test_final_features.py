@@ -186,6 +186,8 @@ class TestTasks:
         second = jq.task(kind="second")(make(2))
         assert jq.result(second.enqueue(), timeout=10) == 2
         assert jq.result(first.enqueue(), timeout=10) == 1
+        jq.register(first.kind, lambda p: b"plain")  # a plain handler takes the kind over
+        assert jq.result(first.enqueue(), timeout=10) == b"plain"
 
     @pytest.mark.parametrize("store", ["memory"])
     def test_an_unencodable_result_fails_the_job(self, build: Build) -> None:
@@ -382,6 +384,24 @@ class TestScheduled:
         jq.enqueue(Job("close", kind="closer"))
         assert jq.close(timeout=10) == ["tomorrow"]
         assert jq.metrics().abandoned == 1
+
+    @pytest.mark.parametrize("store", ["memory"])
+    def test_close_waits_for_a_scheduled_job_still_being_stored(
+        self, build: Build, clock: Clock
+    ) -> None:
+        from jobqueue.final._states import GONE
+        from jobqueue.final._table import Entry
+
+        jq = build(handler=lambda p: None)
+        core = jq._core
+        with core.mutex:
+            assert core.drained_locked()
+            entry = Entry(Job("storing"), None, 1, clock(), wall(jq, clock) + 60, clock() + 60)
+            core.table.reserve([entry])  # as admission does while the store commits
+            assert not core.drained_locked()  # close() must wait for the commit
+            assert core.table.scheduled() == 1 and core.table.occupied(MEDIUM) == 0
+            core.table.transition(entry, GONE, clock())
+            assert core.drained_locked() and core.table.scheduled() == 0
 
     @pytest.mark.parametrize("store", ["memory"])
     def test_close_does_not_wait_for_scheduled_jobs_and_names_them(
@@ -635,16 +655,19 @@ class TestPeriodic:
                 raise RuntimeError("no more times")
             return start + 1
 
-        with caplog.at_level(logging.ERROR, logger="jobqueue"):
+        with caplog.at_level(logging.WARNING, logger="jobqueue"):
             jq._add_schedule("ends", Ticks(next_after, lambda now: start + 1),
                              lambda: Job("x", kind="r"))
             jq.every(10, lambda: Job("x", kind="r"), name="goes-on")
+            with jq._core.mutex:  # its first tick after the other's last, whatever the time
+                jq._core.schedules[1].next_tick = (math.floor(start / 10) + 2) * 10
             advance(jq, clock, 1.5)
-            assert until(lambda: "has no time after" in caplog.text)
+            assert recorder.wait_for(1) == [tick_id("ends", start + 1)]  # its last tick runs
+            assert "has no time after" in caplog.text
             assert [s.name for s in jq._core.schedules] == ["goes-on"]
             tick = jq._core.schedules[0].next_tick
             advance(jq, clock, tick - wall(jq, clock) + 0.01)
-            assert tick_id("goes-on", tick) in recorder.wait_for(1)
+            assert recorder.wait_for(2)[1] == tick_id("goes-on", tick)
 
     @pytest.mark.parametrize("store", ["memory"])
     def test_a_factory_raising_system_exit_does_not_stop_the_thread(
@@ -665,6 +688,31 @@ class TestPeriodic:
             advance(jq, clock, 10)
             assert recorder.wait_for(2)[1] == tick_id("fine", tick + 10)
         assert "periodic job 'exits': the tick at" in caplog.text
+
+    @pytest.mark.parametrize("store", ["memory"])
+    def test_every_from_a_handler_during_close_is_refused_at_once(self, build: Build) -> None:
+        holder: list[final.JobQueue] = []
+        gate = Gate()
+        refused: list[BaseException] = []
+
+        def handler(payload: bytes) -> None:
+            gate(payload)
+            try:
+                holder[0].every(60, lambda: Job("x"), name="late")
+            except final.QueueClosed as exc:
+                refused.append(exc)
+
+        jq = build(handler=handler)
+        holder.append(jq)
+        jq.enqueue(Job("a"))
+        assert gate.started.wait(10)
+        closer = threading.Thread(target=jq.close, kwargs={"timeout": None}, daemon=True)
+        closer.start()
+        assert until(lambda: jq._core.closing)
+        gate.release.set()
+        closer.join(30)
+        assert not closer.is_alive() and len(refused) == 1
+        assert jq.status("a") is Status.COMPLETED
 
     @pytest.mark.parametrize("store", ["memory"])
     def test_a_factory_that_fails_is_logged_and_the_schedule_goes_on(
@@ -907,6 +955,35 @@ class TestEager:
                 jq.enqueue(Job("a"))
             assert jq.status("a") is Status.FAILED  # settled, not left PROCESSING
             assert jq.info("a").attempts == 1  # type: ignore[union-attr]  # not retried
+
+    def test_ctrl_c_in_a_nested_job_fails_both_and_reaches_the_caller(self) -> None:
+        holder: list[final.JobQueue] = []
+
+        def handler(payload: bytes) -> None:
+            if payload == b"outer":
+                holder[0].enqueue(Job("inner", b"inner"))
+            else:
+                raise KeyboardInterrupt
+
+        with final.JobQueue(final.Config(eager=True, handler=handler)) as jq:
+            holder.append(jq)
+            with pytest.raises(KeyboardInterrupt):
+                jq.enqueue(Job("outer", b"outer"))
+            assert jq.status("inner") is jq.status("outer") is Status.FAILED
+
+    def test_ctrl_c_in_a_batch_cancels_the_jobs_not_run(self) -> None:
+        def handler(payload: bytes) -> None:
+            if payload == b"stop":
+                raise KeyboardInterrupt
+
+        with final.JobQueue(final.Config(eager=True, handler=handler,
+                                         shutdown_timeout=60)) as jq:
+            with pytest.raises(KeyboardInterrupt):
+                jq.enqueue_many([Job("a"), Job("b", b"stop"), Job("c"), Job("d")])
+            assert [jq.status(i) for i in "abcd"] == [
+                Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.CANCELLED]
+            started = time.monotonic()
+        assert time.monotonic() - started < 30  # close() had nothing left to wait for
 
     def test_eager_is_for_memory_only(self, tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="eager=True runs each job in the caller's thread"):

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from jobqueue._priority import Priority
 from jobqueue.final._lock import YieldingLock
 from jobqueue.final._model import Config, Handler, Hook
-from jobqueue.final._states import COMPLETED, FAILED, NEW, PROCESSING, QUEUED, RETRYING, State
+from jobqueue.final._states import COMPLETED, FAILED, PROCESSING, QUEUED, RETRYING, State
 from jobqueue.final._store import Store
 from jobqueue.final._table import JobTable
 
@@ -256,7 +256,7 @@ class Core:
         """
         table = self.table
         for priority in _PRIORITIES:
-            if table.count(NEW, priority) or table.count(QUEUED, priority):
+            if table.reserved(priority) or table.count(QUEUED, priority):
                 return False
             if table.count(PROCESSING, priority):
                 return False

@@ -109,17 +109,18 @@ def ticker(core: Core, enqueue: Callable[[Job], None]) -> None:
                 wait = None if earliest is None else min(earliest - now, threading.TIMEOUT_MAX)
                 core.tick_wake.wait(wait)
         for schedule in due:
+            # Several ticks due at once (the thread waited for room): the latest of them.
             try:
-                # Several ticks due at once (the thread waited for room): the latest of them.
                 tick = max(schedule.next_tick, schedule.ticks.latest(now))
+            except Exception:  # no time after now (see below): this one is the last
+                tick = schedule.next_tick
+            try:
                 schedule.next_tick = schedule.ticks.next_after(tick)
             except Exception:  # a cron expression whose times ran out (a year range)
-                log_safely(logging.ERROR, "periodic job %r has no time after %s: stopped",
-                           schedule.name, tick_id(schedule.name, schedule.next_tick),
-                           exc_info=True)
+                log_safely(logging.WARNING, "periodic job %r has no time after %s: its "
+                           "schedule ends", schedule.name, tick_id(schedule.name, tick))
                 with core.mutex:
                     core.schedules.remove(schedule)
-                continue
             try:
                 _enqueue_tick(core, enqueue, schedule, tick)
             except QueueClosed:

@@ -265,9 +265,19 @@ class JobQueue:
             else Job(job.id, job.payload, job.priority, job.kind, job.max_retries, job.created)
             for job in jobs
         )
-        _admission.enqueue(self._core, jobs, handler, block, timeout)
-        for job in jobs:
-            _workers.run_now(self._core, self._policy, job.id)
+        core = self._core
+        _admission.enqueue(core, jobs, handler, block, timeout)
+        for number, job in enumerate(jobs):
+            try:
+                _workers.run_now(core, self._policy, job.id)
+            except BaseException:  # Ctrl-C: the rest of the batch will not run either
+                with core.mutex:
+                    for unrun in jobs[number + 1 :]:
+                        entry = core.table.get(unrun.id)
+                        if entry is not None and entry.state is QUEUED:
+                            core.table.transition(entry, CANCELLED, core.clock())
+                    core.changed_locked()
+                raise
         if self._core.close_when_drained and not own_thread(self._core):
             self._finish_close()  # a handler called close(): nothing is left to run
 
@@ -291,7 +301,7 @@ class JobQueue:
             made = make_task(self, function, kind, priority, max_retries)
             with self._core.mutex:
                 other = self._core.tasks.get(made.kind)
-                if other is not None and other.function is not function:  # type: ignore[attr-defined]
+                if other is not None and other.function != function:  # type: ignore[attr-defined]
                     raise ValueError(
                         f"kind {made.kind!r} is the task {other.function!r} already: give "  # type: ignore[attr-defined]
                         "this one its own kind= (functions of one name, made by one "
@@ -351,17 +361,18 @@ class JobQueue:
             first = ticks.next_after(now)
         except Exception as exc:  # croniter: an expression whose times have all passed
             raise ValueError(f"periodic job {name!r} has no time after now: {exc}") from None
-        with self._close_lock:  # held until the thread is started: close() waits for it
-            with core.mutex:
-                if core.closing:
-                    raise QueueClosed("cannot add a periodic job after close() has started")
-                if any(schedule.name == name for schedule in core.schedules):
-                    raise ValueError(f"a periodic job named {name!r} exists already")
-                core.schedules.append(_periodic.Schedule(name, ticks, job_factory, first))
-                core.tick_wake.notify()
-                start = not core.ticker_started
+        # All under the mutex, the thread's start too: close() sets closing under it before
+        # it joins the threads, so it joins this one. (Not the close lock, which a close()
+        # holds while it waits for handlers, and a handler may be what calls this.)
+        with core.mutex:
+            if core.closing:
+                raise QueueClosed("cannot add a periodic job after close() has started")
+            if any(schedule.name == name for schedule in core.schedules):
+                raise ValueError(f"a periodic job named {name!r} exists already")
+            core.schedules.append(_periodic.Schedule(name, ticks, job_factory, first))
+            core.tick_wake.notify()
+            if not core.ticker_started:
                 core.ticker_started = True
-            if start:
                 self._start_thread(lambda: _periodic.ticker(core, self.enqueue),
                                    "jobqueue-final-periodic")
 
@@ -378,6 +389,9 @@ class JobQueue:
         with core.mutex:
             new_kind = kind not in core.handlers
             core.handlers[kind] = handler
+            task = core.tasks.get(kind)
+            if task is not None and handler != task.run:  # type: ignore[attr-defined]
+                del core.tasks[kind]  # a plain handler now: its results are not JSON
             if (new_kind and self._config.handler is None and not core.closing
                     and not self._config.eager):  # (eager queues keep nothing stored)
                 core.registered += 1

@@ -139,6 +139,11 @@ class JobTable:
     def in_state(self, state: State) -> list[Entry]:
         return [entry for entry in self._entries.values() if entry.state is state]
 
+    def reserved(self, priority: Priority) -> int:
+        """Jobs of ``priority`` being enqueued (NEW), to be queued or scheduled."""
+        counts = self._counts
+        return counts[NEW][priority] + counts[_NEW_LATER][priority]
+
     def scheduled(self) -> int:
         """SCHEDULED jobs of every priority, and those being enqueued so: what
         ``max_scheduled`` bounds."""

@@ -285,14 +285,11 @@ def run_now(core: Core, policy: RetryPolicy, job_id: str) -> None:
     caller's thread, not a worker that must live on."""
     owner = getattr(worker_local, "owner", None)
     worker_local.owner = core
+    worker_local.interrupted = None
     try:
         _run_now(core, policy, job_id)
     finally:
         worker_local.owner = owner
-    interrupted = getattr(worker_local, "interrupted", None)
-    if interrupted is not None and owner is not core:  # the outermost run re-raises it
-        worker_local.interrupted = None
-        raise interrupted
 
 
 def _run_now(core: Core, policy: RetryPolicy, job_id: str) -> None:
@@ -313,8 +310,10 @@ def _run_now(core: Core, policy: RetryPolicy, job_id: str) -> None:
             settled = hook_call_locked(core, entry) if core.hooks is not None else None
         if settled is not None:
             call_hook(core, *settled)
-        if getattr(worker_local, "interrupted", None) is not None:
-            return
+        interrupted = worker_local.interrupted
+        if interrupted is not None:  # the job is FAILED: now the caller hears of it
+            worker_local.interrupted = None
+            raise interrupted
 
 
 def hook_call_locked(core: Core, entry: Entry) -> tuple[Hook, JobInfo] | None:
