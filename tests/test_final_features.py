@@ -513,6 +513,12 @@ class TestCancel:
         assert producer.cancel("elsewhere") is True
         assert producer.status("elsewhere") is Status.CANCELLED
         assert producer.cancel("elsewhere") is False
+        # A job for later waits in the database even from a process that could run it,
+        # so that any process can cancel it.
+        runner = build(handler=lambda p: None, queue_name="other")
+        runner.enqueue(Job("later", run_at=time.time() + 3600))
+        assert runner._core.table.get("later") is None  # not held here
+        assert runner.cancel("later") is True
 
 
 # -- periodic jobs ------------------------------------------------------------------------

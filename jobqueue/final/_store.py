@@ -145,9 +145,11 @@ class Store(Protocol):
     Shared stores (``shared``; the PostgreSQL store) serve many processes at once, and
     number jobs themselves (``seq``). The queue puts new jobs into them unheld, with
     ``insert(records, connection)``, for any process to claim, and asks them what only the
-    whole queue knows: ``has_live()``, ``requeue(id)``, ``stats()``. ``listen(on_ready,
-    on_change)`` tells the queue when another process added or finished jobs, and the
-    claimer looks again every ``poll_interval`` seconds in case a notice was lost.
+    whole queue knows: ``has_live()``, ``requeue(id)``, ``cancel(id)``, ``stats()``.
+    ``listen(on_ready, on_change)`` tells the queue when another process added or finished
+    jobs, and the claimer looks again every ``poll_interval`` seconds in case a notice was
+    lost. Such a store keeps SCHEDULED jobs unheld and hands them out once due by ``now()``,
+    which the queue sets to its own clock.
     """
 
     #: True when jobs left in the store by close() are there for the next queue to claim.
