@@ -50,7 +50,7 @@ from typing import Any
 from jobqueue._priority import Priority
 from jobqueue.errors import DuplicateJob, StoreError
 from jobqueue.final._pg_schema import CHANNEL, ConnectionPool, connect, create_schema
-from jobqueue.final._states import FINISHED, LIVE, Status
+from jobqueue.final._states import CANCELLABLE, FINISHED, LIVE, Status
 from jobqueue.final._store import JobRecord, LeaseLost, QueueStats
 
 __all__ = ["PostgresStore"]
@@ -79,7 +79,8 @@ _COLUMNS = ("id, payload, priority, kind, max_retries, created_at, status, attem
 _NCOLS = 14
 _FINISHED_VALUES = frozenset(status.value for status in FINISHED)
 #: The statuses of finished jobs, as SQL: only a new life runs them again.
-_FINISHED = "('completed', 'failed', 'cancelled')"
+_FINISHED = "(" + ", ".join(sorted(f"'{s.value}'" for s in FINISHED)) + ")"
+_CANCELLABLE = "(" + ", ".join(sorted(f"'{s.value}'" for s in CANCELLABLE)) + ")"
 
 # New jobs: one row (VALUES) or many (unnest). A live id is a duplicate: ON CONFLICT updates
 # only a finished row (a new life), so a live one returns no row. Notices are sent for the
@@ -896,7 +897,7 @@ class PostgresStore:
                 UPDATE jobqueue_jobs SET status = 'cancelled', finished_at = %(now)s,
                     due_at = NULL
                 WHERE queue = %(queue)s AND id = %(id)s AND owner IS NULL
-                  AND status IN ('queued', 'scheduled', 'retrying')
+                  AND status IN {_CANCELLABLE}
                 RETURNING id)
             SELECT id, pg_notify('{CHANNEL}', 'd' || %(tag)s || %(queue)s) FROM cancelled""",
             {"queue": self.queue, "id": job_id, "tag": self._tag, "now": time.time()},

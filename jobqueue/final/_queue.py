@@ -45,13 +45,13 @@ from jobqueue.final._model import (
 )
 from jobqueue.final._retry import RetryPolicy
 from jobqueue.final._states import (
+    CANCELLABLE,
     CANCELLED,
     GONE,
     LIVE,
     NEW,
     PROCESSING,
     QUEUED,
-    RETRYING,
     SCHEDULED,
     Status,
 )
@@ -450,7 +450,7 @@ class JobQueue:
                 if state is PROCESSING:
                     core.stop_asked.add(entry)  # before reading sleepers: see JobContext.wait
                     wake = core.sleepers.get(entry)
-                elif state in (QUEUED, SCHEDULED, RETRYING):
+                elif state in CANCELLABLE:
                     core.table.transition(entry, CANCELLED, core.clock())
                     if state is not SCHEDULED:
                         core.room_freed_locked(entry.job.priority)

@@ -46,6 +46,7 @@ import enum
 from jobqueue.errors import JobQueueError
 
 __all__ = [
+    "CANCELLABLE",
     "FINISHED",
     "GONE",
     "LIVE",
@@ -99,6 +100,8 @@ SCHEDULED, CANCELLED = Status.SCHEDULED, Status.CANCELLED
 LIVE = frozenset({QUEUED, PROCESSING, RETRYING, SCHEDULED})
 #: The statuses of a finished job, which only a new life (enqueue, requeue) runs again.
 FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
+#: The statuses cancel() takes a job out of at once: it is not running.
+CANCELLABLE = frozenset({QUEUED, SCHEDULED, RETRYING})
 
 #: (from, to) -> the Store method told of the move, or None. Anything else is illegal.
 MOVES: dict[tuple[State, State], str | None] = {

@@ -39,7 +39,7 @@ from jobqueue.final._lmdb_files import Tables, begin_read
 from jobqueue.final._lmdb_replay import read_logged, replay_log
 from jobqueue.final._lmdb_starts import read_starts, started
 from jobqueue.final._records import RecordError, decode
-from jobqueue.final._states import Status
+from jobqueue.final._states import CANCELLABLE, Status
 from jobqueue.final._store import JobRecord
 
 __all__ = ["StoreReader", "owner_pid", "purge", "requeue"]
@@ -193,10 +193,6 @@ def requeue(path: str, job_ids: Sequence[str] | None = None) -> list[str]:
             return [record.id for record, _ in chosen]
 
         return _transaction(tables, change)
-
-
-#: The statuses of a job cancel() may cancel: it has not started (or waits to start again).
-CANCELLABLE = (Status.QUEUED, Status.SCHEDULED, Status.RETRYING)
 
 
 def cancel(path: str, job_ids: Sequence[str]) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any
 from jobqueue.errors import StoreError
 from jobqueue.final._pg_schema import CHANNEL, check_schema, connect
 from jobqueue.final._postgres import _COLUMNS, _NCOLS, FOREIGN, _record, _storable
-from jobqueue.final._states import FINISHED, Status
+from jobqueue.final._states import CANCELLABLE, FINISHED, Status
 from jobqueue.final._store import JobRecord
 
 __all__ = ["QueueReader", "cancel", "is_database_url", "purge", "requeue"]
@@ -196,7 +196,7 @@ def cancel(url: str, queue: str, job_ids: Sequence[str]) -> list[str]:
     with _open(url) as conn, conn.transaction():
         chosen = _locked(conn, queue, job_ids)
         for record, _ in chosen:
-            if record.status not in (Status.QUEUED, Status.SCHEDULED, Status.RETRYING):
+            if record.status not in CANCELLABLE:
                 raise ValueError(f"job {record.id!r} is {record.status.value}: only queued, "
                                  "scheduled or retrying jobs can be cancelled")
         ids = [record.id for record, _ in chosen]
