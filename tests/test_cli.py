@@ -72,6 +72,32 @@ class Owner:
         self.process.communicate(input="", timeout=30)
 
 
+class TestReadsWriteNothing:
+    @pytest.mark.parametrize("command", [["stats"], ["list"], ["show", "mail-0"]])
+    def test_a_symlinked_lock_file_is_refused_and_left_alone(
+        self, store: str, tmp_path: Path, command: list[str]
+    ) -> None:
+        victim = tmp_path / "victim"
+        victim.write_bytes(b"precious")
+        os.remove(os.path.join(store, "lock.mdb"))
+        os.symlink(victim, os.path.join(store, "lock.mdb"))
+        done = jobqueue(command[0], store, *command[1:])
+        assert done.returncode == 2
+        assert "store file 'lock.mdb'" in done.stderr and "symbolic link" in done.stderr
+        assert victim.read_bytes() == b"precious"
+
+    def test_reading_a_store_no_process_owns_touches_no_file(self, store: str) -> None:
+        os.remove(os.path.join(store, "lock.mdb"))  # as a copy of the store, say
+        before = {name: os.stat(os.path.join(store, name)).st_mtime_ns
+                  for name in os.listdir(store)}
+        for command in (["stats"], ["list"], ["show", "mail-0"], ["stats", "--json"]):
+            done = jobqueue(command[0], store, *command[1:])
+            assert done.returncode == 0, done.stderr
+        after = {name: os.stat(os.path.join(store, name)).st_mtime_ns
+                 for name in os.listdir(store)}
+        assert after == before  # no lock.mdb made, nothing written
+
+
 class TestStats:
     def test_json_shape(self, store: str) -> None:
         done = jobqueue("stats", store, "--json")

@@ -1,5 +1,10 @@
 """The LMDB store's directory: what may be in it, who owns it, and a full disk.
 
+Payloads often hold personal data: a store's directory is created 0700 and its files 0600,
+as PostgreSQL keeps its data directory (a directory made beforehand keeps its own mode). A
+store file that is a symbolic link is refused, by owners and readers alike: opening LMDB or
+the log through it would write wherever it points, with the rights of whoever runs.
+
 Ownership: an exclusive ``flock`` on ``owner.lock`` (holding the owner's pid) lets one queue or
 repair at a time own the store, in this process or another; readers need no lock (LMDB readers
 never block its writer). A directory holding only a store's files is a store at any stage of
@@ -16,6 +21,8 @@ import os
 from jobqueue.errors import StoreError, StoreLocked
 
 __all__ = [
+    "DIRECTORY_MODE",
+    "FILE_MODE",
     "LOCK_FILE",
     "check_directory",
     "disk_full_note",
@@ -25,6 +32,9 @@ __all__ = [
 ]
 
 LOCK_FILE = "owner.lock"
+#: Modes of what a store creates: its owner's alone.
+DIRECTORY_MODE = 0o700
+FILE_MODE = 0o600
 # and the log's wal-*.log; attempts.ring is _lmdb_starts's
 _STORE_FILES = frozenset({LOCK_FILE, "data.mdb", "lock.mdb", "attempts.ring"})
 
@@ -47,7 +57,8 @@ def check_directory(path: str, *, create: bool) -> None:
             if not create:
                 raise StoreError(f"store path {path!r} does not exist")
             try:
-                os.makedirs(path, exist_ok=True)  # another process may create it at once
+                # (another process may create it at once)
+                os.makedirs(path, mode=DIRECTORY_MODE, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot create store directory {path!r}: {exc}") from None
         if create and not os.access(path, os.W_OK | os.X_OK):
@@ -60,6 +71,11 @@ def check_directory(path: str, *, create: bool) -> None:
     if foreign:
         shown = ", ".join(repr(name) for name in foreign[:3])
         raise StoreError(f"{path!r} is not a jobqueue store: it holds other files ({shown})")
+    linked = sorted(n for n in names if _is_store_file(n)
+                    and os.path.islink(os.path.join(path, n)))
+    if linked:
+        raise StoreError(f"store file {linked[0]!r} in {path!r} is a symbolic link: refused, "
+                         "since opening the store through it would write where it points")
 
 
 def owner_pid(path: str) -> int | None:
@@ -125,7 +141,7 @@ def take_ownership(path: str) -> int:
     """
     lock_path = os.path.join(path, LOCK_FILE)
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     except OSError as exc:
         raise StoreError(f"cannot open {lock_path!r}: {exc}") from None
     try:

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 import lmdb
 
 from jobqueue.errors import StoreError
+from jobqueue.final._lmdb_dir import FILE_MODE
 from jobqueue.final._model import MAX_ID_BYTES
 from jobqueue.final._records import FORMAT_VERSION, RecordError, decode, encode, order_key, seq_key
 from jobqueue.final._states import LIVE, Status
@@ -158,18 +159,20 @@ class Tables:
     """An open environment and its tables, with the writes that keep the indexes in step."""
 
     def __init__(
-        self, path: str, *, readonly: bool = False, create: bool = False, sync: bool = False
+        self, path: str, *, readonly: bool = False, create: bool = False, sync: bool = False,
+        lock: bool = True,
     ) -> None:
         """Open the store at ``path``: read-only, or for writing; ``create`` makes a new one
-        in an empty directory. Raises ``StoreError`` if it is not a jobqueue store."""
+        in an empty directory. ``lock=False`` (read-only, with no owner to share with) does
+        not touch ``lock.mdb`` at all. Raises ``StoreError`` if it is not a jobqueue store."""
         self.path = path
         try:
             if readonly:
-                self.env = lmdb.open(path, readonly=True, max_dbs=_MAX_DBS, lock=True)
+                self.env = lmdb.open(path, readonly=True, max_dbs=_MAX_DBS, lock=lock)
             else:
                 self.env = lmdb.open(
                     path, map_size=INITIAL_MAP_SIZE, max_dbs=_MAX_DBS, sync=sync,
-                    metasync=sync, writemap=False,
+                    metasync=sync, writemap=False, mode=FILE_MODE,
                 )
         except lmdb.Error as exc:
             raise StoreError(f"cannot open store {path!r}: {exc}") from None

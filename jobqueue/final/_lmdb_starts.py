@@ -41,6 +41,7 @@ from collections.abc import Callable
 
 import lmdb
 
+from jobqueue.final._lmdb_dir import FILE_MODE
 from jobqueue.final._lmdb_files import Tables
 from jobqueue.final._records import RecordError, decode, order_key
 from jobqueue.final._states import LIVE, Status
@@ -74,7 +75,7 @@ class StartRing:
     def __init__(self, directory: str) -> None:
         path = os.path.join(directory, RING_FILE)
         size = SLOTS * _SLOT.size
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             os.ftruncate(fd, 0)  # what it held was replayed before
             os.posix_fallocate(fd, 0, size)  # ENOSPC here, not SIGBUS on a later write

@@ -31,6 +31,8 @@ import struct
 import zlib
 from collections.abc import Iterator, Sequence
 
+from jobqueue.final._lmdb_dir import FILE_MODE
+
 __all__ = [
     "FIRST_SEGMENT_SIZE",
     "SEGMENT_SIZE",
@@ -130,7 +132,7 @@ class WriteAheadLog:
 
     def _allocate(self, number: int, size: int) -> _Segment:
         path = os.path.join(self._directory, f"{_PREFIX}{number:08d}{_SUFFIX}")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             os.posix_fallocate(fd, 0, size)  # ENOSPC here, not SIGBUS on a later write
             mapped = mmap.mmap(fd, size)
