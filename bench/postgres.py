@@ -40,7 +40,7 @@ def _start() -> PostgresServer | None:
             except Unavailable as exc:
                 _why = f"no PostgreSQL server: {str(exc).splitlines()[0]}"
                 return None
-            atexit.register(_server.stop)
+            atexit.register(_server.remove)
         return _server
 
 

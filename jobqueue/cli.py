@@ -34,7 +34,7 @@ from jobqueue import __version__
 from jobqueue.errors import StoreError, StoreLocked
 from jobqueue.final import JobRecord, Status, admin, pg_admin
 from jobqueue.final.admin import StoreReader
-from jobqueue.final.pg_admin import QueueReader, is_database_url
+from jobqueue.final.pg_admin import QueueReader, is_database_url, mask
 
 __all__ = ["main"]
 
@@ -512,19 +512,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if attempt == _MAP_RESIZED_TRIES - 1:
                     raise
     except CommandError as exc:
-        return _fail(str(exc), exc.status)
+        return _fail(mask(str(exc), args.path), exc.status)
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:
         return 0
     except StoreError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        return _fail(mask(str(exc), args.path), EXIT_USAGE)
     except OSError as exc:  # a store it may not read (permissions), a disk error
         where = f" {exc.filename!r}" if exc.filename else ""
         return _fail(f"cannot read{where}: {exc.strerror or exc}", EXIT_USAGE)
     except Exception as exc:
         if type(exc).__module__.startswith("psycopg"):  # the database said no: not a bug here
-            return _fail(f"the database refused: {exc}", EXIT_USAGE)
+            return _fail(mask(f"the database refused: {exc}", args.path), EXIT_USAGE)
         # A bug: one line, and the way to report it.
         return _fail(f"unexpected {type(exc).__name__}: {exc} (please report it)",
                      EXIT_UNEXPECTED)

@@ -6,6 +6,7 @@ Threads a test starts itself are daemon threads: if the code under test leaves o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -68,13 +69,36 @@ def postgres_server() -> Iterator[PostgresServer]:
             pytest.fail(f"CI=true and no PostgreSQL server: {exc}")
         pytest.skip(str(exc))
     yield server
-    server.stop()
+    server.remove()
 
 
 @pytest.fixture
 def database_url(postgres_server: PostgresServer) -> str:
     """A fresh, empty database for one test."""
     return postgres_server.new_database()
+
+
+@pytest.fixture
+def config(database_url: str) -> final.Config:
+    """A queue in a fresh database, with a handler that does nothing."""
+    return final.Config(database_url=database_url, handler=lambda p: None)
+
+
+@pytest.fixture
+def queues() -> Iterator[list[final.JobQueue]]:
+    """Queues a test opens with :func:`open_queue`, closed afterwards."""
+    opened: list[final.JobQueue] = []
+    yield opened
+    for queue in opened:
+        queue.close(timeout=10)
+
+
+def open_queue(queues: list[final.JobQueue], config: final.Config, **fields: object
+               ) -> final.JobQueue:
+    """A queue with ``config``, changed by ``fields``; the ``queues`` fixture closes it."""
+    queue = final.JobQueue(dataclasses.replace(config, **fields))
+    queues.append(queue)
+    return queue
 
 
 @pytest.fixture(params=["memory", "lmdb", "postgres"])

@@ -10,6 +10,9 @@ Handlers take about a millisecond, as real ones do, so a backlog builds up to be
 - ``hold``: open the store, print "ready", and keep it until stdin closes.
 - ``finish-and-die``: like ``produce``, then make sure LMDB has every completion and die
   without closing, leaving the write-ahead log behind.
+- ``cancel-and-die``: with the one worker held by a job that never ends, enqueue COUNT jobs
+  named PREFIX-i and cancel each, printing its id once cancel() returned True; then kill
+  this process with SIGKILL, at once.
 
 The environment variable RETENTION sets ``status_retention`` (default: the Config's).
 """
@@ -17,7 +20,9 @@ The environment variable RETENTION sets ``status_retention`` (default: the Confi
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 
 from jobqueue import final
@@ -33,10 +38,29 @@ def main() -> None:
         os.write(log_fd, payload + b"\n")  # one write per run: whole lines even when killed
 
     retention = int(os.environ.get("RETENTION", final.Config().status_retention))
-    config = final.Config(num_workers=4, handler=record_run, persist_path=store, fsync=fsync,
-                          status_retention=retention)
+    workers = 1 if mode == "cancel-and-die" else 4
+    config = final.Config(num_workers=workers, handler=record_run, persist_path=store,
+                          fsync=fsync, status_retention=retention)
     with final.JobQueue(config) as queue:
-        if mode in ("produce", "finish-and-die"):
+        if mode == "cancel-and-die":
+            prefix, count = sys.argv[5], int(sys.argv[6])
+            running = threading.Event()
+
+            def never_ends(payload: bytes) -> None:
+                running.set()
+                threading.Event().wait()
+
+            queue.enqueue_with_handler(final.Job("blocker", b"blocker"), never_ends)
+            running.wait(30)
+            ids = [f"{prefix}-{i}" for i in range(count)]
+            for job_id in ids:
+                queue.enqueue(final.Job(job_id, job_id.encode()))
+            for job_id in ids:
+                if queue.cancel(job_id):
+                    sys.stdout.write(job_id + "\n")
+                    sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif mode in ("produce", "finish-and-die"):
             prefix, count = sys.argv[5], int(sys.argv[6])
             for i in range(count):
                 job_id = f"{prefix}-{i}"

@@ -1,13 +1,13 @@
 """A child process serving a queue in PostgreSQL, for the multi-process tests.
 
-Usage: python pg_child.py MODE URL QUEUE WORKERS RUNLOG LEASE
+Usage: python pg_child.py MODE URL QUEUE WORKERS RUNLOG LEASE [MAX_RETRIES]
 
 Every run of a handler appends ``<job id> <pid>`` to RUNLOG, one write each (O_APPEND: whole
 lines, and a process killed after the write leaves it there).
 
 - ``drain``: run jobs until no process has work in the queue (``join()``), then close.
 - ``poison``: as ``drain``, but the job ``poison`` ends the process (``os._exit``), with
-  ``max_retries=2``.
+  ``max_retries=2`` (or MAX_RETRIES).
 - ``hold``: the handler of the first job waits for a line ``go`` on stdin, then raises, as
   every later job's handler does; close once stdin says ``quit``. Used to stop the process
   with a job in hand, and see what it writes when it resumes.
@@ -25,6 +25,7 @@ from jobqueue import final
 
 def main() -> None:
     mode, url, queue_name, workers, runlog, lease = sys.argv[1:7]
+    retries = int(sys.argv[7]) if len(sys.argv) > 7 else {"hold": 0, "poison": 2}.get(mode, 3)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(message)s")
     log_fd = os.open(runlog, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -42,7 +43,7 @@ def main() -> None:
 
     config = final.Config(
         database_url=url, queue_name=queue_name, num_workers=int(workers), lease=float(lease),
-        handlers={"work": run}, max_retries={"hold": 0, "poison": 2}.get(mode, 3),
+        handlers={"work": run}, max_retries=retries,
         base_delay=0.01,
         queue_size=20, shutdown_timeout=30,
     )

@@ -284,6 +284,56 @@ class TestCrash:
         assert duplicates <= self.KILLS * self.JOBS_PER_ROUND // 2
 
 
+class TestCancelCrash:
+    """A cancel is in the log before cancel() returns: a crash right after it holds it."""
+
+    @pytest.mark.parametrize("fsync", ["nosync", "fsync"])
+    def test_a_job_cancelled_just_before_a_crash_never_runs(
+        self, tmp_path: Path, fsync: str
+    ) -> None:
+        path = store_path(tmp_path)
+        runlog = str(tmp_path / "runs.log")
+        child = run_child("cancel-and-die", path, runlog, fsync, "c", "50")
+        assert child.returncode == -signal.SIGKILL, child.stderr
+        cancelled = child.stdout.split()
+        assert len(cancelled) == 50
+        drained = run_child("drain", path, runlog, fsync)
+        assert drained.returncode == 0, drained.stderr
+        ran = Path(runlog).read_text().split()
+        assert ran == ["blocker"]  # the held job ran again; no cancelled one did
+        with StoreReader(path) as reader:
+            assert {reader.get(job_id).status for job_id in cancelled} == {  # type: ignore[union-attr]
+                final.Status.CANCELLED}
+
+
+class TestPrivacy:
+    def test_a_new_store_is_its_owners_alone(self, tmp_path: Path) -> None:
+        path = store_path(tmp_path)
+        with final.JobQueue(final.Config(persist_path=path, handler=lambda p: None)) as jq:
+            jq.enqueue(final.Job("a", b"ada@example.com"))
+            assert jq.wait("a", 10) is final.Status.COMPLETED
+            modes = {name: os.stat(os.path.join(path, name)).st_mode & 0o777
+                     for name in os.listdir(path)}
+        assert os.stat(path).st_mode & 0o777 == 0o700
+        assert set(modes.values()) == {0o600}, modes
+        assert {"data.mdb", "lock.mdb", "owner.lock", "attempts.ring"} <= set(modes)
+
+    @pytest.mark.parametrize("name", ["lock.mdb", "data.mdb", "owner.lock"])
+    def test_a_symlinked_store_file_is_refused(self, tmp_path: Path, name: str) -> None:
+        path = store_path(tmp_path)
+        final.JobQueue(final.Config(persist_path=path, handler=print)).close()
+        victim = tmp_path / "victim"
+        victim.write_bytes(b"precious")
+        os.remove(os.path.join(path, name))
+        os.symlink(victim, os.path.join(path, name))
+        with pytest.raises(final.StoreError, match=f"store file '{name}' in .* is a symbolic "
+                                                   "link: refused"):
+            final.JobQueue(final.Config(persist_path=path, handler=print))
+        with pytest.raises(final.StoreError, match="is a symbolic link"):
+            StoreReader(path)
+        assert victim.read_bytes() == b"precious"
+
+
 class TestWriteAheadLog:
     def test_completed_jobs_in_a_leftover_log_do_not_run_again(self, tmp_path: Path) -> None:
         path = store_path(tmp_path)

@@ -155,7 +155,7 @@ def _hold_here(core: Core, jobs: Sequence[Job]) -> bool:
     if len(jobs) != 1:
         return False
     job = jobs[0]
-    if not isinstance(job, Job) or job.run_at is not None or (
+    if not isinstance(job, Job) or job.run_at is not None or not core.config.num_workers or (
             core.config.handler is None and job.kind not in core.handlers):
         return False  # (a job for later waits in the database, for any process)
     table = core.table

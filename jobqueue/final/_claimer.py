@@ -28,7 +28,7 @@ from jobqueue.final._states import NEW, PROCESSING, QUEUED, RETRYING, SCHEDULED
 from jobqueue.final._store import JobRecord
 from jobqueue.final._workers import (
     Outcome,
-    call_hook,
+    call_hook_if_kept,
     failed_attempt,
     hook_call_locked,
     settle_locked,
@@ -114,7 +114,7 @@ def claim(core: Core, policy: RetryPolicy) -> None:
                     core.room[priority].wake_all()
                 core.changed_locked()
             for hook, info in settled:  # outside the mutex, as a worker calls them
-                call_hook(core, hook, info)
+                call_hook_if_kept(core, info.id, hook, info)
 
 
 def _room(core: Core, priority: Priority) -> int:

@@ -42,7 +42,7 @@ from jobqueue.final._lmdb_replay import replay_log
 from jobqueue.final._lmdb_starts import RING_FILE, StartRing, replay_starts
 from jobqueue.final._lmdb_writer import Writer
 from jobqueue.final._records import RecordError, decode, encode, order_key
-from jobqueue.final._states import LIVE
+from jobqueue.final._states import LIVE, Status
 from jobqueue.final._store import JobRecord
 from jobqueue.final._wal import FIRST_SEGMENT_SIZE, WriteAheadLog, frame
 
@@ -171,34 +171,48 @@ class LmdbStore:
             self._appended += 1
             ticket.number = self._appended
             writer.unsettled[ticket.number] = ticket.start  # holds the checkpoint back
-            if not self._fsync:
-                self._settle_locked(ticket)
-                return
-            # With fsync, one caller flushes the log for a group. Each caller takes the lock
-            # once before the flush and once after: a group's callers all wake together, and
-            # every extra turn at the lock is one more hand-off of the interpreter among them.
-            turn = self._sync_turn_locked(ticket)
-            if turn is None:  # another caller's flush covered this ticket
-                self._raise_if_sync_failed_locked(ticket)
-                self._settle_locked(ticket)
-                return
-        first, last, descriptors = turn
-        error = None
-        try:
-            for descriptor in descriptors:
-                os.fdatasync(descriptor)
-        except OSError as exc:
-            note = disk_full_note(self.path, exc)
-            error = StoreError(f"cannot flush store {self.path!r} to disk: {exc}{note}")
-        with writer.cond:
+            if self._fsync:
+                try:
+                    self._flush_log_locked(ticket)
+                except StoreError:
+                    # enqueue() will raise: leave no trace, in memory or at the next start.
+                    writer.log.revoke(ticket.start, len(ticket.frames))
+                    writer.settle_locked(ticket.number)
+                    raise
+            self._settle_locked(ticket)
+
+    def _flush_log_locked(self, ticket: _Ticket) -> None:
+        """Flush the log through ``ticket`` (fsync): one caller flushes for a group, the
+        others wait for it. Call with the writer's lock held, which is released during the
+        flush; raises StoreError if the flush that covered the ticket failed.
+
+        Each caller takes the lock once before the flush and once after: a group's callers
+        all wake together, and every extra turn at the lock is one more hand-off of the
+        interpreter among them.
+        """
+        writer = self._writer
+        turn = self._sync_turn_locked(ticket)
+        if turn is not None:
+            first, last, descriptors = turn
+            error = None
+            writer.cond.release()
+            try:
+                for descriptor in descriptors:
+                    os.fdatasync(descriptor)
+            except OSError as exc:
+                note = disk_full_note(self.path, exc)
+                error = StoreError(f"cannot flush store {self.path!r} to disk: {exc}{note}")
+            finally:
+                writer.cond.acquire()
             writer.syncing = False
             self._synced = last
             if error is not None:
                 failures = self._sync_failures[-(_SYNC_FAILURES_KEPT - 1):]
                 self._sync_failures = [*failures, (first, last, error)]
             writer.sync_done.notify_all()
-            self._raise_if_sync_failed_locked(ticket)
-            self._settle_locked(ticket)
+        for first, last, error in self._sync_failures:
+            if first <= ticket.number <= last:
+                raise error
 
     def _sync_turn_locked(self, ticket: _Ticket) -> tuple[int, int, list[int]] | None:
         """Wait until the log is flushed through ``ticket`` by another caller (None), or
@@ -221,14 +235,6 @@ class LmdbStore:
         while writer.behind_locked() and not writer.closing:
             writer.cond.wait()  # LMDB is behind: hold producers, keep memory bounded
 
-    def _raise_if_sync_failed_locked(self, ticket: _Ticket) -> None:
-        for first, last, error in self._sync_failures:
-            if first <= ticket.number <= last:
-                # enqueue() will raise: leave no trace, in memory or at the next start.
-                self._writer.log.revoke(ticket.start, len(ticket.frames))
-                self._writer.settle_locked(ticket.number)
-                raise error
-
     # -- moves of held jobs: batched --------------------------------------------------------
 
     def started(self, record: JobRecord) -> None:
@@ -238,9 +244,42 @@ class LmdbStore:
 
     def finished(self, record: JobRecord) -> None:
         self._backlog.release(record.id)
+        if record.status is Status.CANCELLED:
+            self._log_cancel(record)
+        else:
+            self._writer.event(record)
+
+    def released(self, record: JobRecord) -> None:
+        self._backlog.release(record.id)
         self._writer.event(record)
 
-    released = finished
+    def _log_cancel(self, record: JobRecord) -> None:
+        """A cancel goes into the log, as a new job does, not only into the next batch:
+        once cancel() says True, a crash must not run the job (the next start replays the
+        cancel over the job). Under the queue's mutex, so no flush here: ``confirm``
+        flushes it with fsync, after the mutex."""
+        writer = self._writer
+        with writer.cond:
+            if writer.closing:
+                raise StoreError(f"store {self.path!r} is closed")
+            try:
+                writer.log.append(frame(encode(record)))
+            except OSError as exc:
+                note = disk_full_note(self.path, exc)
+                raise StoreError(f"cannot write to store {self.path!r}: {exc}{note}") from None
+            self._appended += 1
+            writer.logged_move_locked(record)
+
+    def confirm(self, job_id: str, timeout: float | None = None) -> bool:
+        """A cancel is in the log already (see ``_log_cancel``); with fsync, flush the log
+        through it, one flush per group of callers. Raises StoreError if that fails."""
+        if not self._fsync:
+            return True
+        with self._writer.cond:
+            mark = _Ticket((), b"")
+            mark.number = self._appended
+            self._flush_log_locked(mark)
+        return True
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import lmdb
 
 from jobqueue.final._lmdb_files import Tables, begin_read
 from jobqueue.final._records import RecordError, decode
+from jobqueue.final._states import LIVE
 from jobqueue.final._store import JobRecord
 from jobqueue.final._wal import WriteAheadLog, position, read_segment, segment_number, segment_paths
 
@@ -25,15 +27,26 @@ __all__ = ["read_logged", "replay_log"]
 logger = logging.getLogger("jobqueue")
 
 
-def _newer_add(existing: bytes | None, record: JobRecord) -> bool:
-    """Whether a logged add must still be applied over what LMDB holds for that id."""
+def _stored(existing: bytes | None) -> JobRecord | None:
     if existing is None:
-        return True
+        return None
     try:
-        stored, _ = decode(existing)
+        return decode(existing)[0]
     except RecordError:
+        return None  # unreadable: what the log holds replaces it
+
+
+def _newer(existing: bytes | None, record: JobRecord) -> bool:
+    """Whether a logged record must still be applied over what LMDB holds for that id: a
+    new job (or a new life of an id), or a cancel of the life LMDB holds live."""
+    stored = _stored(existing)
+    if stored is None:
         return True
-    return stored.seq < record.seq  # equal: applied already, and maybe run since
+    if stored.seq != record.seq:
+        return stored.seq < record.seq
+    # The same life: its add was applied already (and it may have run since); a cancel
+    # still applies while LMDB has it live.
+    return stored.status in LIVE and record.status not in LIVE
 
 
 def replay_log(tables: Tables) -> int:
@@ -50,7 +63,7 @@ def replay_log(tables: Tables) -> int:
     next_number = (checkpoint >> 40) + 1
     if not segments:
         return next_number
-    batch: dict[str, JobRecord] = {}
+    batch: dict[str, tuple[JobRecord, bool]] = {}  # id -> (record, its order entry is new)
     quarantine: dict[str, bytes] = {}
     with env.begin() as txn:
         for segment in segments:
@@ -67,18 +80,23 @@ def replay_log(tables: Tables) -> int:
                                  "'corrupt' table", name, exc)
                     quarantine[name] = raw
                     continue
-                if _newer_add(txn.get(record.id.encode(), db=tables.jobs), record):
-                    batch[record.id] = record
+                existing = txn.get(record.id.encode(), db=tables.jobs)
+                if _newer(existing, record):
+                    earlier = batch.get(record.id)
+                    stored = _stored(existing)
+                    ordered = stored is not None and stored.seq == record.seq
+                    if earlier is not None and earlier[0].seq == record.seq:
+                        ordered = not earlier[1]  # its add is in this log too
+                    batch[record.id] = (record, not ordered)
     while True:
         try:
             with env.begin(write=True) as txn:
-                last_seq = tables.meta_int(txn, b"seq")
-                for record in batch.values():
-                    tables.put_live(txn, record, new=True)
-                    last_seq = max(last_seq, record.seq)
+                counters = (Tables.last_key(txn, tables.done),
+                            txn.stat(tables.done)["entries"], tables.meta_int(txn, b"seq"))
+                # (No pruning here: the next batch of the queue prunes to its retention.)
+                tables.write_batch(txn, batch.values(), counters, retention=sys.maxsize)
                 for name, raw in quarantine.items():
                     txn.put(name.encode(), raw, db=tables.corrupt)
-                tables.put_meta_int(txn, b"seq", last_seq)
                 tables.put_meta_int(txn, b"checkpoint", position(next_number, 0))
             break
         except lmdb.MapFullError:
@@ -103,7 +121,7 @@ def read_logged(tables: Tables) -> dict[str, JobRecord]:
                     if position(number, offset) < checkpoint:
                         continue
                     record, _ = decode(raw)
-                    if _newer_add(txn.get(record.id.encode(), db=tables.jobs), record):
+                    if _newer(txn.get(record.id.encode(), db=tables.jobs), record):
                         logged[record.id] = record
             except (OSError, RecordError):
                 continue  # deleted by the owner meanwhile: LMDB has its jobs now

@@ -109,6 +109,17 @@ class Writer:
                 self.told_seq = record.seq
         self._wake_locked()
 
+    def logged_move_locked(self, record: JobRecord) -> None:
+        """A move of a held job that is in the log already (a cancel): write it with the
+        next batch, after every move of the job told before it."""
+        self._drain_locked()
+        previous = self._pending.get(record.id)
+        if previous is None:
+            self._pending[record.id] = _Pending(record, False)
+        else:  # (its order entry may still be unwritten: ``new`` stays as it is)
+            previous.record = record
+        self._wake_locked()
+
     def event(self, record: JobRecord) -> None:
         """A held job moved. No lock: a deque append is atomic, and the queue's mutex orders
         these calls; they reach _pending, in order, under the lock (_drain_locked)."""

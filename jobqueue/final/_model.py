@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
@@ -300,7 +301,10 @@ class Config:
     eager: bool = False
 
     def __post_init__(self) -> None:
-        _check_int("num_workers", self.num_workers, 1)
+        _check_int("num_workers", self.num_workers, 0)
+        if not self.num_workers and self.database_url is None:
+            raise ValueError("num_workers must be >= 1, got 0 (only a queue in PostgreSQL, "
+                             "whose jobs other processes run, may have none)")
         _check_int("queue_size", self.queue_size, 1)
         _check_int("max_retries", self.max_retries, 0, MAX_RETRIES)
         _check_int("status_retention", self.status_retention, 0)
@@ -363,6 +367,20 @@ class Config:
                     _check_text(f"handlers key {kind!r}", kind, MAX_KIND_BYTES)
                 check_handler(f"handlers[{kind!r}]", fn)
             object.__setattr__(self, "handlers", MappingProxyType(dict(self.handlers)))
+
+    def __repr__(self) -> str:
+        """As dataclass writes it, with the password of ``database_url`` masked."""
+        from jobqueue.final._pg_schema import mask
+
+        fields = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "database_url" and value is not None:
+                value = mask(value)
+            fields.append(f"{field.name}={value!r}")
+        return f"Config({', '.join(fields)})"
+
+    __str__ = __repr__
 
     @property
     def effective_weights(self) -> Mapping[Priority, int]:

@@ -2,9 +2,10 @@
 
 One table holds the jobs of every queue in a database, one row per job id and queue name::
 
-    jobqueue_jobs    (queue, id) primary key; the job, its status, and who holds it:
-                     owner (a process's name), lease_id (one claim of the job, from the
-                     sequence jobqueue_lease_ids), lease_until (when the claim lapses)
+    jobqueue_jobs    (queue, id) primary key; the job, its status, its result (result_json:
+                     a task's, in JSON), and who holds it: owner (a process's name),
+                     lease_id (one claim of the job, from the sequence jobqueue_lease_ids),
+                     lease_until (when the claim lapses)
     jobqueue_meta    key/value: schema_version
 
     jobqueue_jobs_ready     (queue, priority, seq) of live jobs no process holds: claims
@@ -14,24 +15,29 @@ One table holds the jobs of every queue in a database, one row per job id and qu
 
 Creating them is idempotent and serialised by an advisory lock, so processes that start at
 once agree; a database made by a newer jobqueue (a higher schema version) is refused, since
-this code cannot know what the newer one changed.
+this code cannot know what the newer one changed. An older one is upgraded in place by the
+first queue that opens it (see the upgrades below).
+
+Passwords never leave here in a message: :func:`mask` hides the one a URL holds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import select
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 from jobqueue.errors import StoreError
 
-__all__ = ["CHANNEL", "SCHEMA_VERSION", "ConnectionPool", "connect", "create_schema"]
+__all__ = ["CHANNEL", "SCHEMA_VERSION", "ConnectionPool", "connect", "create_schema", "mask"]
 
 logger = logging.getLogger("jobqueue")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Every queue of a database notifies on this channel; the payload names the queue.
 CHANNEL = "jobqueue"
 # Any constant will do: it names the lock that serialises schema creation.
@@ -60,6 +66,7 @@ CREATE TABLE IF NOT EXISTS jobqueue_jobs (
     due_at double precision,
     seq bigint NOT NULL,
     result bytea,
+    result_json boolean NOT NULL DEFAULT false,
     owner text,
     lease_id bigint,
     lease_until timestamptz,
@@ -88,6 +95,37 @@ CREATE INDEX IF NOT EXISTS jobqueue_jobs_scheduled ON jobqueue_jobs (queue, due_
 UPDATE jobqueue_meta SET value = '2' WHERE key = 'schema_version';
 """
 
+# From version 2: a task's result is marked JSON, so that every process decodes it. Adding
+# a column with a constant default rewrites nothing: processes of version 2 may run on.
+_UPGRADE_FROM_2 = """
+ALTER TABLE jobqueue_jobs ADD COLUMN IF NOT EXISTS result_json boolean NOT NULL DEFAULT false;
+UPDATE jobqueue_meta SET value = '3' WHERE key = 'schema_version';
+"""
+
+# libpq's settings for a TCP connection, unless the URL gives its own: a server that stops
+# answering (a cut link, a host gone) fails the connection in seconds instead of leaving a
+# statement waiting for ever. Unix sockets ignore them.
+_KEEPALIVE = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "2",
+              "keepalives_count": "3", "tcp_user_timeout": "10000", "connect_timeout": "10"}
+
+_PASSWORD_IN_URI = re.compile(r"(?P<head>\w+://[^:/@?#]*:)(?P<password>[^@/?#]*)(?=@)")
+_PASSWORD_KEY = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<password>'(?:[^'\\]|\\.)*'|\S*)",
+                           re.IGNORECASE)
+
+
+def mask(text: str, url: str | None = None) -> str:
+    """``text`` (a URL, or a message that may quote one) with every password hidden, as
+    ``***``: the one written in ``url`` too, wherever ``text`` repeats it."""
+    masked = _PASSWORD_IN_URI.sub(r"\g<head>***", text)
+    masked = _PASSWORD_KEY.sub(r"\g<head>***", masked)
+    if url:
+        for pattern in (_PASSWORD_IN_URI, _PASSWORD_KEY):
+            for found in pattern.finditer(url):
+                secret = found.group("password").strip("'")
+                if len(secret) >= 3:  # (shorter ones would mask ordinary words)
+                    masked = masked.replace(secret, "***")
+    return masked
+
 
 def _psycopg() -> Any:
     try:
@@ -107,11 +145,14 @@ def connect(
 
     With ``lease``, the server ends a transaction this connection leaves open longer than
     that: a process stopped mid-transaction must not hold row locks past its lease. With
-    ``lock_timeout`` (seconds), a statement waits no longer than that for a row lock.
+    ``lock_timeout`` (seconds), a statement waits no longer than that for a lock. Over TCP,
+    a server that stops answering fails the connection within seconds (``_KEEPALIVE``).
     """
     psycopg = _psycopg()
     try:
-        conn = psycopg.connect(url, autocommit=True)
+        given = psycopg.conninfo.conninfo_to_dict(url)
+        extra = {key: value for key, value in _KEEPALIVE.items() if key not in given}
+        conn = psycopg.connect(url, autocommit=True, **extra)
         if not synchronous_commit:
             conn.execute("SET synchronous_commit = off")
         if lease is not None:
@@ -119,7 +160,8 @@ def connect(
         if lock_timeout is not None:
             conn.execute(f"SET lock_timeout = {max(1, int(lock_timeout * 1000))}")
     except psycopg.Error as exc:
-        raise StoreError(f"cannot connect to the database: {_first_line(exc)}") from exc
+        raise StoreError(f"cannot connect to the database: {mask(_first_line(exc), url)}"
+                         ) from exc
     return conn
 
 
@@ -147,9 +189,13 @@ def create_schema(conn: Any) -> None:
                     "INSERT INTO jobqueue_meta VALUES ('schema_version', %s)",
                     (str(SCHEMA_VERSION),),
                 )
-            elif _version(row[0]) == 1:
-                conn.execute(_UPGRADE_FROM_1)
-                logger.info("upgraded the jobqueue tables from schema version 1 to 2")
+            elif _version(row[0]) < SCHEMA_VERSION:
+                version = _version(row[0])
+                if version == 1:
+                    conn.execute(_UPGRADE_FROM_1)
+                conn.execute(_UPGRADE_FROM_2)
+                logger.info("upgraded the jobqueue tables from schema version %d to %d",
+                            version, SCHEMA_VERSION)
             elif _version(row[0]) > SCHEMA_VERSION:
                 raise StoreError(
                     f"the database's jobqueue schema is version {row[0]}, newer than this "
@@ -157,6 +203,17 @@ def create_schema(conn: Any) -> None:
                 )
     except psycopg.Error as exc:
         raise StoreError(f"cannot create the jobqueue tables: {_first_line(exc)}") from exc
+
+
+def _dropped(conn: Any) -> bool:
+    """Whether the server has closed an idle connection (a restart, a crash, an idle
+    timeout): it then has something to read, a goodbye or the end of the stream, where an
+    idle connection has nothing. One poll, no round trip."""
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _version(text: str) -> int:
@@ -215,6 +272,10 @@ class ConnectionPool:
             if self._closed:
                 raise StoreError("the PostgreSQL store is closed")
             conn = self._idle.pop() if self._idle else None
+        if conn is not None and _dropped(conn):
+            conn.close()
+            self._drop_idle()  # the server went away: the others are gone too
+            conn = None
         if conn is None:
             conn = connect(self._url, synchronous_commit=self._synchronous_commit,
                            lease=self._lease)

@@ -6,26 +6,28 @@ The :class:`~._store.Store` contract, for a store with many writers (``shared``)
 - **New jobs** go into the table unheld (:meth:`PostgresStore.insert`), in one statement
   that also notifies: every process listening may claim them. A job whose handler is a
   closure (``enqueue_with_handler``) can run only here, so ``add``/``commit`` insert it held.
-- **Claims** take jobs with ``FOR UPDATE SKIP LOCKED``, so processes never wait for each
-  other's rows, and stamp them with this process's name, a new ``lease_id`` and a lease.
-  Jobs whose lease lapsed (their process died, or stopped heartbeating) are claimed too.
-- **Moves** (``started``, ``retrying``, ``finished``, ``released``) are written by one
-  thread in batches, each conditional on the ``lease_id`` of the claim the job came from: a
-  process that lost a job to another cannot overwrite what the other did (it logs a
-  WARNING). The same thread heartbeats the leases this process holds, every third of a
-  lease, forgets those another process took over, and deletes finished jobs past the
-  retention, in bounded batches.
-- **Before a handler runs** (``running``), the worker checks that this store still holds
-  the job's lease; if the last heartbeat is stale (the process was paused), it waits for a
-  new one first: a job another process took over is not run here. A job taken over from a
-  process that died runs only once its start is written: should it kill this process too,
-  the attempt counts, and a job that kills every process that runs it ends FAILED.
+- **Claims** take live jobs with ``FOR UPDATE SKIP LOCKED``, so processes never wait for
+  each other's rows, and stamp them with this process's name, a new ``lease_id`` and a
+  lease. Jobs whose lease lapsed (their process died, or stopped heartbeating) are claimed
+  too; a finished row never is.
+- **Moves** (``started``, ``retrying``, ``finished``, ``released``) go to the writer
+  (:mod:`._pg_writer`), which writes them in batches, each conditional on the ``lease_id``
+  of the claim the job came from, and heartbeats the leases this process holds.
+- **Before a handler runs** (``running``), its start is committed under this process's
+  lease (renewing it): a job another process took over is not run here, a process cut off
+  from the database starts nothing, and an attempt whose handler kills the process counts
+  from the first death. A start not confirmed while the lease surely holds is handed back.
+- **Outcomes are reported once committed** (``confirm``): ``wait()``, ``result()`` and hooks
+  hear of an outcome only when every process can see it, and never of a refused one.
 - **Wake-ups**: a listener thread hears ``NOTIFY`` for new jobs (the claimer looks again)
   and for finished ones (``wait()`` and ``join()`` look again); it ignores this store's own,
   which wake the queue directly. A busy producer notifies at most once per
-  ``_NOTIFY_GAP`` per priority, and the writer sends a trailing notice for the jobs in
+  ``NOTIFY_GAP`` per priority, and the writer sends a trailing notice for the jobs in
   between. The claimer also polls once a second, for a notice missed while a connection was
   down.
+- **A lost connection** (a server restarted, say) costs no call: a pooled connection the
+  server closed is replaced before use, and every call that is safe to repeat (reads,
+  claims, cancels) is tried once more on a new connection.
 
 Every statement runs on its own (autocommit) but for batch inserts and repairs: a process
 stopped between statements of a transaction would hold its row locks. The server also ends
@@ -44,14 +46,16 @@ import secrets
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from jobqueue._priority import Priority
 from jobqueue.errors import DuplicateJob, StoreError
-from jobqueue.final._pg_schema import CHANNEL, ConnectionPool, connect, create_schema
+from jobqueue.final._pg_schema import CHANNEL, ConnectionPool, connect, create_schema, mask
+from jobqueue.final._pg_writer import Writer, classify
 from jobqueue.final._states import CANCELLABLE, FINISHED, LIVE, Status
-from jobqueue.final._store import JobRecord, LeaseLost, QueueStats
+from jobqueue.final._store import JobRecord, JsonResult, LeaseLost, QueueStats
 
 __all__ = ["PostgresStore"]
 
@@ -59,27 +63,22 @@ logger = logging.getLogger("jobqueue")
 
 _PRIORITIES = tuple(Priority)
 _LIVE_STATUSES = tuple(sorted(status.value for status in LIVE))
-#: Finished jobs deleted per statement, and statements per pass of the writer.
-_TRIM_BATCH = 1000
-_TRIM_PASSES = 10
-#: The longest the writer waits before it tries a lost connection again.
-_MAX_BACKOFF = 5.0
-#: How long the writer waits for more moves before it writes a batch, and the batch size
-#: that ends the wait early (seconds, moves).
-_LINGER = 0.002
-_BATCH = 500
-#: A producer's notices of new jobs, per priority, come at most this often (seconds).
-_NOTIFY_GAP = 0.002
 #: The tag of a notice no store of this process sent (a caller's transaction, the CLI).
 FOREIGN = "-" * 8
+#: A start confirmed later than this share of a lease after it was told is not run: the
+#: lease it renewed may have lapsed by the time this process heard of it.
+_LEASE_SURE = 0.9
+#: How often an insert in a transaction of its own is tried when PostgreSQL calls a failure
+#: transient (a deadlock with another producer's batch, say): it left no trace.
+_INSERT_TRIES = 3
 
 _COLUMNS = ("id, payload, priority, kind, max_retries, created_at, status, attempts, "
-            "last_error, started_at, finished_at, due_at, seq, result")
+            "last_error, started_at, finished_at, due_at, seq, result, result_json")
 #: How many columns _COLUMNS names: a row's further columns start there.
-_NCOLS = 14
-_FINISHED_VALUES = frozenset(status.value for status in FINISHED)
+_NCOLS = 15
 #: The statuses of finished jobs, as SQL: only a new life runs them again.
 _FINISHED = "(" + ", ".join(sorted(f"'{s.value}'" for s in FINISHED)) + ")"
+_LIVE = "(" + ", ".join(sorted(f"'{s.value}'" for s in LIVE)) + ")"
 _CANCELLABLE = "(" + ", ".join(sorted(f"'{s.value}'" for s in CANCELLABLE)) + ")"
 
 # New jobs: one row (VALUES) or many (unnest). A live id is a duplicate: ON CONFLICT updates
@@ -96,7 +95,8 @@ WITH added AS (
         max_retries = excluded.max_retries, created_at = excluded.created_at,
         status = excluded.status, attempts = 0, last_error = NULL, started_at = NULL,
         finished_at = NULL, due_at = excluded.due_at, seq = excluded.seq, result = NULL,
-        owner = excluded.owner, lease_id = excluded.lease_id, lease_until = excluded.lease_until
+        result_json = false, owner = excluded.owner, lease_id = excluded.lease_id,
+        lease_until = excluded.lease_until
     WHERE j.status IN {_FINISHED} AND %(revive)s
     RETURNING j.id, j.priority, j.lease_id
 )
@@ -121,11 +121,12 @@ _INSERT_MANY = _INSERT.replace("{rows}", f"""
                               due_at, n)
     ORDER BY u.n""")
 
-# One claim: the oldest unheld live jobs of a priority, then jobs whose lease lapsed. Rows
-# another claimer has locked are skipped, not waited for. The rows are locked as they are
-# picked, and updated by ctid (see _MOVE for why). A lapsed lease of this store's own
-# is not taken back: the queue still holds that job (it was paused), and the next heartbeat
-# renews the lease unless another process took the job meanwhile.
+# One claim: the oldest unheld live jobs of a priority, scheduled ones come due, then live
+# jobs whose lease lapsed. Rows another claimer has locked are skipped, not waited for; a
+# finished row is never taken. The rows are locked as they are picked, and updated by ctid
+# (see _pg_writer._MOVE for why). A scheduled job claimed once due is QUEUED from then on.
+# A lapsed lease of this store's own is not taken back: the queue still holds that job (it
+# was paused), and its start is refused if another process took the job meanwhile.
 _CLAIM = f"""
 WITH unheld AS (
     SELECT ctid AS tid, id, seq, NULL::text AS old_owner FROM jobqueue_jobs
@@ -140,7 +141,7 @@ WITH unheld AS (
 ), lapsed AS (
     SELECT ctid AS tid, id, seq, owner AS old_owner FROM jobqueue_jobs
     WHERE queue = %(queue)s AND owner IS NOT NULL AND lease_until < now()
-      AND owner <> %(owner)s AND priority = %(priority)s {{kinds}}
+      AND owner <> %(owner)s AND priority = %(priority)s AND status IN {_LIVE} {{kinds}}
     ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), picked AS (
     SELECT * FROM unheld UNION ALL SELECT * FROM due UNION ALL SELECT * FROM lapsed
@@ -148,78 +149,43 @@ WITH unheld AS (
 )
 UPDATE jobqueue_jobs AS j
 SET owner = %(owner)s, lease_id = nextval('jobqueue_lease_ids'),
-    lease_until = now() + make_interval(secs => %(lease)s)
+    lease_until = now() + make_interval(secs => %(lease)s),
+    status = CASE WHEN j.status = 'scheduled' AND j.due_at <= %(now)s THEN 'queued'
+                  ELSE j.status END,
+    due_at = CASE WHEN j.status = 'scheduled' AND j.due_at <= %(now)s THEN NULL
+                  ELSE j.due_at END
 FROM picked WHERE j.ctid = picked.tid
 RETURNING {", ".join("j." + c.strip() for c in _COLUMNS.split(","))}, j.lease_id,
           picked.old_owner
 """
 
-# Moves, written in a batch. Each row is conditional on the claim it came from (lease_id).
-# One statement, notifying waiters of finished jobs. Each move finds its row by primary key
-# (LATERAL ... LIMIT 1), then updates it by ctid: a plan that stays one index probe per move
-# whatever the planner's statistics say (on a young table they say it is empty, and a join
-# would scan every row of the queue for each move). A row another transaction changed
-# meanwhile is skipped, as its lease moved on.
-_MOVE = f"""
-WITH target AS (
-    SELECT held.tid, u.* FROM unnest(
-            %(ids)s::text[], %(leases)s::bigint[], %(statuses)s::text[],
-            %(attempts)s::integer[], %(errors)s::text[], %(started)s::float8[],
-            %(finished)s::float8[], %(due)s::float8[], %(held)s::bool[],
-            %(results)s::bytea[])
-        AS u(id, lease_id, status, attempts, last_error, started_at, finished_at, due_at,
-             held, result)
-    JOIN LATERAL (
-        SELECT ctid AS tid, lease_id FROM jobqueue_jobs
-        WHERE queue = %(queue)s AND id = u.id LIMIT 1
-    ) AS held ON held.lease_id = u.lease_id
-), moved AS (
-    UPDATE jobqueue_jobs AS j SET
-        status = t.status, attempts = t.attempts, last_error = t.last_error,
-        started_at = t.started_at, finished_at = t.finished_at, due_at = t.due_at,
-        payload = CASE WHEN t.status = 'completed' THEN ''::bytea ELSE j.payload END,
-        result = t.result,
-        owner = CASE WHEN t.held THEN j.owner END,
-        lease_id = CASE WHEN t.held THEN j.lease_id END,
-        lease_until = CASE WHEN t.held THEN j.lease_until END
-    FROM target AS t WHERE j.ctid = t.tid AND j.lease_id = t.lease_id
-    RETURNING j.id, j.status
-)
-SELECT id, status, CASE WHEN status IN {_FINISHED}
-    THEN pg_notify('{CHANNEL}', 'd' || %(tag)s || %(queue)s) END
-FROM moved
+# Jobs claimed while this queue still held an old life of them, handed back: skipped if
+# another transaction holds the row (the lease then lapses, and any process claims it).
+_HAND_BACK = f"""
+WITH back AS (
+    UPDATE jobqueue_jobs SET owner = NULL, lease_id = NULL, lease_until = NULL
+    WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM jobqueue_jobs WHERE queue = %(queue)s AND lease_id = ANY(%(leases)s)
+        FOR UPDATE SKIP LOCKED))
+    RETURNING priority)
+SELECT pg_notify('{CHANNEL}', priority::text || %(tag)s || %(queue)s)
+FROM (SELECT DISTINCT priority FROM back) AS p
 """
 
-# Finished jobs older than the retention's newest, a batch at a time. The cut-off is read
-# without locks; rows another transaction holds (a new life being enqueued) are skipped,
-# and one made live again meanwhile is skipped on the re-check.
-_TRIM = f"""
-WITH cutoff AS (
-    SELECT finished_at, seq FROM jobqueue_jobs
-    WHERE queue = %(queue)s AND status IN {_FINISHED}
-    ORDER BY finished_at DESC, seq DESC OFFSET %(keep)s LIMIT 1
-)
-DELETE FROM jobqueue_jobs WHERE ctid = ANY(ARRAY(
-    SELECT ctid FROM jobqueue_jobs
-    WHERE queue = %(queue)s AND status IN {_FINISHED}
-      AND finished_at <= (SELECT finished_at FROM cutoff)
-      AND (finished_at, seq) <= (SELECT finished_at, seq FROM cutoff)
-    ORDER BY finished_at, seq LIMIT %(batch)s FOR UPDATE SKIP LOCKED))
-  AND status IN {_FINISHED}
-"""
+# What says which database a connection reaches, whatever the spelling of its address:
+# the cluster's system identifier and the database's name.
+_IDENTITY = ("SELECT (SELECT system_identifier FROM pg_control_system())::text, "
+             "current_database()")
 
 
 def _record(row: Sequence[Any]) -> JobRecord:
     (job_id, payload, priority, kind, max_retries, created_at, status, attempts, last_error,
-     started_at, finished_at, due_at, seq, result) = row[:_NCOLS]
+     started_at, finished_at, due_at, seq, result, result_json) = row[:_NCOLS]
+    if result is not None:
+        result = JsonResult(result) if result_json else bytes(result)
     return JobRecord(job_id, bytes(payload), _PRIORITIES[priority], kind, max_retries,
                      created_at, Status(status), attempts, last_error, started_at,
-                     finished_at, due_at, seq, None if result is None else bytes(result))
-
-
-def _identity(conn: Any) -> tuple[str, str, str]:
-    info = conn.info
-    return (str(info.host), str(info.port), str(info.dbname))
+                     finished_at, due_at, seq, result)
 
 
 def _storable(text: str) -> bool:
@@ -250,6 +216,11 @@ def _insert_params(records: Sequence[JobRecord]) -> tuple[str, dict[str, Any]]:
     }
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class PostgresStore:
     """The :class:`~._store.Store` contract in PostgreSQL, shared by many processes."""
 
@@ -268,52 +239,56 @@ class PostgresStore:
         self.queue = queue
         self.lease = lease
         self._url = url
-        self._fsync = fsync
-        self._retention = retention
-        # How long a caller waits for this store's writes before it gives up: the database
-        # is away. Long enough for a slow commit, short enough not to look like a hang.
-        self._write_wait = max(5.0, min(lease, 30.0))
         self._tag = secrets.token_hex(4)  # marks this store's own notices
         #: This store's name in the owner column: host, pid and tag, for people to read.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{self._tag}"
         self._pool = ConnectionPool(url, synchronous_commit=fsync, lease=lease)
         try:
-            with self._pool.connection() as conn:
-                create_schema(conn)
+            self._run("create the jobqueue tables", create_schema, wrap=False)
         except BaseException:
             self._pool.close()
             raise
         # The lease_id of every job this store holds, by id. Single dict operations: the
-        # claimer adds, the queue's calls (under its mutex) read and remove.
+        # claimer adds, the queue's calls (under its mutex) and the writer read and remove.
         self._leases: dict[str, int] = {}
+        # The start told of each job a worker is about to run, until running() takes it.
+        # Single dict operations too: set under the queue's mutex, taken by that worker.
+        self._starts: dict[str, Any] = {}
+        self._writer = Writer(url, queue=queue, owner=self.owner, tag=self._tag, lease=lease,
+                              fsync=fsync, retention=retention, leases=self._leases)
         self._on_ready: Callable[[Iterable[Priority] | None], None] | None = None
         self._on_change: Callable[[], None] | None = None
-
-        # _lock guards the fields below; _work wakes the writer, _written its waiters.
-        self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)
-        self._written = threading.Condition(self._lock)
-        self._pending: dict[str, tuple[JobRecord, int]] = {}  # id -> latest move, its lease
-        self._writing: dict[str, tuple[JobRecord, int]] = {}  # the batch being written
-        self._told = 0  # moves told so far
-        self._done = 0  # moves written (or refused) so far
-        self._suspects: set[str] = set()  # taken over from a dead process: start written first
-        self._renewed = time.monotonic()  # when the leases were last renewed
-        self._renew_now = False  # a worker waits for a heartbeat (running)
-        self._writer_idle = False  # the writer waits for work: a move must wake it
-        self._hurry = False  # someone waits for a write: no lingering
-        self._notified = [0.0, 0.0, 0.0]  # when a notice of new jobs last went, by priority
-        self._trailing = [False, False, False]  # new jobs inserted since, not yet notified
-        self._finished_since_trim = 0
-        self._closing = False  # close() started: write what is left, then stop
-        self._closed = False
+        self._closing = False  # close() started: no new jobs or claims
         self._listener: threading.Thread | None = None
         self._listen_conn: Any = None
-        self._database: tuple[str, str, str] | None = None  # host, port, name
-        self._writer = threading.Thread(
-            target=self._write_loop, name="jobqueue-final-pg-writer", daemon=True
-        )
-        self._writer.start()
+        self._database: tuple[str, str] | None = None  # system identifier, name
+        # Callers' connections checked to reach this database, with their backend's pid.
+        self._checked: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+    def _run(self, what: str, work: Callable[[Any], Any], *, retry: bool = True,
+             wrap: bool = True) -> Any:
+        """``work(conn)`` on a pooled connection. A connection the server dropped (it
+        restarted, say) fails the first try only: ``retry`` tries once more, on a new
+        connection. Raises StoreError saying ``what`` failed (``wrap``: other errors too)."""
+        import psycopg
+
+        for attempt in (1, 2):
+            conn = None
+            try:
+                with self._pool.connection() as conn:
+                    return work(conn)
+            except psycopg.Error as exc:
+                if retry and attempt == 1 and classify(exc, conn) == "connection":
+                    continue
+                raise StoreError(f"could not {what}: {mask(_first_line(exc), self._url)}"
+                                 ) from exc
+            except StoreError:
+                raise
+            except Exception as exc:
+                if not wrap:
+                    raise
+                raise StoreError(f"could not {what}: {exc!r}") from exc
+        raise AssertionError("unreachable")
 
     # -- wake-ups ---------------------------------------------------------------------------
 
@@ -326,12 +301,13 @@ class PostgresStore:
         priorities (None: any) may be claimable, ``on_change()`` when jobs finished."""
         self._on_ready = on_ready
         self._on_change = on_change
-        conn = connect(self._url)
+        conn = connect(self._url, lease=self.lease)
         try:
             conn.execute(f"LISTEN {CHANNEL}")
         except Exception as exc:
             conn.close()
-            raise StoreError(f"cannot listen for other processes' jobs: {exc}") from exc
+            raise StoreError(f"cannot listen for other processes' jobs: "
+                             f"{mask(_first_line(exc), self._url)}") from exc
         self._listen_conn = conn
         self._listener = threading.Thread(
             target=self._listen_loop, name="jobqueue-final-pg-listener", daemon=True
@@ -362,14 +338,15 @@ class PostgresStore:
                 if self._closing:
                     return
                 logger.warning("the PostgreSQL listener lost its connection (%s); "
-                               "reconnecting in %.1f s", exc, backoff)
+                               "reconnecting in %.1f s", mask(_first_line(exc), self._url),
+                               backoff)
                 time.sleep(backoff)  # a lost server: no busy loop while it is away
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                backoff = min(backoff * 2, 5.0)
                 try:
                     conn.close()
                     if self._closing:
                         return
-                    conn = self._listen_conn = connect(self._url)
+                    conn = self._listen_conn = connect(self._url, lease=self.lease)
                     conn.execute(f"LISTEN {CHANNEL}")
                 except Exception:  # noqa: S112 - tried again after the backoff
                     continue
@@ -377,6 +354,7 @@ class PostgresStore:
                     conn.close()
                     return
                 self._on_ready(None)  # type: ignore[misc]  # what was missed meanwhile
+                self._on_change()  # type: ignore[misc]
 
     # -- new jobs ---------------------------------------------------------------------------
 
@@ -384,7 +362,8 @@ class PostgresStore:
         """The database numbers jobs itself (``jobqueue_seq``): its latest number, or 0 if
         this role may not read the sequence (it needs only to use it)."""
         try:
-            return int(self._query_one("SELECT last_value FROM jobqueue_seq", ())[0])
+            return int(self._run("read the sequence", lambda conn: conn.execute(
+                "SELECT last_value FROM jobqueue_seq").fetchone()[0]))
         except StoreError:
             return 0
 
@@ -399,8 +378,7 @@ class PostgresStore:
     def commit(self, ticket: object) -> None:
         """Insert jobs this queue holds from the start (their handler is a closure)."""
         records: Sequence[JobRecord] = ticket  # type: ignore[assignment]
-        with self._pool.connection() as conn:
-            leases = self._insert(conn, records, self.owner, (), own_transaction=True)
+        leases = self._insert_own(records, self.owner, (), revive=True)
         self._leases.update(leases)
 
     def insert(
@@ -426,34 +404,60 @@ class PostgresStore:
                          tag=FOREIGN, revive=revive)
             return
         priorities = {r.priority for r in records}
-        now = time.monotonic()
-        with self._lock:
-            notify = [p for p in priorities if now - self._notified[p] >= _NOTIFY_GAP]
-            for p in notify:
-                self._notified[p] = now
-        with self._pool.connection() as conn:
-            self._insert(conn, records, None, notify, own_transaction=True, revive=revive)
-        if len(notify) < len(priorities):
-            with self._lock:  # the writer notifies for these once the gap has passed
-                for p in priorities.difference(notify):
-                    self._trailing[p] = True
-                self._work.notify()
+        notify = self._writer.notices(priorities)
+        self._insert_own(records, None, notify, revive=revive)
         if self._on_ready is not None:  # this queue needs no notice of its own jobs
             self._on_ready(priorities)
 
+    def _insert_own(self, records: Sequence[JobRecord], owner: str | None,
+                    notify: Collection[int], revive: bool) -> dict[str, int]:
+        """Insert in a transaction of this store's own: a transient failure (a deadlock with
+        another producer's batch) left no trace, so it is tried again."""
+        import psycopg
+
+        for attempt in range(1, _INSERT_TRIES + 1):
+            conn = None
+            try:
+                with self._pool.connection() as conn:
+                    return self._insert(conn, records, owner, notify, own_transaction=True,
+                                        revive=revive)
+            except StoreError as exc:
+                cause = exc.__cause__
+                if (attempt < _INSERT_TRIES and isinstance(cause, psycopg.Error)
+                        and classify(cause, conn) == "transient"):
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
     def _check_same_database(self, connection: Any) -> None:
         """Refuse a caller's connection to another database: the jobs would go to a queue
-        this one never sees."""
-        if self._database is None:
-            with self._pool.connection() as conn:
-                self._database = _identity(conn)
+        this one never sees. Compares what the servers say of themselves, not addresses:
+        one database has many spellings (``localhost``, ``127.0.0.1``, a socket path)."""
         if connection.closed:
             raise ValueError("connection is closed")
-        theirs = _identity(connection)
+        if connection.info.transaction_status == 3:  # INERROR
+            raise StoreError("the connection's transaction has failed already: roll it "
+                             "back before enqueueing")
+        pid = connection.info.backend_pid
+        if self._checked.get(connection) == pid:
+            return
+        if self._database is None:
+            self._database = self._run("read which database this is", lambda conn: tuple(
+                conn.execute(_IDENTITY).fetchone()))
+        from psycopg.rows import tuple_row
+
+        try:
+            theirs = tuple(connection.cursor(row_factory=tuple_row).execute(_IDENTITY)
+                           .fetchone())
+        except Exception as exc:
+            raise StoreError(f"cannot tell which database the connection reaches: "
+                             f"{_first_line(exc)}") from exc
         if theirs != self._database:
-            raise ValueError(f"connection is to database {theirs[2]!r} on {theirs[0]}:"
-                             f"{theirs[1]}, but this queue is in {self._database[2]!r} on "
-                             f"{self._database[0]}:{self._database[1]}")
+            info = connection.info
+            raise ValueError(f"connection is to database {theirs[1]!r} on {info.host}:"
+                             f"{info.port} (system {theirs[0]}), but this queue is in "
+                             f"{self._database[1]!r} (system {self._database[0]})")
+        self._checked[connection] = pid
 
     def _insert(
         self, conn: Any, records: Sequence[JobRecord], owner: str | None,
@@ -463,9 +467,9 @@ class PostgresStore:
         import psycopg
         from psycopg.rows import tuple_row
 
-        if not self._settle({r.id for r in records}):  # a finished life is written first
+        if not self._writer.settle({r.id for r in records}):  # a finished life first
             raise StoreError(f"the database has not taken this process's writes for "
-                             f"{self._write_wait:.0f} s")
+                             f"{self._writer.write_wait:.0f} s")
         sql, params = _insert_params(records)
         params.update(queue=self.queue, owner=owner, lease=self.lease, notify=list(notify),
                       tag=self._tag if tag is None else tag, revive=revive)
@@ -495,7 +499,8 @@ class PostgresStore:
         except _Refused as refused:
             rows = refused.rows
         except psycopg.Error as exc:
-            raise StoreError(f"could not store the job: {exc}") from exc
+            raise StoreError(f"could not store the job: "
+                             f"{mask(_first_line(exc), self._url)}") from exc
         if len(rows) != len(records):
             added = {row[0] for row in rows}
             missing = next(r.id for r in records if r.id not in added)
@@ -511,15 +516,12 @@ class PostgresStore:
         lease = self._leases.get(job_id) if held else self._leases.pop(job_id, None)
         if lease is None:
             return  # refused already: another process holds it now (logged then)
-        with self._lock:
-            self._pending[job_id] = (record, lease) if held else (record, -lease)
-            self._told += 1
-            if self._writer_idle:
-                self._writer_idle = False
-                self._work.notify()
+        self._writer.tell(record, lease if held else -lease)
 
     def started(self, record: JobRecord) -> None:
-        self._tell(record, True)
+        lease = self._leases.get(record.id)
+        if lease is not None:  # else refused already: running() says so
+            self._starts[record.id] = self._writer.tell(record, lease, awaited=True)
 
     def retrying(self, record: JobRecord) -> None:
         self._tell(record, True)
@@ -531,267 +533,48 @@ class PostgresStore:
         self._tell(record, False)
 
     def running(self, record: JobRecord) -> None:
-        """Before a handler runs: raise LeaseLost if another process took the job over. If
-        the leases were not renewed lately (this process was paused), renew them first; if
-        the job was taken over from a process that died, wait until its start is written,
-        so that the attempt counts should this process die in it too. Either wait gives up
-        after a while (the database is away) and lets the job run."""
+        """Before a handler runs: wait until its start is committed under this process's
+        lease (which it renews). Raises LeaseLost if another process took the job over, or
+        if the start was not confirmed while the lease surely held (the database is away):
+        then the job goes back to the queue, for whichever process reaches it."""
         job_id = record.id
-        if time.monotonic() - self._renewed > self.lease * 2 / 3:
-            self._renew()
-        lease = self._leases.get(job_id)
-        if lease is None:
-            raise LeaseLost(job_id)
-        if job_id in self._suspects:
-            self._suspects.discard(job_id)
-            if self._settle((job_id,)) and self._leases.get(job_id) != lease:
-                raise LeaseLost(job_id)
+        move = self._starts.pop(job_id, None)
+        if move is None:
+            raise LeaseLost(f"job {job_id!r} is not run here: another process took it over "
+                            "while this one held it past its lease")
+        deadline = move.told_at + self.lease * _LEASE_SURE
+        fate = self._writer.wait_fate(move, deadline)
+        if fate == "w" and time.monotonic() < deadline:
+            return None
+        if fate is None or fate == "w":
+            if self._leases.get(job_id) == move.lease:
+                self._leases.pop(job_id, None)
+            self._writer.retract(move, record._replace(status=Status.QUEUED,
+                                                       attempts=record.attempts - 1))
+            raise LeaseLost(f"job {job_id!r} is not run here: the database did not confirm "
+                            f"this process's lease of it within {self.lease * _LEASE_SURE:.3g}"
+                            " s; it goes back to the queue")
+        if fate == "d":
+            raise LeaseLost(f"job {job_id!r} is not run here: PostgreSQL refused its start "
+                            "(see the error above)")
+        if fate == "s":
+            raise LeaseLost(f"job {job_id!r} is not run here: it was handed back before its "
+                            "start was written (close() gave up on it)")
+        raise LeaseLost(f"job {job_id!r} is not run here: another process took it over "
+                        "while this one held it past its lease")
 
-    def _renew(self) -> None:
-        """Have the writer heartbeat now, and wait for it (up to a while)."""
-        with self._lock:
-            asked = self._renewed
-            self._renew_now = True
-            self._work.notify()
-            deadline = time.monotonic() + self._write_wait
-            self._hurry = True
-            while self._renewed == asked and not self._closed:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self._written.wait(remaining)
-
-    def _settle(self, ids: Collection[str]) -> bool:
-        """Wait until every move told of these ids is written; False if that took longer
-        than the store waits for the database."""
-        with self._lock:
-            if not any(i in self._pending or i in self._writing for i in ids):
-                return True
-            return self._wait_written_locked(self._told)
+    def confirm(self, job_id: str, timeout: float | None = None) -> bool:
+        """Wait until the latest move told of the job is committed: True, or False if the
+        database refused it (another process took the job over, or a repair changed it).
+        Raises TimeoutError after ``timeout`` seconds."""
+        return self._writer.confirm(job_id, timeout)
 
     def sync(self) -> None:
         """Wait until every move told so far is written; raise StoreError if the database
         has not taken them for a while."""
-        with self._lock:
-            if not self._wait_written_locked(self._told):
-                raise StoreError(f"the database has not taken this process's writes for "
-                                 f"{self._write_wait:.0f} s")
-
-    def _wait_written_locked(self, told: int) -> bool:
-        deadline = time.monotonic() + self._write_wait
-        while self._done < told:
-            if self._closed:
-                raise StoreError("the PostgreSQL store is closed")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self._hurry = True
-            self._work.notify()
-            self._written.wait(remaining)
-        return True
-
-    # -- the writer thread ------------------------------------------------------------------
-
-    def _write_loop(self) -> None:
-        conn = None
-        heartbeat_every = self.lease / 3
-        next_heartbeat = time.monotonic() + heartbeat_every
-        backoff = 0.1
-        while True:
-            with self._lock:
-                while not self._pending and not self._closing and not self._renew_now:
-                    now = time.monotonic()
-                    due = next_heartbeat
-                    for p in range(3):
-                        if self._trailing[p]:
-                            due = min(due, self._notified[p] + _NOTIFY_GAP)
-                    if due <= now:
-                        break
-                    self._writer_idle = True
-                    self._work.wait(due - now)
-                self._writer_idle = False
-                # Linger a moment for more moves: fewer, larger batches cost the database
-                # (and this process) less. Anyone waiting for a write cuts it short.
-                linger_until = time.monotonic() + _LINGER
-                while (self._pending and not self._hurry and not self._closing
-                       and len(self._pending) < _BATCH
-                       and (left := linger_until - time.monotonic()) > 0):
-                    self._work.wait(left)
-                self._hurry = False
-                batch, self._pending = self._pending, {}
-                self._writing = batch
-                told = self._told
-                closing = self._closing
-                now = time.monotonic()
-                trailing = [p for p in range(3)
-                            if self._trailing[p] and now - self._notified[p] >= _NOTIFY_GAP]
-                for p in trailing:
-                    self._trailing[p] = False
-                    self._notified[p] = now
-            try:
-                if conn is None:
-                    conn = connect(self._url, synchronous_commit=self._fsync, lease=self.lease,
-                                   lock_timeout=self.lease / 3)
-                for p in trailing:
-                    conn.execute("SELECT pg_notify(%s, %s)",
-                                 (CHANNEL, f"{p}{self._tag}{self.queue}"))
-                if batch:
-                    self._write(conn, batch)
-                if time.monotonic() >= next_heartbeat or closing or self._renew_now:
-                    self._heartbeat(conn)
-                    next_heartbeat = time.monotonic() + heartbeat_every
-                    with self._lock:
-                        self._renew_now = False
-                        self._renewed = time.monotonic()
-                        self._written.notify_all()
-                backoff = 0.1
-            except Exception as exc:
-                transient = type(exc).__name__ in ("LockNotAvailable", "QueryCanceled")
-                if conn is not None and not conn.broken and batch and not transient:
-                    # The server refused these values (not the connection): trying again
-                    # would fail forever. Their jobs run again once their leases lapse.
-                    logger.error("PostgreSQL refused the moves of jobs %s: %s; they run "
-                                 "again elsewhere once their leases lapse",
-                                 sorted(batch)[:20], exc)
-                    for job_id, (_, lease) in batch.items():
-                        if self._leases.get(job_id) == abs(lease):
-                            del self._leases[job_id]
-                    batch = {}
-                    with self._lock:
-                        self._writing = {}
-                        self._done = told
-                        self._written.notify_all()
-                    continue
-                logger.error("writing to PostgreSQL failed (%s); trying again in %.1f s",
-                             exc, backoff)
-                if conn is not None:
-                    conn.close()
-                conn = None
-                with self._lock:
-                    batch.update(self._pending)  # newer moves win
-                    self._pending, self._writing = batch, {}
-                    for p in trailing:
-                        self._trailing[p] = True
-                    if self._closed:
-                        return
-                    self._work.wait(backoff)
-                    if self._closed:
-                        return
-                backoff = min(backoff * 2, _MAX_BACKOFF)
-                continue
-            with self._lock:
-                self._writing = {}
-                self._done = told
-                self._written.notify_all()
-                if closing and not self._pending:
-                    break
-        try:
-            self._release_held(conn)
-        except Exception as exc:
-            logger.error("could not hand back this process's jobs at close (%s): other "
-                         "processes take them once their lease lapses", exc)
-        finally:
-            conn.close()
-
-    def _heartbeat(self, conn: Any) -> None:
-        """Renew the leases this store knows it holds, and only those (a row it claimed but
-        never heard back about is left to lapse); forget those another process took over."""
-        held = list(self._leases.items())
-        if not held:
-            return
-        # Rows another transaction has locked are skipped (and still held: they are not
-        # forgotten), so that no application transaction can hold up the heartbeat.
-        renewed, locked = set(), set()
-        for lease, was_renewed in conn.execute(
-            """WITH mine AS (
-                SELECT ctid AS tid, lease_id FROM jobqueue_jobs
-                WHERE queue = %(queue)s AND owner = %(owner)s AND lease_id = ANY(%(leases)s)),
-            free AS (
-                SELECT ctid AS tid FROM jobqueue_jobs WHERE ctid = ANY(ARRAY(
-                    SELECT tid FROM mine)) FOR UPDATE SKIP LOCKED),
-            renewed AS (
-                UPDATE jobqueue_jobs AS j SET lease_until = now() + make_interval(secs
-                    => %(lease)s)
-                FROM free WHERE j.ctid = free.tid RETURNING j.lease_id)
-            SELECT lease_id, true FROM renewed
-            UNION ALL SELECT lease_id, false FROM mine
-                WHERE lease_id NOT IN (SELECT lease_id FROM renewed)""",
-            {"queue": self.queue, "owner": self.owner, "lease": self.lease,
-             "leases": [lease for _, lease in held]},
-        ).fetchall():
-            (renewed if was_renewed else locked).add(lease)
-        for job_id, lease in held:
-            if lease in locked:
-                continue
-            if lease not in renewed and self._leases.get(job_id) == lease:
-                self._leases.pop(job_id, None)  # running() refuses it from now on
-                logger.warning("job %r was taken over by another process (this one held it "
-                               "past its lease of %s s without a heartbeat): this one will "
-                               "not write its outcome", job_id, self.lease)
-
-    def _write(self, conn: Any, batch: dict[str, tuple[JobRecord, int]]) -> None:
-        moves = list(batch.values())
-        written = conn.execute(_MOVE, {
-            "queue": self.queue,
-            "tag": self._tag,
-            "ids": [r.id for r, _ in moves],
-            "leases": [abs(lease) for _, lease in moves],
-            "statuses": [r.status.value for r, _ in moves],
-            "attempts": [r.attempts for r, _ in moves],
-            "errors": [r.last_error for r, _ in moves],
-            "started": [r.started_at for r, _ in moves],
-            "finished": [r.finished_at for r, _ in moves],
-            "due": [r.due_at for r, _ in moves],
-            "held": [lease > 0 for _, lease in moves],
-            "results": [r.result for r, _ in moves],
-        }).fetchall()
-        if len(written) != len(moves):
-            self._renew_now = True  # this process was likely paused: check its other leases
-            kept = {row[0] for row in written}
-            for record, lease in moves:
-                if record.id in kept:
-                    continue
-                if self._leases.get(record.id) == abs(lease):
-                    del self._leases[record.id]  # (a newer claim of the id keeps its own)
-                if record.status is Status.PROCESSING:
-                    continue  # a start: the handler runs, and its outcome is refused
-                logger.warning(
-                    "job %r was taken over by another process (this one held it past its "
-                    "lease of %s s without a heartbeat): its outcome here, %s, is not "
-                    "written", record.id, self.lease, record.status.value,
-                )
-        finished = sum(1 for row in written if row[1] in _FINISHED_VALUES)
-        self._finished_since_trim += finished
-        if finished and self._finished_since_trim > self._retention // 10:
-            self._finished_since_trim = 0
-            try:
-                self._trim(conn)
-            except Exception as exc:  # the moves are written: only the trim waits
-                if conn.broken:
-                    raise
-                logger.error("deleting finished jobs past the retention failed: %s", exc)
-
-    def _trim(self, conn: Any) -> None:
-        """Delete finished jobs past the retention, newest kept, a batch at a time."""
-        for _ in range(_TRIM_PASSES):
-            deleted = conn.execute(
-                _TRIM, {"queue": self.queue, "keep": self._retention, "batch": _TRIM_BATCH}
-            ).rowcount
-            if deleted < _TRIM_BATCH:
-                return
-        self._finished_since_trim = self._retention  # more next time
-
-    def _release_held(self, conn: Any) -> None:
-        """Hand every job this store holds back to the queue, for any process to claim."""
-        conn.execute(
-            f"""WITH released AS (
-                UPDATE jobqueue_jobs SET owner = NULL, lease_id = NULL, lease_until = NULL
-                WHERE queue = %(queue)s AND owner = %(owner)s RETURNING priority)
-            SELECT pg_notify('{CHANNEL}', priority::text || %(tag)s || %(queue)s)
-            FROM (SELECT DISTINCT priority FROM released) AS held""",
-            {"queue": self.queue, "owner": self.owner, "tag": self._tag},
-        ).fetchall()
-        self._leases.clear()
+        if not self._writer.sync():
+            raise StoreError(f"the database has not taken this process's writes for "
+                             f"{self._writer.write_wait:.0f} s")
 
     # -- claims and reads (any thread, may block) -------------------------------------------
 
@@ -800,17 +583,13 @@ class PostgresStore:
     ) -> list[JobRecord]:
         if self._closing:
             raise StoreError("the PostgreSQL store is closed")
-        import psycopg
-
         query = _CLAIM.format(kinds="" if kinds is None else "AND kind = ANY(%(kinds)s)")
         params = {"queue": self.queue, "priority": int(priority), "limit": limit,
                   "owner": self.owner, "lease": self.lease, "now": self.now(),
                   "kinds": None if kinds is None else list(kinds)}
-        try:
-            with self._pool.connection() as conn:
-                rows = conn.execute(query, params).fetchall()
-        except psycopg.Error as exc:
-            raise StoreError(f"could not claim jobs: {exc}") from exc
+        # A claim whose answer was lost with its connection left rows held by this process
+        # that it does not know of: the writer's heartbeat hands them back once they lapse.
+        rows = self._run("claim jobs", lambda conn: conn.execute(query, params).fetchall())
         rows.sort(key=lambda row: row[12])  # by seq: arrival order
         records, stale = [], []
         for row in rows:
@@ -828,24 +607,21 @@ class PostgresStore:
                 continue
             self._leases[record.id] = row[_NCOLS]
             old_owner = row[_NCOLS + 1]
-            if old_owner is not None or record.status is Status.PROCESSING:
-                self._suspects.add(record.id)  # its last process may have died running it
             if old_owner is not None:
                 logger.warning("job %r taken over from %s, whose lease of it lapsed (%s)",
                                record.id, old_owner, record.status.value)
             records.append(record)
         if stale:
-            self._query("UPDATE jobqueue_jobs SET owner = NULL, lease_id = NULL, "
-                        "lease_until = NULL WHERE queue = %s AND lease_id = ANY(%s) "
-                        "RETURNING id", (self.queue, stale))
+            self._run("hand jobs back", lambda conn: conn.execute(_HAND_BACK, {
+                "queue": self.queue, "leases": stale, "tag": self._tag}).fetchall())
         return records
 
     def get(self, job_id: str) -> JobRecord | None:
         if not _storable(job_id):
             return None  # no job can have it: PostgreSQL text is valid UTF-8
-        if not self._settle((job_id,)):
+        if not self._writer.settle((job_id,)):
             raise StoreError(f"the database has not taken this process's writes for "
-                             f"{self._write_wait:.0f} s")
+                             f"{self._writer.write_wait:.0f} s")
         row = self._query_one(
             f"SELECT {_COLUMNS} FROM jobqueue_jobs WHERE queue = %s AND id = %s",
             (self.queue, job_id),
@@ -865,18 +641,19 @@ class PostgresStore:
         unknown id and ValueError for a job that is not FAILED."""
         if not _storable(job_id):
             raise KeyError(job_id)
-        record = self.get(job_id)  # (writes what this process told of it first)
-        row = self._query_one(
+        self.get(job_id)  # (writes what this process told of it first)
+        row = self._run("requeue the job", lambda conn: conn.execute(
             f"""WITH again AS (
                 UPDATE jobqueue_jobs SET status = 'queued', attempts = 0, last_error = NULL,
                     started_at = NULL, finished_at = NULL, due_at = NULL,
-                    seq = nextval('jobqueue_seq')
+                    seq = nextval('jobqueue_seq'), owner = NULL, lease_id = NULL,
+                    lease_until = NULL
                 WHERE queue = %(queue)s AND id = %(id)s AND status = 'failed'
                 RETURNING {_COLUMNS})
             SELECT again.*, pg_notify('{CHANNEL}', priority::text || %(tag)s || %(queue)s)
             FROM again""",
             {"queue": self.queue, "id": job_id, "tag": self._tag},
-        )
+        ).fetchone(), retry=False)
         if row is None:
             record = self.get(job_id)
             if record is None:
@@ -888,20 +665,24 @@ class PostgresStore:
         return record
 
     def cancel(self, job_id: str) -> bool:
-        """Cancel a job no process holds (QUEUED, SCHEDULED or RETRYING), in one
-        statement; False if there is none such (held, running, finished or unknown)."""
+        """Cancel a job no process holds under a live lease (QUEUED, SCHEDULED or RETRYING),
+        in one statement; False if there is none such (held, running, finished, unknown).
+        A lapsed claim it overrides is cleared: the process that held it (paused, say) can
+        neither start the job nor write an outcome over the cancel."""
         if not _storable(job_id):
             return False
-        row = self._query_one(
+        # Safe to try twice: a second try of a cancel that did commit finds the job
+        # finished, and says False, as for any finished job.
+        row = self._run("cancel the job", lambda conn: conn.execute(
             f"""WITH cancelled AS (
                 UPDATE jobqueue_jobs SET status = 'cancelled', finished_at = %(now)s,
-                    due_at = NULL
-                WHERE queue = %(queue)s AND id = %(id)s AND owner IS NULL
-                  AND status IN {_CANCELLABLE}
+                    due_at = NULL, owner = NULL, lease_id = NULL, lease_until = NULL
+                WHERE queue = %(queue)s AND id = %(id)s AND status IN {_CANCELLABLE}
+                  AND (owner IS NULL OR lease_until < now())
                 RETURNING id)
             SELECT id, pg_notify('{CHANNEL}', 'd' || %(tag)s || %(queue)s) FROM cancelled""",
             {"queue": self.queue, "id": job_id, "tag": self._tag, "now": time.time()},
-        )
+        ).fetchone())
         return row is not None
 
     def has_live(self) -> bool:
@@ -929,13 +710,7 @@ class PostgresStore:
         return QueueStats.of(counts, per_priority, processes)
 
     def _query(self, sql: str, params: Any) -> list[Any]:
-        import psycopg
-
-        try:
-            with self._pool.connection() as conn:
-                return conn.execute(sql, params).fetchall()
-        except psycopg.Error as exc:
-            raise StoreError(f"could not read the queue: {exc}") from exc
+        return self._run("read the queue", lambda conn: conn.execute(sql, params).fetchall())
 
     def _query_one(self, sql: str, params: Any) -> Any:
         rows = self._query(sql, params)
@@ -946,24 +721,14 @@ class PostgresStore:
     def close(self, timeout: float | None = None) -> None:
         """Write every move told, hand back the jobs still held, stop the threads. Waits up
         to ``timeout`` seconds (None: no limit) for the writer; never raises."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closing = True
-            self._work.notify()
-        self._writer.join(timeout)
-        if self._writer.is_alive():
-            logger.error("the PostgreSQL writer did not finish within %s s: moves not yet "
-                         "written are lost, and other processes take this one's jobs once "
-                         "their lease lapses", timeout)
-            with self._lock:  # it stops at its next try
-                self._closed = True
-                self._work.notify_all()
-            self._writer.join(1.0)
+        if self._writer.closed:
+            return
+        self._closing = True
+        self._writer.close(timeout)
         if self._listener is not None:
             try:
-                with self._pool.connection() as conn:
-                    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, "s" + self._tag))
+                self._run("stop the listener", lambda conn: conn.execute(
+                    "SELECT pg_notify(%s, %s)", (CHANNEL, "s" + self._tag)), retry=False)
             except Exception:  # noqa: S110 - the listener looks at _closing every second
                 pass
             self._listener.join(None if timeout is None else max(timeout, 1.5))
@@ -971,9 +736,6 @@ class PostgresStore:
                 self._listen_conn.close()
             except Exception:  # noqa: S110 - a connection the server already ended
                 pass
-        with self._lock:
-            self._closed = True
-            self._written.notify_all()
         self._pool.close()
 
 

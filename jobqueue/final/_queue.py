@@ -18,6 +18,7 @@ lets jobs in through :mod:`._admission`, answers questions, and closes.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import logging
 import os
@@ -29,7 +30,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from jobqueue._priority import Priority
-from jobqueue.errors import JobCancelled, JobFailed, QueueClosed
+from jobqueue.errors import JobCancelled, JobFailed, QueueClosed, StoreError
 from jobqueue.final import _admission, _claimer, _closing, _periodic, _workers
 from jobqueue.final._context import JobContext, on_hook, own_thread, running_in, worker_local
 from jobqueue.final._core import Core
@@ -65,6 +66,9 @@ logger = logging.getLogger("jobqueue")
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: How long cancel() waits for its store to keep the cancel before it raises StoreError.
+_CANCEL_WAIT = 30.0
+
 
 # Every queue of this process, so that a forked child can mark them unusable (Core.forked).
 _queues: weakref.WeakSet[JobQueue] = weakref.WeakSet()
@@ -76,6 +80,14 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _eager_backlogs() -> dict[Core, collections.deque[str]]:
+    """This thread's backlog of eager jobs per queue, while an eager enqueue runs them."""
+    backlogs = getattr(worker_local, "eager_backlogs", None)
+    if backlogs is None:
+        backlogs = worker_local.eager_backlogs = {}
+    return backlogs
 
 
 def _whose(context: JobContext | None) -> str:
@@ -137,15 +149,16 @@ class JobQueue:
             if core.shared:  # other processes' news: new jobs to claim, jobs finished
                 core.store.listen(core.jobs_ready, core.jobs_changed)  # type: ignore[attr-defined]
             # Eager mode runs every job in the thread that enqueues it: no threads to start,
-            # and no claimer to find stored jobs (eager queues keep none).
-            if config.eager:
+            # and no claimer to find stored jobs (eager queues keep none). A queue with no
+            # workers only enqueues, for the processes that run its jobs: it claims nothing.
+            if config.eager or not config.num_workers:
                 core.unclaimed = [False, False, False]
             for number in range(0 if config.eager else config.num_workers):
                 self._start_thread(
                     lambda: _workers.work(core, policy, self._finish_close),
                     f"jobqueue-final-worker-{number}",
                 )
-            if not config.eager:
+            if not config.eager and config.num_workers:
                 self._start_thread(lambda: _workers.retry_timer(core), "jobqueue-final-retry")
                 self._start_thread(lambda: _claimer.claim(core, policy),
                                    "jobqueue-final-claimer")
@@ -228,6 +241,10 @@ class JobQueue:
         if self._config.eager:
             self._run_eagerly((job,), handler, block, timeout)
             return
+        if not self._config.num_workers:
+            raise ValueError("enqueue_with_handler() runs the job in this process, and this "
+                             "queue has no workers (num_workers=0): use a handler in the "
+                             "config of the processes that run it")
         _admission.enqueue(self._core, (job,), handler, block, timeout)
 
     def enqueue_many(
@@ -259,7 +276,13 @@ class JobQueue:
         timeout: float | None,
     ) -> None:
         """Eager mode: accept the jobs, then run each here and now, retries included
-        (without waiting for the backoff). A job's run_at is not waited for either."""
+        (without waiting for the backoff). A job's run_at is not waited for either.
+
+        Jobs a handler enqueues meanwhile (a task that enqueues the next) join the
+        outermost call's backlog and run after the job that enqueued them, in order, as a
+        worker would run them: a chain of any length takes no stack. A handler that waits
+        for such a job runs it first (see _finished_record).
+        """
         jobs = tuple(
             job if not isinstance(job, Job) or job.run_at is None
             else Job(job.id, job.payload, job.priority, job.kind, job.max_retries, job.created)
@@ -267,19 +290,33 @@ class JobQueue:
         )
         core = self._core
         _admission.enqueue(core, jobs, handler, block, timeout)
-        for number, job in enumerate(jobs):
-            try:
-                _workers.run_now(core, self._policy, job.id)
-            except BaseException:  # Ctrl-C: the rest of the batch will not run either
-                with core.mutex:
-                    for unrun in jobs[number + 1 :]:
-                        entry = core.table.get(unrun.id)
-                        if entry is not None and entry.state is QUEUED:
-                            core.table.transition(entry, CANCELLED, core.clock())
-                    core.changed_locked()
-                raise
+        backlogs = _eager_backlogs()
+        backlog = backlogs.get(core)
+        if backlog is not None:  # inside a handler of this queue: the outermost call runs it
+            backlog.extend(job.id for job in jobs)
+            return
+        backlog = backlogs[core] = collections.deque(job.id for job in jobs)
+        try:
+            while backlog:
+                self._run_next_eagerly(backlog)
+        finally:
+            del backlogs[core]
         if self._core.close_when_drained and not own_thread(self._core):
             self._finish_close()  # a handler called close(): nothing is left to run
+
+    def _run_next_eagerly(self, backlog: collections.deque[str]) -> None:
+        core = self._core
+        try:
+            _workers.run_now(core, self._policy, backlog.popleft())
+        except BaseException:  # Ctrl-C: the rest of the backlog will not run either
+            with core.mutex:
+                for unrun in backlog:
+                    entry = core.table.get(unrun)
+                    if entry is not None and entry.state is QUEUED:
+                        core.table.transition(entry, CANCELLED, core.clock())
+                core.changed_locked()
+            backlog.clear()
+            raise
 
     def task(
         self,
@@ -423,6 +460,9 @@ class JobQueue:
         if record.status is not Status.FAILED:
             raise ValueError(f"job {job_id!r} is {record.status.value}, not failed")
         job = record.job()
+        if self._config.eager:
+            self._run_eagerly((job,), None, True, None)
+            return
         _admission.enqueue(core, (job,), None, True, None)
 
     def cancel(self, job_id: str) -> bool:
@@ -435,12 +475,15 @@ class JobQueue:
         or unknown job, and for a job this queue has not claimed from its store yet (an LMDB
         backlog beyond ``queue_size`` at a restart). In PostgreSQL, a job no process holds
         is cancelled in the database; one another process has claimed cannot be cancelled
-        from here (False). Never blocks on a handler; raises ``QueueClosed`` after close().
+        from here (False). Returns once the cancel is kept: in the LMDB store's log (flushed
+        with ``fsync``), or committed in PostgreSQL. Never blocks on a handler; raises
+        ``QueueClosed`` after close(), ``StoreError`` if the store cannot keep it.
         """
         self._refuse_if_forked()
         _check_id(job_id)
         core = self._core
         wake = None
+        break_out = False
         with core.mutex:
             if core.closed:
                 raise QueueClosed("cannot cancel after close(): the store is given up")
@@ -455,7 +498,18 @@ class JobQueue:
                     if state is not SCHEDULED:
                         core.room_freed_locked(entry.job.priority)
                     core.changed_locked()
-                    return True
+                    confirm = core.store.confirm
+                    break_out = True
+        if break_out:
+            # Kept before it says so: a cancel the process dies right after must hold, and
+            # one a shared store refused (another process took the job) did not happen.
+            if confirm is None:
+                return True
+            try:
+                return confirm(job_id, _CANCEL_WAIT)  # type: ignore[no-any-return]
+            except TimeoutError:
+                raise StoreError(f"the cancel of job {job_id!r} was not kept within "
+                                 f"{_CANCEL_WAIT:.0f} s: the store does not answer") from None
         if wake is not None:
             wake.set()  # type: ignore[attr-defined]
         if entry is None and core.shared:
@@ -501,9 +555,10 @@ class JobQueue:
         """Block until the job is finished, as :meth:`wait`; return what its handler
         returned, like ``Future.result()``.
 
-        A task's result comes back through JSON; a plain handler's is kept only when it is
-        bytes (None otherwise). Raises :class:`JobFailed` (with the last error) for a FAILED
-        job, :class:`JobCancelled` for a CANCELLED one, and as :meth:`wait` otherwise.
+        A task's result comes back through JSON, whichever process declared the task; a
+        plain handler's is kept only when it is bytes (None otherwise). Raises
+        :class:`JobFailed` (with the last error) for a FAILED job, :class:`JobCancelled`
+        for a CANCELLED one, and as :meth:`wait` otherwise.
         Results are kept with the finished job, up to ``status_retention`` jobs.
         """
         record = self._finished_record(job_id, timeout)
@@ -511,9 +566,7 @@ class JobQueue:
             raise JobFailed(job_id, record.last_error, record.attempts)
         if record.status is Status.CANCELLED:
             raise JobCancelled(f"job {job_id!r} was cancelled")
-        if record.kind in self._core.tasks:
-            return decode_result(record.result)
-        return record.result
+        return decode_result(record.result)
 
     def _finished_record(
         self, job_id: str, timeout: float | None, hook: bool = False
@@ -539,6 +592,10 @@ class JobQueue:
             if context is None:
                 raise RuntimeError(f"wait({job_id!r}) called from {_whose(None)} would block "
                                    "a thread the job may need to move it")
+        if self._config.eager:  # a job waiting in this thread's eager backlog runs now
+            backlog = _eager_backlogs().get(core)
+            while backlog and job_id in backlog:
+                self._run_next_eagerly(backlog)
         endtime = None if timeout is None else core.clock() + timeout
         watch: list | None = None
         with core.mutex:
@@ -577,12 +634,22 @@ class JobQueue:
             # it at once (status_retention=0) or the id is enqueued again.
             while entry.state is NEW or entry.state in LIVE:
                 self._wait_for(job_id, endtime, timeout)
-        if entry.state is GONE:
-            if core.shared:  # taken over by another process: its outcome is in the store
-                remaining = None if endtime is None else max(0.0, endtime - core.clock())
-                return self._finished_record(job_id, remaining)
-            raise _unknown(job_id)
-        return entry.record
+        if not core.shared:
+            if entry.state is GONE:
+                raise _unknown(job_id)
+            return entry.record
+        # A shared store: the outcome counts once committed, when every process sees it. One
+        # it refused, or a job taken over (GONE), is another process's: ask the store.
+        remaining = None if endtime is None else max(0.0, endtime - core.clock())
+        if entry.state is not GONE:
+            try:
+                if core.store.confirm(job_id, remaining):  # type: ignore[misc]
+                    return entry.record
+            except TimeoutError:
+                raise TimeoutError(f"job {job_id!r} did not finish within {timeout} s "
+                                   "(its outcome is not committed yet)") from None
+            remaining = None if endtime is None else max(0.0, endtime - core.clock())
+        return self._finished_record(job_id, remaining)
 
     def _wait_for(self, job_id: str, endtime: float | None, timeout: float | None) -> None:
         core = self._core

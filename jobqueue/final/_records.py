@@ -10,7 +10,8 @@ A record is a fixed header followed by the variable fields::
     id, kind, last_error (UTF-8), payload
 
 A COMPLETED record has no payload: its handler's result, if any, takes the payload's place,
-and the ``_HAS_RESULT`` flag says so (an older record, without the flag, has no result).
+and the ``_HAS_RESULT`` flag says so (an older record, without the flag, has no result);
+``_JSON_RESULT`` marks a task's result, JSON text (an older reader ignores the mark).
 
 Only plain values are decoded, so a damaged or hostile store cannot run code (unlike pickle).
 """
@@ -22,7 +23,7 @@ import struct
 
 from jobqueue._priority import Priority
 from jobqueue.final._states import Status
-from jobqueue.final._store import JobRecord
+from jobqueue.final._store import JobRecord, JsonResult
 
 __all__ = ["FORMAT_VERSION", "RecordError", "decode", "encode", "order_key", "seq_key"]
 
@@ -34,6 +35,7 @@ _STATUSES = tuple(Status)
 _PRIORITIES = tuple(Priority)
 _HAS_ERROR = 1
 _HAS_RESULT = 2
+_JSON_RESULT = 4
 _NAN = math.nan
 
 
@@ -58,7 +60,7 @@ def encode(record: JobRecord, fseq: int = 0) -> bytes:
     body = record.payload
     if record.result is not None:
         body = record.result  # a COMPLETED record's payload is empty
-        flags |= _HAS_RESULT
+        flags |= _HAS_RESULT if type(body) is not JsonResult else _HAS_RESULT | _JSON_RESULT
     header = _HEADER.pack(
         FORMAT_VERSION,
         _STATUS_CODES[record.status],
@@ -107,7 +109,7 @@ def decode(data: bytes) -> tuple[JobRecord, int]:
     body = bytes(data[start:])
     result = None
     if flags & _HAS_RESULT:
-        body, result = b"", body
+        body, result = b"", (JsonResult(body) if flags & _JSON_RESULT else body)
     record = JobRecord(
         job_id,
         body,

@@ -23,7 +23,17 @@ from jobqueue.errors import DuplicateJob, StoreError
 from jobqueue.final._model import Config, Job, JobInfo
 from jobqueue.final._states import Status
 
-__all__ = ["JobRecord", "LeaseLost", "MemoryStore", "QueueStats", "Store", "open_store"]
+__all__ = [
+    "JobRecord", "JsonResult", "LeaseLost", "MemoryStore", "QueueStats", "Store", "open_store",
+]
+
+
+class JsonResult(bytes):
+    """A task's result: JSON text, which ``JobQueue.result()`` decodes. Every store keeps the
+    mark with the bytes, so that any process reading the job knows, whether or not it
+    declared the task; a plain handler's bytes are returned as they are."""
+
+    __slots__ = ()
 
 
 class JobRecord(NamedTuple):
@@ -31,7 +41,8 @@ class JobRecord(NamedTuple):
 
     ``seq`` orders jobs of one priority by arrival; ``due_at`` is when a RETRYING or
     SCHEDULED job runs next. A COMPLETED record carries no payload (nothing will run it
-    again) and, in ``result``, what its handler returned, if bytes.
+    again) and, in ``result``, what its handler returned, if bytes (a :class:`JsonResult`
+    for a task).
     """
 
     id: str
@@ -96,8 +107,9 @@ class QueueStats:
 
 
 class LeaseLost(Exception):
-    """From a shared store's ``running``: another process took this job over (this one held
-    it past its lease), so this queue must not run it, and forgets it."""
+    """From a shared store's ``running``: this process may not run the job, and forgets it.
+    Another process took it over (this one held it past its lease), or the database could
+    not confirm this one's lease in time: the message says which."""
 
 
 class Store(Protocol):
@@ -126,9 +138,17 @@ class Store(Protocol):
     where a process that dies leaves them: the LMDB store counts an attempt its process died
     in as failed at the next start, and one whose handler had returned as merely
     interrupted. Both are None for a store with no use for them (memory pays nothing).
-    A ticket of None needs no ``ran``. A shared store's ``running`` may block until the
-    start is written, and raises ``LeaseLost`` if another process took the job over: the
-    worker then forgets it instead of running it.
+    A ticket of None needs no ``ran``. A shared store's ``running`` blocks until the start
+    is committed under this process's lease, and raises ``LeaseLost`` if another process
+    took the job over or the lease cannot be confirmed: the worker then forgets the job
+    instead of running it.
+
+    ``confirm(job_id, timeout)``, or None when a store needs no such step: blocks until the
+    latest move told of the job is kept as the store promises a caller (a shared store: in
+    a committed transaction, which every process sees; LMDB: a cancel in the log, flushed
+    with ``fsync``); returns False if the store refused it (another process holds the job).
+    The queue calls it, without the mutex, before it tells anyone of a move: ``cancel()``
+    before it returns, and in a shared store ``wait()``, ``result()`` and hooks.
 
     Called from any thread, free to block:
 
@@ -160,6 +180,8 @@ class Store(Protocol):
     #: Told of an attempt about to run, and of its handler returning; or None (see above).
     running: Callable[[JobRecord], int | None] | None
     ran: Callable[[int], None] | None
+    #: Waits until a move is kept as a caller is told (see above); or None.
+    confirm: Callable[[str, float | None], bool] | None
 
     def last_seq(self) -> int:
         """The highest ``seq`` the store holds, so new jobs sort after stored ones."""
@@ -215,6 +237,7 @@ class MemoryStore:
     persistent = False
     shared = False
     running = ran = None  # nothing in memory outlives a process that dies in a handler
+    confirm = None  # a move told is as kept as memory keeps anything
 
     def __init__(self, retention: int) -> None:
         self._retention = retention

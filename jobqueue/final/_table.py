@@ -313,7 +313,8 @@ class JobTable:
         }
         busy = sum(processing)
         utilization = (
-            min(1.0, self._busy_seconds / (num_workers * elapsed)) if elapsed > 0 else 0.0
+            min(1.0, self._busy_seconds / (num_workers * elapsed))
+            if elapsed > 0 and num_workers else 0.0
         )
         return Metrics(
             queued=sum(queued),

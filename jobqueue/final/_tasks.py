@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from jobqueue._priority import Priority
 from jobqueue.final._model import Job, _priority, check_handler
+from jobqueue.final._store import JsonResult
 
 if TYPE_CHECKING:
     from jobqueue.final._queue import JobQueue
@@ -37,8 +38,9 @@ def _encode(value: object) -> bytes:
 
 
 def decode_result(result: bytes | None) -> Any:
-    """A task's result as its function returned it (through JSON)."""
-    return None if result is None else json.loads(result)
+    """A job's result as ``JobQueue.result()`` gives it: a task's as its function returned
+    it (through JSON), a plain handler's bytes as they are."""
+    return json.loads(result) if type(result) is JsonResult else result
 
 
 class Task(Generic[P, R]):
@@ -109,8 +111,9 @@ class Task(Generic[P, R]):
                                 f"JSON ({type(value).__name__}): {exc}") from None
         raise TypeError(f"task {self.kind!r}: its arguments cannot be encoded as JSON")
 
-    def run(self, payload: bytes) -> bytes:
-        """The handler: decode the arguments, call the function, encode its result."""
+    def run(self, payload: bytes) -> JsonResult:
+        """The handler: decode the arguments, call the function, encode its result (marked
+        JSON, so that whoever reads it decodes it, in any process)."""
         try:
             data = json.loads(payload)
             args, kwargs = data["args"], data["kwargs"]
@@ -121,7 +124,7 @@ class Task(Generic[P, R]):
                              f"Task.enqueue or Task.job): {exc}") from None
         value = self.function(*args, **kwargs)
         try:
-            return _encode(value)
+            return JsonResult(_encode(value))
         except (TypeError, ValueError, RecursionError) as exc:
             raise TypeError(f"task {self.kind!r} returned {type(value).__name__}, which "
                             f"cannot be encoded as JSON: {exc}") from None

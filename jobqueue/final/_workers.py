@@ -22,11 +22,11 @@ from jobqueue.final._core import Core, log_safely
 from jobqueue.final._model import Hook, Job, JobInfo
 from jobqueue.final._retry import RetryPolicy
 from jobqueue.final._states import CANCELLED, COMPLETED, FAILED, GONE, QUEUED, RETRYING
-from jobqueue.final._store import LeaseLost
+from jobqueue.final._store import JsonResult, LeaseLost
 from jobqueue.final._table import Entry
 
-__all__ = ["call_hook", "failed_attempt", "hook_call_locked", "retry_timer", "run_now",
-           "settle_locked", "work"]
+__all__ = ["call_hook", "call_hook_if_kept", "failed_attempt", "hook_call_locked",
+           "retry_timer", "run_now", "settle_locked", "work"]
 
 
 #: An attempt's outcome, worked out without the mutex: None or the result's bytes for
@@ -61,7 +61,7 @@ def work(core: Core, policy: RetryPolicy, finish_close: Callable[[], None]) -> N
         finally:
             mutex.release()
         if settled is not None:  # called now, not once the next job comes
-            call_hook(core, *settled)
+            call_hook_if_kept(core, entry.job.id, *settled)
             entry = None
             continue
         if entry is None:
@@ -143,9 +143,8 @@ def _run(core: Core, policy: RetryPolicy, entry: Entry) -> Outcome:
     if core.running is not None:
         try:
             ticket = core.running(entry.record)
-        except LeaseLost:
-            log_safely(logging.WARNING, "job %r is not run here: another process took it "
-                       "over while this one held it past its lease", job.id)
+        except LeaseLost as lost:
+            log_safely(logging.WARNING, "%s", lost)
             return LOST
         except Exception:  # the store is closed: close() gave up on this worker long ago
             log_safely(logging.WARNING, "job %r runs after its store was closed", job.id)
@@ -200,6 +199,8 @@ def _kept(result: object) -> bytes | None:
     result as JSON). Raises for what says the handler never ran."""
     if isinstance(result, (bytearray, memoryview)):
         return bytes(result)
+    if type(result) is JsonResult:  # a task's
+        return result
     if isinstance(result, _UNRUN):
         _discard(result)
         raise TypeError(
@@ -255,8 +256,8 @@ def settle_locked(core: Core, entry: Entry, outcome: Outcome, now: float) -> Non
         table.transition(entry, GONE, now)
     elif outcome is None:
         table.transition(entry, COMPLETED, now)
-    elif type(outcome) is bytes:
-        entry.record = entry.record._replace(result=outcome)  # (the rarer case: a result)
+    elif isinstance(outcome, bytes):  # (the rarer case: a result; a task's is JsonResult)
+        entry.record = entry.record._replace(result=outcome)
         table.transition(entry, COMPLETED, now)
     else:
         entry.last_error, delay = outcome  # type: ignore[misc]
@@ -309,7 +310,7 @@ def _run_now(core: Core, policy: RetryPolicy, job_id: str) -> None:
             settle_locked(core, entry, outcome, core.clock())
             settled = hook_call_locked(core, entry) if core.hooks is not None else None
         if settled is not None:
-            call_hook(core, *settled)
+            call_hook(core, *settled)  # (eager: memory, where a move is kept once told)
         interrupted = worker_local.interrupted
         if interrupted is not None:  # the job is FAILED: now the caller hears of it
             worker_local.interrupted = None
@@ -318,11 +319,29 @@ def _run_now(core: Core, policy: RetryPolicy, job_id: str) -> None:
 
 def hook_call_locked(core: Core, entry: Entry) -> tuple[Hook, JobInfo] | None:
     """The hook for the outcome just recorded, with the job's JobInfo, to call once the
-    mutex is released; None if there is none."""
+    mutex is released; None if there is none. An outcome recorded while close() gives
+    handlers their last second is recorded all the same, and heard of: an attempt close()
+    gave up on is not (it went back to the store, QUEUED)."""
     hook = core.hooks.get(entry.state)  # type: ignore[union-attr]
-    if hook is None or core.stopping:
+    if hook is None:
         return None
     return hook, entry.record.info()
+
+
+def call_hook_if_kept(core: Core, job_id: str, hook: Hook, info: JobInfo) -> None:
+    """Call a hook once its outcome is kept where every process sees it: a shared store
+    writes outcomes in batches, and may refuse one (another process took the job over,
+    which the store logs at WARNING); then no hook is called."""
+    if core.shared:
+        try:
+            kept = core.store.confirm(job_id, None)  # type: ignore[misc]
+        except Exception:  # closed while it waited: the outcome was never written
+            kept = False
+        if not kept:
+            log_safely(logging.INFO, "no %s hook for job %r: its outcome here was not "
+                       "written", info.status.value, job_id)
+            return
+    call_hook(core, hook, info)
 
 
 def call_hook(core: Core, hook: Hook, info: JobInfo) -> None:

@@ -9,9 +9,12 @@ The ``jobqueue`` command uses this module for a ``postgresql://`` URL; scripts c
     pg_admin.requeue("postgresql:///app", "emails", failed)
 
 Reads are plain queries. Repairs run while processes work, each in one transaction that
-locks the rows it changes (claims skip locked rows, so no process takes one meanwhile), and
-refuse, before changing anything, a job a process holds: it is running or about to, and
-changing it from under its worker would run it twice or lose its outcome.
+locks the rows it changes, in the order of their ids (claims and the processes' writes skip
+locked rows, so no process takes one meanwhile, and no two repairs deadlock), and refuse,
+before changing anything, a job a process holds under a live lease: it is running or about
+to, and changing it from under its worker would run it twice or lose its outcome. A lapsed
+claim (its process died, or stalled) is cleared by the repair that overrides it: the
+process that held it can then neither start the job nor write an outcome over the repair.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 from jobqueue.errors import StoreError
-from jobqueue.final._pg_schema import CHANNEL, check_schema, connect
+from jobqueue.final._pg_schema import CHANNEL, check_schema, connect, mask
 from jobqueue.final._postgres import _COLUMNS, _NCOLS, FOREIGN, _record, _storable
 from jobqueue.final._states import CANCELLABLE, FINISHED, Status
 from jobqueue.final._store import JobRecord
 
-__all__ = ["QueueReader", "cancel", "is_database_url", "purge", "requeue"]
+__all__ = ["QueueReader", "cancel", "is_database_url", "mask", "purge", "requeue"]
 
 
 def is_database_url(text: str) -> bool:
@@ -92,7 +95,8 @@ class QueueReader:
         payload's size: the payloads themselves are not read (records carry b"")."""
         if kind is not None and not _storable(kind):
             return []
-        columns = _COLUMNS.replace("payload", "''::bytea").replace("result", "NULL::bytea")
+        columns = (_COLUMNS.replace("payload", "''::bytea")
+                   .replace("result, result_json", "NULL::bytea, false"))
         rows = self._conn.execute(
             f"SELECT {columns}, octet_length(payload) FROM jobqueue_jobs "
             "WHERE queue = %s AND (%s::text IS NULL OR status = %s) "
@@ -139,7 +143,7 @@ def _locked(conn: Any, queue: str, job_ids: Sequence[str]) -> list[tuple[JobReco
             raise KeyError(job_id)
     rows = conn.execute(
         f"SELECT {_COLUMNS}, CASE WHEN lease_until > now() THEN owner END FROM jobqueue_jobs "
-        "WHERE queue = %s AND id = ANY(%s) FOR UPDATE", (queue, list(job_ids)),
+        "WHERE queue = %s AND id = ANY(%s) ORDER BY id FOR UPDATE", (queue, list(job_ids)),
     ).fetchall()
     found = {row[0]: (_record(row), row[_NCOLS]) for row in rows}
     for job_id in job_ids:
@@ -169,7 +173,7 @@ def requeue(url: str, queue: str, job_ids: Sequence[str] | None = None) -> list[
         if job_ids is None:
             job_ids = [row[0] for row in conn.execute(
                 "SELECT id FROM jobqueue_jobs WHERE queue = %s AND status = 'failed' "
-                "ORDER BY finished_at FOR UPDATE", (queue,),
+                "ORDER BY id FOR UPDATE", (queue,),
             ).fetchall()]
         chosen = _locked(conn, queue, job_ids)
         for record, _ in chosen:
@@ -201,7 +205,8 @@ def cancel(url: str, queue: str, job_ids: Sequence[str]) -> list[str]:
                                  "scheduled or retrying jobs can be cancelled")
         ids = [record.id for record, _ in chosen]
         conn.execute(
-            "UPDATE jobqueue_jobs SET status = 'cancelled', finished_at = %s, due_at = NULL "
+            "UPDATE jobqueue_jobs SET status = 'cancelled', finished_at = %s, due_at = NULL, "
+            "owner = NULL, lease_id = NULL, lease_until = NULL "
             "WHERE queue = %s AND id = ANY(%s)", (time.time(), queue, ids),
         )
         conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"d{FOREIGN}{queue}"))
@@ -220,8 +225,9 @@ def purge(
         if job_ids is None:
             finished = [s.value for s in statuses if s in FINISHED]
             return [row[0] for row in conn.execute(
-                "DELETE FROM jobqueue_jobs WHERE queue = %s AND status = ANY(%s) RETURNING id",
-                (queue, finished),
+                "DELETE FROM jobqueue_jobs WHERE ctid = ANY(ARRAY(SELECT ctid FROM "
+                "jobqueue_jobs WHERE queue = %s AND status = ANY(%s) ORDER BY id FOR UPDATE)) "
+                "RETURNING id", (queue, finished),
             ).fetchall()]
         chosen = _locked(conn, queue, job_ids)
         ids = [record.id for record, _ in chosen]
