@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import Make
 from test_final_contract import Gate, hold_worker, until
 
 from jobqueue import final
@@ -746,6 +747,21 @@ class TestPeriodic:
 # -- hooks --------------------------------------------------------------------------------
 
 class TestHooks:
+    def test_a_job_done_in_closes_last_second_has_its_hook(self, make: Make) -> None:
+        heard: list[str] = []
+        started = threading.Event()
+
+        def handler(payload: bytes) -> None:
+            started.set()
+            final.current_job().wait(None)  # returns once close() stops waiting: COMPLETED
+
+        jq = make(handler=handler, num_workers=1, shutdown_timeout=0.1,  # (a real clock)
+                  on_complete=lambda info: heard.append(info.id))
+        jq.enqueue(Job("late"))
+        assert started.wait(10)
+        assert jq.close() == []  # done within the second close() gives handlers
+        assert heard == ["late"]
+
     def test_hooks_see_the_recorded_outcome(self, build: Build) -> None:
         seen: list[tuple[str, str, Status | None]] = []
         holder: list[final.JobQueue] = []
@@ -868,6 +884,48 @@ class TestHooks:
 # -- eager mode ---------------------------------------------------------------------------
 
 class TestEager:
+    def test_a_chain_of_tasks_runs_at_any_depth(self) -> None:
+        with final.JobQueue(final.Config(eager=True)) as jq:
+            @jq.task()
+            def step(n: int) -> int:
+                if n:
+                    step.enqueue(n - 1, id=f"step-{n - 1}")
+                return n
+
+            step.enqueue(400, id="step-400")  # the threaded queue runs it as deep
+            assert [jq.result(f"step-{n}") for n in (400, 200, 0)] == [400, 200, 0]
+            assert jq.metrics().completed == 401
+
+    def test_a_handler_waiting_for_the_job_it_enqueued_runs_it_first(self) -> None:
+        holder: list[final.JobQueue] = []
+
+        def handler(payload: bytes) -> bytes:
+            if payload == b"outer":
+                holder[0].enqueue(Job("inner", b"inner"))
+                return holder[0].result("inner", timeout=1) + b" via outer"
+            return payload
+
+        with final.JobQueue(final.Config(eager=True, handler=handler)) as jq:
+            holder.append(jq)
+            jq.enqueue(Job("outer", b"outer"))
+            assert jq.result("outer") == b"inner via outer"
+
+    def test_requeue_runs_the_job(self) -> None:
+        failing = [True]
+
+        def handler(payload: bytes) -> None:
+            if failing[0]:
+                raise ConnectionError("down")
+
+        config = final.Config(eager=True, handler=handler, max_retries=0, shutdown_timeout=5)
+        with final.JobQueue(config) as jq:
+            jq.enqueue(Job("hook"))
+            assert jq.status("hook") is Status.FAILED
+            failing[0] = False
+            jq.requeue("hook")  # ran here, before requeue returned
+            assert jq.status("hook") is Status.COMPLETED
+            assert jq.close() == []
+
     def test_enqueue_runs_the_job_in_the_callers_thread(self) -> None:
         threads: list[str] = []
         jq = final.JobQueue(final.Config(
