@@ -107,11 +107,14 @@ class PostgresServer:
         server's, or a relay's in front of it)."""
         if port is not None:
             return f"host=127.0.0.1 port={port} user=postgres dbname={database}"
+        if self.port is not None:  # (the socket is named after the port too)
+            return f"host={self.directory} port={self.port} user=postgres dbname={database}"
         return f"host={self.directory} user=postgres dbname={database}"
 
     def uri(self, database: str) -> str:
         """The same database as a ``postgresql://`` URI, as the command line takes it."""
-        return f"postgresql://postgres@/{database}?host={self.directory}"
+        port = "" if self.port is None else f"&port={self.port}"
+        return f"postgresql://postgres@/{database}?host={self.directory}{port}"
 
     def new_database(self) -> str:
         """Make an empty database; return its URL."""
