@@ -7,6 +7,7 @@ test says so, never by waiting.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -217,6 +218,30 @@ class TestTasks:
 
 
 # -- results ------------------------------------------------------------------------------
+
+class TestResultMarks:
+    def test_a_task_result_from_before_the_mark_decodes(self) -> None:
+        with final.JobQueue(final.Config(handler=print)) as jq:
+            @jq.task(kind="old")
+            def old() -> None: ...
+
+            record = final.JobRecord("before", b"", MEDIUM, "old", None, 0.0,
+                                     Status.COMPLETED, 1, None, 0.0, 1.0, None, 1,
+                                     b'{"sum": 3}')
+            jq._core.store.finished(record)  # as a store written before the mark has it
+            assert jq.result("before") == {"sum": 3}
+
+    def test_kept_results_stay_plain_values_for_the_collector(self) -> None:
+        with final.JobQueue(final.Config(handler=print)) as jq:
+            @jq.task()
+            def answer() -> int:
+                return 42
+
+            job_id = answer.enqueue()
+            assert jq.result(job_id, timeout=10) == 42
+            gc.collect()
+            assert not gc.is_tracked(jq._core.store._finished[job_id])  # type: ignore[attr-defined]
+
 
 class TestResults:
     def test_bytes_are_kept_and_other_values_of_plain_handlers_are_not(
@@ -577,6 +602,9 @@ class TestPeriodic:
         again._core.schedules[0].next_tick = tick  # as if started a moment before the tick
         # (A new queue's epoch offset is anchored afresh: move to the tick on its time.)
         advance(again, clock, tick - wall(again, clock) + 0.01)
+        # The ticker has handled that tick before the clock moves on: two steps at once
+        # would merge into the latest tick only, and hide a tick enqueued twice.
+        assert until(lambda: again._core.schedules[0].next_tick == tick + 60)
         advance(again, clock, 60)
         ids = recorder.wait_for(2)
         assert until(lambda: again.status(tick_id("report", tick + 60)) is Status.COMPLETED)
@@ -895,6 +923,17 @@ class TestEager:
             step.enqueue(400, id="step-400")  # the threaded queue runs it as deep
             assert [jq.result(f"step-{n}") for n in (400, 200, 0)] == [400, 200, 0]
             assert jq.metrics().completed == 401
+
+    def test_a_tree_of_tasks_larger_than_queue_size_runs_whole(self) -> None:
+        with final.JobQueue(final.Config(eager=True, queue_size=10)) as jq:
+            @jq.task()
+            def node(depth: int) -> None:
+                if depth:
+                    for _ in range(2):
+                        node.enqueue(depth - 1)
+
+            node.enqueue(11)  # 4,095 jobs, most of them waiting in the backlog at once
+            assert jq.metrics().completed == 4095
 
     def test_a_handler_waiting_for_the_job_it_enqueued_runs_it_first(self) -> None:
         holder: list[final.JobQueue] = []

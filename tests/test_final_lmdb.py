@@ -306,6 +306,37 @@ class TestCancelCrash:
                 final.Status.CANCELLED}
 
 
+class TestCancelLog:
+    def test_a_cancel_the_full_log_cannot_take_is_said_and_kept(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        path = store_path(tmp_path)
+        started = threading.Event()
+
+        def held(payload: bytes) -> None:
+            started.set()
+            final.current_job().wait(10)
+
+        queue = final.JobQueue(final.Config(persist_path=path, handler=held, num_workers=1))
+        queue.enqueue(final.Job("blocker"))
+        assert started.wait(10)
+        queue.enqueue(final.Job("x"))
+        log = queue._core.store._writer.log  # type: ignore[attr-defined]
+
+        def full(frames: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(log, "append", full)
+        with pytest.raises(final.StoreError, match="is cancelled, but the cancel could not be "
+                                                   "written to the log"):
+            queue.cancel("x")
+        assert queue.status("x") is final.Status.CANCELLED  # in memory, and in the batch
+        monkeypatch.undo()
+        queue.close(timeout=0.1)
+        with StoreReader(path) as reader:
+            assert reader.get("x").status is final.Status.CANCELLED  # type: ignore[union-attr]
+
+
 class TestPrivacy:
     def test_a_new_store_is_its_owners_alone(self, tmp_path: Path) -> None:
         path = store_path(tmp_path)

@@ -245,6 +245,8 @@ def _admit_locked(
                         f"no handler for job {job.id!r}: kind {job.kind!r} is not in "
                         "handlers and the config has no default handler"
                     )
+            if core.config.eager:
+                return now  # no room to wait for: only this thread runs what waits
             if scheduled and table.scheduled() + scheduled > core.config.max_scheduled:
                 raise QueueFull(
                     f"{table.scheduled()} jobs are scheduled already, and max_scheduled is "

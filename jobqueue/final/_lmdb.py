@@ -114,6 +114,9 @@ class LmdbStore:
         self._appended = 0  # commits that appended to the log
         self._synced = 0  # with fsync, every one up to this has been flushed
         self._sync_failures: list[tuple[int, int, StoreError]] = []
+        # Cancels the log could not take, by id, for confirm() to report (single dict
+        # operations: set under the queue's mutex, taken by the cancelling caller).
+        self._unlogged: dict[str, StoreError] = {}
 
     def _release(self) -> None:
         starts: StartRing | None = getattr(self, "_starts", None)  # unset if opening failed
@@ -203,6 +206,8 @@ class LmdbStore:
                 note = disk_full_note(self.path, exc)
                 error = StoreError(f"cannot flush store {self.path!r} to disk: {exc}{note}")
             finally:
+                for descriptor in descriptors:
+                    os.close(descriptor)
                 writer.cond.acquire()
             writer.syncing = False
             self._synced = last
@@ -256,23 +261,34 @@ class LmdbStore:
     def _log_cancel(self, record: JobRecord) -> None:
         """A cancel goes into the log, as a new job does, not only into the next batch:
         once cancel() says True, a crash must not run the job (the next start replays the
-        cancel over the job). Under the queue's mutex, so no flush here: ``confirm``
-        flushes it with fsync, after the mutex."""
+        cancel over the job). Under the queue's mutex, in the middle of its move: no flush
+        here (``confirm`` flushes it with fsync, after the mutex), and nothing raised. A
+        cancel the log cannot take (a full disk) goes with the next batch; ``confirm`` says
+        so."""
         writer = self._writer
         with writer.cond:
-            if writer.closing:
-                raise StoreError(f"store {self.path!r} is closed")
-            try:
-                writer.log.append(frame(encode(record)))
-            except OSError as exc:
-                note = disk_full_note(self.path, exc)
-                raise StoreError(f"cannot write to store {self.path!r}: {exc}{note}") from None
-            self._appended += 1
-            writer.logged_move_locked(record)
+            if not writer.closing:
+                try:
+                    writer.log.append(frame(encode(record)))
+                except OSError as exc:
+                    note = disk_full_note(self.path, exc)
+                    self._unlogged[record.id] = StoreError(
+                        f"job {record.id!r} is cancelled, but the cancel could not be written "
+                        f"to the log of store {self.path!r} ({exc}{note}): a crash before "
+                        "the next batch reaches LMDB would run the job")
+                else:
+                    self._appended += 1
+                    writer.logged_move_locked(record)
+                    return
+        writer.event(record)
 
     def confirm(self, job_id: str, timeout: float | None = None) -> bool:
         """A cancel is in the log already (see ``_log_cancel``); with fsync, flush the log
-        through it, one flush per group of callers. Raises StoreError if that fails."""
+        through it, one flush per group of callers. Raises StoreError if the log could not
+        take it, or the flush failed."""
+        unlogged = self._unlogged.pop(job_id, None)
+        if unlogged is not None:
+            raise unlogged
         if not self._fsync:
             return True
         with self._writer.cond:

@@ -141,7 +141,7 @@ def take_ownership(path: str) -> int:
     """
     lock_path = os.path.join(path, LOCK_FILE)
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
     except OSError as exc:
         raise StoreError(f"cannot open {lock_path!r}: {exc}") from None
     try:

@@ -159,16 +159,14 @@ class Tables:
     """An open environment and its tables, with the writes that keep the indexes in step."""
 
     def __init__(
-        self, path: str, *, readonly: bool = False, create: bool = False, sync: bool = False,
-        lock: bool = True,
+        self, path: str, *, readonly: bool = False, create: bool = False, sync: bool = False
     ) -> None:
         """Open the store at ``path``: read-only, or for writing; ``create`` makes a new one
-        in an empty directory. ``lock=False`` (read-only, with no owner to share with) does
-        not touch ``lock.mdb`` at all. Raises ``StoreError`` if it is not a jobqueue store."""
+        in an empty directory. Raises ``StoreError`` if it is not a jobqueue store."""
         self.path = path
         try:
             if readonly:
-                self.env = lmdb.open(path, readonly=True, max_dbs=_MAX_DBS, lock=lock)
+                self.env = lmdb.open(path, readonly=True, max_dbs=_MAX_DBS, lock=True)
             else:
                 self.env = lmdb.open(
                     path, map_size=INITIAL_MAP_SIZE, max_dbs=_MAX_DBS, sync=sync,

@@ -75,7 +75,7 @@ class StartRing:
     def __init__(self, directory: str) -> None:
         path = os.path.join(directory, RING_FILE)
         size = SLOTS * _SLOT.size
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
         try:
             os.ftruncate(fd, 0)  # what it held was replayed before
             os.posix_fallocate(fd, 0, size)  # ENOSPC here, not SIGBUS on a later write

@@ -209,11 +209,12 @@ def _dropped(conn: Any) -> bool:
     """Whether the server has closed an idle connection (a restart, a crash, an idle
     timeout): it then has something to read, a goodbye or the end of the stream, where an
     idle connection has nothing. One poll, no round trip."""
+    poller = select.poll()  # (select() fails for a descriptor past 1023)
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(readable)
 
 
 def _version(text: str) -> int:

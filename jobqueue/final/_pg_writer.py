@@ -57,6 +57,9 @@ logger = logging.getLogger("jobqueue")
 #: that ends the wait early (seconds, moves).
 _LINGER = 0.002
 _BATCH = 500
+#: The most a batch's parameter holds, about (bytes): a backlog of large results after an
+#: outage goes in several statements, none near PostgreSQL's 1 GB limit.
+_BATCH_BYTES = 16 << 20
 #: How long the writer waits for the rest of a group of starts: the workers that the last
 #: batch let run come back together with their next starts, a handler's length later, and
 #: one commit for all of them costs less than one each (seconds).
@@ -116,6 +119,12 @@ SELECT u.id, CASE
         WHEN m.id IS NOT NULL THEN 'w'
         WHEN EXISTS (SELECT 1 FROM jobqueue_jobs WHERE queue = %(queue)s AND id = u.id
                      AND lease_id = u.lease_id AND status IN {_LIVE}) THEN 'b'
+        -- Applied already: this batch was sent before, and its answer lost with the link.
+        WHEN EXISTS (SELECT 1 FROM jobqueue_jobs WHERE queue = %(queue)s AND id = u.id
+                     AND status = u.status AND attempts = u.attempts
+                     AND started_at IS NOT DISTINCT FROM u.started_at
+                     AND finished_at IS NOT DISTINCT FROM u.finished_at
+                     AND (u.held OR lease_id IS NULL)) THEN 'w'
         ELSE 'r' END,
     CASE WHEN m.status IN {_FINISHED} AND %(notify)s
         THEN pg_notify('{CHANNEL}', 'd' || %(tag)s || %(queue)s) END
@@ -198,15 +207,20 @@ FROM (SELECT DISTINCT priority FROM released) AS held
 
 def classify(exc: BaseException, conn: Any) -> str:
     """What a failed statement means: ``"connection"`` (connect again), ``"transient"`` (try
-    the same again soon), ``"data"`` (the values: trying again would fail again) or
-    ``"other"``."""
-    state = getattr(exc, "sqlstate", None) or ""
-    if conn is None or conn.broken or conn.closed or not state or state[:2] == "08" or (
-            state in ("57P01", "57P02", "57P03")):
+    the same again soon), ``"data"`` (the values: trying again would fail again; a value
+    JSON cannot hold counts too) or ``"other"``."""
+    import psycopg
+
+    if not isinstance(exc, psycopg.Error):
+        return "data" if isinstance(exc, (ValueError, TypeError, OverflowError)) else "other"
+    state = exc.sqlstate or ""
+    if conn is None or conn.broken or state[:2] == "08" or (
+            state in ("57P01", "57P02", "57P03")) or (
+            not state and isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))):
         return "connection"
     if state[:2] in ("40", "53") or state in ("55P03", "57014"):
         return "transient"
-    if state[:2] == "22":
+    if state[:2] in ("22", "54"):  # a data exception; a value past a limit (1 GB, say)
         return "data"
     return "other"
 
@@ -235,15 +249,22 @@ class Move:
         self.replaced: list[Move] = []
 
     def settle_locked(self, fate: str) -> int:
-        """Give this move, and those it replaced, their fate; the gates released."""
+        """Give this move, and those it replaced, their fate, once; the gates released."""
         released = 0
         for move in (self, *self.replaced):
-            move.fate = fate
-            if move.gate is not None:
-                move.gate.release()
-                released += 1
+            if move.fate is None:
+                move.fate = fate
+                if move.gate is not None:
+                    move.gate.release()
+                    released += 1
         self.replaced = []
         return released
+
+    def size(self) -> int:
+        """Bytes it adds to a batch, about."""
+        record = self.record
+        return (200 + len(record.id) + len(record.last_error or "")
+                + len(record.result or b"") * 4 // 3)
 
 
 def _supersede(old: Move, new: Move) -> None:
@@ -321,7 +342,7 @@ class Writer:
         with self.lock:
             self._told += 1
             move = Move(record, lease, self._told, time.monotonic())
-            old = self._pending.get(record.id)
+            old = self._pending.get(record.id) or self._busy.pop(record.id, None)
             if old is not None:
                 _supersede(old, move)
             self._pending[record.id] = move
@@ -405,15 +426,17 @@ class Writer:
         with self.lock:
             if move.fate == "r" or move.fate == "d":
                 return
-            if self._pending.get(record.id) is move:
-                del self._pending[record.id]
-            if self._busy.get(record.id) is move:
-                del self._busy[record.id]
             self._told += 1
             release = Move(record, -abs(move.lease), self._told, time.monotonic())
-            old = self._pending.get(record.id)
-            if old is not None:
-                _supersede(old, release)
+            if self._pending.get(record.id) is move or self._busy.get(record.id) is move:
+                self._pending.pop(record.id, None)
+                self._busy.pop(record.id, None)
+                release.replaced, move.replaced = move.replaced, []
+                move.settle_locked("s")  # (its worker has given it up already)
+            else:
+                old = self._pending.get(record.id) or self._busy.pop(record.id, None)
+                if old is not None:
+                    _supersede(old, release)
             self._pending[record.id] = release
             self._work.notify()
 
@@ -490,7 +513,18 @@ class Writer:
             self._work.wait(left)
         self._hurry = False
         self._starts = 0
-        batch, self._pending = self._pending, {}
+        batch = self._pending
+        if len(batch) > _BATCH or sum(move.size() for move in batch.values()) > _BATCH_BYTES:
+            batch, size = {}, 0
+            for job_id, move in self._pending.items():
+                if batch and (len(batch) >= _BATCH or size + move.size() > _BATCH_BYTES):
+                    break
+                batch[job_id] = move
+                size += move.size()
+            for job_id in batch:
+                del self._pending[job_id]
+        else:
+            self._pending = {}
         now = time.monotonic()
         if self._busy and now >= self._busy_until:
             for job_id, move in self._busy.items():
@@ -539,11 +573,13 @@ class Writer:
                                      (CHANNEL, f"{_KINDS[p]}{self._tag}{self._queue}"))
                 fates = (self._write(conn, sorted(batch.values(), key=_by_id), done_notice)
                          if batch else {})
+                # Finished jobs past the retention go before anyone hears of the batch: a
+                # read after wait() must find what the retention keeps, and no more.
+                self._trim_if_due(conn)
                 self._settle_batch(batch, fates)
                 backoff = 0.0
                 if closing and not self._pending_work():
                     break
-                self._trim_if_due(conn)
             except Exception as exc:
                 kind = classify(exc, conn)
                 backoff = min(max(backoff * 2, 0.1 if kind != "transient" else 0.01),
@@ -556,7 +592,7 @@ class Writer:
                     conn = None
                 with self.lock:
                     for job_id, move in batch.items():  # back, unless a newer move came
-                        if move.fate is not None or job_id in self._busy:
+                        if move.fate is not None or self._busy.get(job_id) is move:
                             continue
                         newer = self._pending.get(job_id)
                         if newer is None:
@@ -604,7 +640,7 @@ class Writer:
                         refused.append(move)
                     self._refused[job_id] = move.number
                     if self._leases.get(job_id) == abs(move.lease):
-                        del self._leases[job_id]  # (a newer claim of the id keeps its own)
+                        self._leases.pop(job_id, None)  # (a newer claim keeps its own)
                 released += move.settle_locked(fate)
             self._released = released
             if len(self._refused) > _REFUSALS_KEPT:
@@ -639,9 +675,10 @@ class Writer:
         try:
             return self._execute(conn, moves, notify)
         except Exception as exc:
-            if classify(exc, conn) != "data":
-                raise
-            if len(moves) > 1:
+            kind = classify(exc, conn)
+            if kind in ("connection", "transient") or (kind == "other" and len(moves) == 1):
+                raise  # the batch again, whole: nothing in it is at fault
+            if len(moves) > 1:  # find the moves at fault; the others are written
                 half = len(moves) // 2
                 return {**self._write(conn, moves[:half], notify),
                         **self._write(conn, moves[half:], notify)}
@@ -689,10 +726,13 @@ class Writer:
         never heard back about is handed back once it lapses); forget those another process
         took over."""
         held = list(self._leases.items())
+        with self.lock:  # moves of jobs it held, not written yet: their lease still counts
+            flying = [abs(move.lease) for flight in (self._pending, self._writing, self._busy)
+                      for move in flight.values()]
         renewed, locked = set(), set()
         for lease, was_renewed in conn.execute(_HEARTBEAT, {
             "queue": self._queue, "owner": self._owner, "lease": self._lease,
-            "tag": self._tag, "leases": [lease for _, lease in held],
+            "tag": self._tag, "leases": [lease for _, lease in held] + flying,
         }).fetchall():
             if lease is not None:
                 (renewed if was_renewed else locked).add(lease)
@@ -704,7 +744,7 @@ class Writer:
                 if self._in_flight_locked(job_id) is not None:
                     continue  # its move settles it, and says what became of it
                 if self._leases.get(job_id) == lease:
-                    del self._leases[job_id]  # running() refuses it from now on
+                    self._leases.pop(job_id, None)  # running() refuses it from now on
                     self._refused[job_id] = self._told  # and confirm() says so
                     lost.append(job_id)
         for job_id in lost:

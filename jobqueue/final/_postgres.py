@@ -671,9 +671,9 @@ class PostgresStore:
         neither start the job nor write an outcome over the cancel."""
         if not _storable(job_id):
             return False
-        # Safe to try twice: a second try of a cancel that did commit finds the job
-        # finished, and says False, as for any finished job.
-        row = self._run("cancel the job", lambda conn: conn.execute(
+        # Tried once: a cancel whose answer was lost may have committed, and a second try
+        # would say False. (A pooled connection the server dropped is replaced before.)
+        row = self._run("cancel the job", retry=False, work=lambda conn: conn.execute(
             f"""WITH cancelled AS (
                 UPDATE jobqueue_jobs SET status = 'cancelled', finished_at = %(now)s,
                     due_at = NULL, owner = NULL, lease_id = NULL, lease_until = NULL

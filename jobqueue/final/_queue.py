@@ -56,7 +56,7 @@ from jobqueue.final._states import (
     SCHEDULED,
     Status,
 )
-from jobqueue.final._store import JobRecord, QueueStats, open_store
+from jobqueue.final._store import JobRecord, JsonResult, QueueStats, open_store
 from jobqueue.final._tasks import Task, decode_result, make_task
 
 __all__ = ["JobQueue"]
@@ -566,6 +566,9 @@ class JobQueue:
             raise JobFailed(job_id, record.last_error, record.attempts)
         if record.status is Status.CANCELLED:
             raise JobCancelled(f"job {job_id!r} was cancelled")
+        if record.result is not None and record.kind in self._core.tasks:
+            # A task's result from a store written before results were marked JSON.
+            return decode_result(JsonResult(record.result))
         return decode_result(record.result)
 
     def _finished_record(
@@ -592,7 +595,7 @@ class JobQueue:
             if context is None:
                 raise RuntimeError(f"wait({job_id!r}) called from {_whose(None)} would block "
                                    "a thread the job may need to move it")
-        if self._config.eager:  # a job waiting in this thread's eager backlog runs now
+        if self._config.eager and not hook:  # a job of this thread's eager backlog: now
             backlog = _eager_backlogs().get(core)
             while backlog and job_id in backlog:
                 self._run_next_eagerly(backlog)

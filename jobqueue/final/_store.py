@@ -221,10 +221,10 @@ _PRIORITIES = tuple(Priority)
 
 def _from_plain(kept: tuple) -> JobRecord:
     (job_id, payload, priority, kind, max_retries, created_at, status, attempts, last_error,
-     started_at, finished_at, due_at, seq, result) = kept
+     started_at, finished_at, due_at, seq, result, json_result) = kept
     return JobRecord(job_id, payload, _PRIORITIES[priority], kind, max_retries, created_at,
                      _STATUS[status], attempts, last_error, started_at, finished_at, due_at, seq,
-                     result)
+                     JsonResult(result) if json_result else result)
 
 
 class MemoryStore:
@@ -286,9 +286,11 @@ class MemoryStore:
         (job_id, payload, priority, kind, max_retries, created_at, status, attempts, last_error,
          started_at, finished_at, due_at, seq, result) = record
         finished = self._finished
+        json_result = type(result) is JsonResult  # (a class the collector tracks)
         finished[job_id] = (  # plain values: see _from_plain
             job_id, payload, int(priority), kind, max_retries, created_at, _PLAIN_STATUS[status],
-            attempts, last_error, started_at, finished_at, due_at, seq, result,
+            attempts, last_error, started_at, finished_at, due_at, seq,
+            bytes(result) if json_result else result, json_result,
         )
         self._live.pop(job_id, None)  # after: get() without the mutex finds one or the other
         if len(finished) > self._retention:

@@ -168,12 +168,14 @@ class WriteAheadLog:
         return position(self._current.number, self._offset)
 
     def take_unsynced(self) -> list[int]:
-        """The descriptors to ``fdatasync`` for every frame appended so far; forgets them.
+        """Descriptors to ``fdatasync`` for every frame appended so far, which the caller
+        closes; forgets them.
 
-        Segments with unsynced frames are never retired before their sync: their frames'
-        jobs are not in LMDB yet, so the checkpoint has not passed them.
+        Duplicates of the segments' own: a cancel's frame is in LMDB's next batch at once,
+        so the checkpoint may pass it, and its segment be retired and closed, while the
+        caller flushes without the lock. Syncing a file deleted meanwhile does no harm.
         """
-        descriptors = [segment.fd for segment in self._unsynced]
+        descriptors = [os.dup(segment.fd) for segment in self._unsynced]
         self._unsynced = []
         return descriptors
 

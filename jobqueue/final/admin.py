@@ -64,9 +64,9 @@ class StoreReader:
     def __init__(self, path: str) -> None:
         self.path = path
         _check_store(path)
-        # A reader writes nothing, not even LMDB's reader table in lock.mdb, unless an owner
-        # writes meanwhile: then the reader table is what keeps the pages it reads alive.
-        self._tables = Tables(path, readonly=True, lock=owner_pid(path) is not None)
+        # With LMDB's lock file, whose reader table keeps the pages it reads alive should an
+        # owner start and write meanwhile; a store file that is a symlink was refused.
+        self._tables = Tables(path, readonly=True)
         try:
             self._logged = read_logged(self._tables)
             self._starts = read_starts(path)

@@ -17,9 +17,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from cluster import REPORT, free_port
 
 from bench.pgserver import PostgresServer, Unavailable
+from faults.cluster import REPORT, free_port
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from cluster import Cluster
-from relay import Relay
 
 from bench.pgserver import PostgresServer
+from faults.cluster import Cluster
+from faults.relay import Relay
 
 pytestmark = pytest.mark.slow
 
