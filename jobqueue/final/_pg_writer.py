@@ -317,10 +317,12 @@ class Writer:
         self._refused: dict[str, int] = {}  # job id -> number of its last refused move
         self._hurry = False  # someone waits for a fate: no lingering
         # Group commit of starts: awaited moves pending, since when, and how many workers
-        # the last batch let run (each comes back with its next start, if it has one).
+        # are away in the handlers the writer let run (each comes back with its next
+        # start, soon if its job is short; those that do not within _GROUP_WAIT are not
+        # waited for again).
         self._starts = 0
         self._starts_since = 0.0
-        self._released = 0
+        self._away = 0
         self._idle = False  # the writer waits for work: a move must wake it
         # When a notice last went, and whether news came since that none told yet: of new
         # jobs, by priority, and (_DONE) of finished ones. At most one per NOTIFY_GAP each.
@@ -352,7 +354,11 @@ class Writer:
                 if not self._starts:
                     self._starts_since = move.told_at
                 self._starts += 1
-                if self._idle or self._starts >= self._released:
+                if self._away:
+                    self._away -= 1
+                # The writer looks again: at the first start of a group (it lingers no
+                # longer than _GROUP_WAIT from now), and once the group is whole.
+                if self._idle or self._starts == 1 or not self._away:
                     self._idle = False
                     self._work.notify()
             elif self._idle:
@@ -504,11 +510,13 @@ class Writer:
                 len(self._pending) < _BATCH):
             until = linger_until
             if self._starts:
-                if self._starts >= self._released:
+                if not self._away:
                     break
                 until = min(until, self._starts_since + _GROUP_WAIT)
             left = until - time.monotonic()
             if left <= 0:
+                if self._starts:
+                    self._away = 0  # in long handlers: the next batches do not wait
                 break
             self._work.wait(left)
         self._hurry = False
@@ -558,8 +566,11 @@ class Writer:
                                    lock_timeout=self._lease / 3)
                     # Its few statements run thousands of times a second, and their plans
                     # (one index probe per move) do not depend on the values: planning
-                    # each anew cost half of every batch.
+                    # each anew cost half of every batch. A plan is made once, maybe while
+                    # the table is young and looks empty, where a scan of every row looks
+                    # cheapest: every access here is by index or ctid, so none scans.
                     conn.execute("SET plan_cache_mode = force_generic_plan")
+                    conn.execute("SET enable_seqscan = off")
                 # Leases first: a slow batch must not let them lapse.
                 if time.monotonic() >= next_heartbeat:
                     self._heartbeat(conn)
@@ -642,7 +653,7 @@ class Writer:
                     if self._leases.get(job_id) == abs(move.lease):
                         self._leases.pop(job_id, None)  # (a newer claim keeps its own)
                 released += move.settle_locked(fate)
-            self._released = released
+            self._away += released
             if len(self._refused) > _REFUSALS_KEPT:
                 for job_id in list(self._refused)[: _REFUSALS_KEPT // 2]:
                     del self._refused[job_id]
