@@ -317,9 +317,9 @@ class Writer:
         self._refused: dict[str, int] = {}  # job id -> number of its last refused move
         self._hurry = False  # someone waits for a fate: no lingering
         # Group commit of starts: awaited moves pending, since when, and how many workers
-        # are away in the handlers the writer let run (each comes back with its next
-        # start, soon if its job is short; those that do not within _GROUP_WAIT are not
-        # waited for again).
+        # are away in the handlers the writer let run (each comes back with the outcome,
+        # and its next start if it has another job, soon if its job is short; those that
+        # do not within _GROUP_WAIT are not waited for again).
         self._starts = 0
         self._starts_since = 0.0
         self._away = 0
@@ -354,14 +354,17 @@ class Writer:
                 if not self._starts:
                     self._starts_since = move.told_at
                 self._starts += 1
-                if self._away:
-                    self._away -= 1
                 # The writer looks again: at the first start of a group (it lingers no
                 # longer than _GROUP_WAIT from now), and once the group is whole.
                 if self._idle or self._starts == 1 or not self._away:
                     self._idle = False
                     self._work.notify()
-            elif self._idle:
+                return move
+            if self._away:  # an outcome: a worker back from its handler
+                self._away -= 1
+                if not self._away and self._starts:
+                    self._work.notify()
+            if self._idle:
                 self._idle = False
                 self._work.notify()
             return move
