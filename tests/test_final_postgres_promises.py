@@ -275,6 +275,28 @@ class TestWriterFaults:
         gates["bad"].release.set()
         assert queue.wait("bad", 10) is Status.FAILED  # what the database says counts
 
+    def test_a_move_an_application_trigger_refuses_is_dropped_not_retried_forever(
+        self, config: final.Config, queues: list, caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        url = config.database_url or ""
+        queue = open_queue(queues, config, handler=lambda payload: None)
+        queue.enqueue(Job("first"))
+        assert queue.wait("first", 10) is COMPLETED  # the tables exist
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("""
+                CREATE FUNCTION veto() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN RAISE EXCEPTION 'vetoed by the application'; END $$;
+                CREATE TRIGGER veto BEFORE UPDATE ON jobqueue_jobs FOR EACH ROW
+                WHEN (NEW.id = 'vetoed' AND NEW.status = 'completed') EXECUTE FUNCTION veto();
+            """)
+        with caplog.at_level(logging.ERROR, logger="jobqueue"):
+            queue.enqueue_many([Job("vetoed"), Job("fine")])
+            assert queue.wait("fine", 10) is COMPLETED
+            assert queue.wait("vetoed", 10) is Status.FAILED  # not a writer stuck on it
+        assert "vetoed by the application" in (queue.info("vetoed").last_error or "")
+        assert "job 'vetoed': PostgreSQL refused to record this job as completed" in caplog.text
+        assert queue.join(10)
+
 
 class TestOutcomes:
     def test_a_hook_fires_once_for_the_outcome_that_was_committed(

@@ -220,7 +220,9 @@ def classify(exc: BaseException, conn: Any) -> str:
         return "connection"
     if state[:2] in ("40", "53") or state in ("55P03", "57014"):
         return "transient"
-    if state[:2] in ("22", "54"):  # a data exception; a value past a limit (1 GB, say)
+    # A data exception; a constraint or a trigger of the application refusing the row
+    # (class 23, PL/pgSQL's P0); a value past a limit (54: 1 GB, say).
+    if state[:2] in ("22", "23", "54", "P0"):
         return "data"
     return "other"
 
