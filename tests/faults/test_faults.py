@@ -77,14 +77,18 @@ def test_a_worker_cut_off_longer_than_its_lease(server: PostgresServer,
                                 url=server.url(name, port=relay.port))
         healthy = cluster.worker("healthy", lease=lease, workers=2,
                                  url=server.url(name, port=server.port))
-        assert "produced" in cluster.producer("p", 600).finish(120)
-        wait_for(lambda: sum(1 for _, who, _ in cluster.runs() if who == "victim") >= 20)
+        producer = cluster.producer("p", 3000)
+        # Cut while the victim is at work and holds jobs: a cut after the queue drained
+        # would prove nothing.
+        wait_for(lambda: sum(1 for _, who, _ in cluster.runs() if who == "victim") >= 20
+                 and cluster.held_by(victim) > 0)
         cluster.fault(victim)
         cut_at = time.time()
         relay.cut()
         time.sleep(4 * lease)  # the fault under test: cut off for four leases
         relay.restore()
         restored_at = time.time()
+        assert "produced" in producer.finish(120), producer.stderr[-3000:]
         figures = cluster.check("partition of 4 leases, one worker of two")
     finally:
         relay.close()
@@ -102,6 +106,7 @@ def test_a_worker_cut_off_longer_than_its_lease(server: PostgresServer,
     for job_id, seen in twice.items():
         assert [who for who, _ in seen] == ["victim", "healthy"], (job_id, seen)
         assert seen[0][1] < cut_at + 0.3, (job_id, seen)
+    assert figures.explained > 0  # the victim held jobs when the link was cut
     assert figures.run_twice <= 2  # at most the two the victim's workers were running
     assert figures.refused >= figures.run_twice  # their outcomes there: refused, counted
     assert figures.hooks_missing == 0  # every committed outcome had its hook, once
