@@ -221,6 +221,29 @@ class TestPersistence:
             kept = sorted(record.id for record in reader.records())
         assert kept == ["job-7", "job-8", "job-9"]
 
+    def test_retention_forgets_by_finish_time_not_by_the_order_told(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # One batch that learns of a new job before the end of an older one (the older one's
+        # move waits among the events until the batch is taken): the job that finished last
+        # is the one a retention of 1 keeps. (Under load, the sequential test above met this.)
+        monkeypatch.setattr(_lmdb_writer, "_FLUSH_LINGER", 30.0)  # one batch, taken by flush()
+        path = store_path(tmp_path)
+        store = LmdbStore(path, retention=1)
+        try:
+            add(store, [queued("older", 1)])
+            store.flush()
+            store.finished(queued("older", 1)._replace(status=final.Status.COMPLETED,
+                                                      finished_at=1.0))
+            add(store, [queued("newer", 2)])
+            store.finished(queued("newer", 2)._replace(status=final.Status.COMPLETED,
+                                                      finished_at=2.0))
+            store.flush()
+        finally:
+            store.close()
+        with StoreReader(path) as reader:
+            assert [record.id for record in reader.records()] == ["newer"]
+
 
 class TestCrash:
     """Children killed with SIGKILL mid-run; every job they acknowledged must run."""

@@ -296,12 +296,21 @@ class Tables:
         """
         fseq, done_count, last_seq = counters
         rows = _Rows()
+        finished = []
         for record, new in batch:
             if new and record.seq > last_seq:
                 last_seq = record.seq
-            if record.status not in LIVE:
-                fseq += 1
-                done_count += 1
+            if record.status in LIVE:
+                rows.add(record, new, fseq)
+            else:
+                finished.append((record, new))
+        # Finish numbers in the order jobs finished, not the order the batch lists them (the
+        # order it was first told of each: a job enqueued after another finished may come
+        # first), so that the retention forgets the oldest finished first.
+        finished.sort(key=lambda pair: pair[0].finished_at or 0.0)
+        for record, new in finished:
+            fseq += 1
+            done_count += 1
             rows.add(record, new, fseq)
         rows.write(txn, self)
         if last_seq != counters[2]:
