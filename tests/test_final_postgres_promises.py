@@ -133,6 +133,27 @@ class TestFinishedJobsStayFinished:
             and "will not run it or write its outcome" in caplog.text)
         assert row(url, "x")[0] == "failed"
 
+    def test_an_outcome_never_moves_a_row_finished_under_its_live_lease(
+        self, config: final.Config, queues: list, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # No heartbeat comes between the repair and the outcome (a 30 s lease): the move's
+        # own condition is all that refuses it.
+        url = config.database_url or ""
+        gate = Gate()
+        worker = open_queue(queues, config, handler=gate, num_workers=1, lease=30.0)
+        worker.enqueue(Job("x"))
+        assert gate.started.wait(10)
+        with psycopg.connect(url) as conn:  # finished by hand, its claim left as it was
+            conn.execute("UPDATE jobqueue_jobs SET status = 'cancelled', finished_at = 1 "
+                         "WHERE id = 'x'")
+        with caplog.at_level(logging.WARNING, logger="jobqueue"):
+            gate.release.set()
+            assert worker.wait("x", 10) is Status.CANCELLED
+            assert until(lambda: worker._core.table.get("x") is None)
+            worker.close()
+        assert row(url, "x")[0] == "cancelled"
+        assert "is not written" in caplog.text
+
 
 class TestStarts:
     def test_a_handler_runs_only_once_its_start_is_committed(
