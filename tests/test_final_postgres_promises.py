@@ -109,6 +109,38 @@ class TestFinishedJobsStayFinished:
         assert row(url, "x")[:2] == ("cancelled", None)
         assert ("holder", "x") not in ran and ("other", "x") not in ran
 
+    def test_a_finished_row_whose_claim_lapsed_is_never_claimed(
+        self, config: final.Config, queues: list
+    ) -> None:
+        url = config.database_url or ""
+        ran: list[tuple[str, str]] = []
+        gate = Gate()
+        holder = open_queue(queues, config, handler=None, num_workers=1, lease=0.5,
+                            handlers={"x": recorder(ran, "holder")})
+        holder.enqueue_with_handler(Job("blocker"), gate)
+        assert gate.started.wait(10)
+        holder.enqueue(Job("x", kind="x"))  # held by the holder, queued behind the blocker
+        held(holder, "x")
+        store = holder._core.store
+        store.sync()
+        with store._writer.lock:  # the holder stalls
+            with psycopg.connect(url) as conn:  # finished by hand, its claim left as it was
+                conn.execute("UPDATE jobqueue_jobs SET status = 'cancelled', finished_at = 1 "
+                             "WHERE id = 'x'")
+            owner = row(url, "x")[1]
+            assert until(lambda: row(url, "x")[2] is True)  # the claim lapsed
+            other = open_queue(queues, config, handler=recorder(ran, "other"), lease=0.5,
+                               handlers={"x": recorder(ran, "other")})
+            feeder = open_queue(queues, config, num_workers=0, handler=None)
+            feeder.enqueue(Job("probe"))  # claimed by `other`, older jobs of MEDIUM first
+            assert other.wait("probe", 10) is COMPLETED
+            assert row(url, "x")[:2] == ("cancelled", owner)  # not taken
+        gate.release.set()
+        assert holder.wait("blocker", 10) is COMPLETED
+        assert holder.join(10) and other.join(10)
+        assert row(url, "x")[0] == "cancelled"
+        assert ("holder", "x") not in ran and ("other", "x") not in ran
+
     def test_a_late_outcome_never_moves_a_finished_row(
         self, config: final.Config, queues: list, caplog: pytest.LogCaptureFixture
     ) -> None:
