@@ -249,7 +249,7 @@ class TestWriterFaults:
     ], ids=lambda error: type(error).__name__)
     def test_a_transient_failure_writes_the_batch_again(
         self, config: final.Config, queues: list, monkeypatch: pytest.MonkeyPatch,
-        error: Exception,
+        caplog: pytest.LogCaptureFixture, error: Exception,
     ) -> None:
         queue = open_queue(queues, config, handler=lambda payload: None, num_workers=1)
         writer = queue._core.store._writer
@@ -261,8 +261,13 @@ class TestWriterFaults:
             return real(*args)  # type: ignore[arg-type]
 
         monkeypatch.setattr(writer, "_execute", flaky)
-        queue.enqueue_many(Job(f"j{i}") for i in range(10))
-        assert queue.join(10)  # one process, nothing lost: it would hang otherwise
+        with caplog.at_level(logging.WARNING, logger="jobqueue"):
+            queue.enqueue_many(Job(f"j{i}") for i in range(10))
+            assert queue.join(10)  # one process, nothing lost: it would hang otherwise
+        # Told apart as what it is: a warning, the batch written again whole (an error of
+        # unknown kind is logged at ERROR and splits the batch, move by move).
+        assert [record.levelname for record in caplog.records
+                if "writing to PostgreSQL failed" in record.getMessage()] == ["WARNING"] * 2
         with psycopg.connect(config.database_url) as conn:  # type: ignore[arg-type]
             assert conn.execute("SELECT status, count(*) FROM jobqueue_jobs GROUP BY 1"
                                 ).fetchall() == [("completed", 10)]
