@@ -55,19 +55,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = kept
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """One throwaway PostgreSQL server for the whole run (see bench/pgserver.py).
-
-    Where none can start, the PostgreSQL tests skip, saying why; in CI (``CI=true``) that
-    is a failure instead: CI must run them.
-    """
+def start_server(port: int | None = None) -> PostgresServer:
+    """A throwaway PostgreSQL server (see bench/pgserver.py). Where none can start, the test
+    skips, saying why; in CI (``CI=true``) that is a failure instead: CI must run them."""
     try:
-        server = PostgresServer.start()
+        return PostgresServer.start(port=port)
     except Unavailable as exc:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI=true and no PostgreSQL server: {exc}")
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the whole run."""
+    server = start_server()
     yield server
     server.remove()
 

@@ -11,17 +11,16 @@ from __future__ import annotations
 import collections
 import datetime
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
-from conftest import open_queue
+from conftest import open_queue, start_server
 from test_final_contract import Gate, held, until
 
-from bench.pgserver import PostgresServer, Unavailable
+from bench.pgserver import PostgresServer
 from jobqueue import cli, final
 from jobqueue.errors import StoreError
 from jobqueue.final import Job, Status
@@ -62,12 +61,7 @@ def recorder(ran: list, where: str) -> final.Handler:
 @pytest.fixture
 def own_server() -> Iterator[PostgresServer]:
     """A server of this test's own, to restart or crash without disturbing the others."""
-    try:
-        server = PostgresServer.start()
-    except Unavailable as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and no PostgreSQL server: {exc}")
-        pytest.skip(str(exc))
+    server = start_server()
     yield server
     server.remove()
 

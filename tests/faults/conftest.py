@@ -17,8 +17,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from conftest import start_server
 
-from bench.pgserver import PostgresServer, Unavailable
+from bench.pgserver import PostgresServer
 from faults.cluster import REPORT, free_port
 
 
@@ -41,11 +42,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 @pytest.fixture
 def server() -> Iterator[PostgresServer]:
     """A server of this test's own, on a Unix socket and on a TCP port of loopback."""
-    try:
-        server = PostgresServer.start(port=free_port())
-    except Unavailable as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and no PostgreSQL server: {exc}")
-        pytest.skip(str(exc))
+    server = start_server(port=free_port())
     yield server
     server.remove()
