@@ -42,7 +42,7 @@ import logging
 import threading
 import time
 from _thread import allocate_lock as _allocate_lock
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from jobqueue.final._pg_schema import CHANNEL, connect, mask
@@ -454,28 +454,25 @@ class Writer:
     def settle(self, ids: Collection[str]) -> bool:
         """Wait until no move told of these ids is in flight; False if that took longer than
         ``write_wait``."""
-        deadline = time.monotonic() + self.write_wait
-        with self.lock:
-            while any(self._in_flight_locked(i) is not None for i in ids):
-                if self.closed:
-                    return True  # nothing more will be written: read what is there
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._hurry = True
-                self._work.notify()
-                self._written.wait(remaining)
-            return True
+        return self._wait_written(
+            lambda: any(self._in_flight_locked(i) is not None for i in ids))
 
     def sync(self) -> bool:
         """Wait until every move told so far is settled; False if that took longer than
         ``write_wait``."""
+        told = self._told
+        return self._wait_written(lambda: any(
+            move.number <= told
+            for flight in (self._pending, self._writing, self._busy)
+            for move in flight.values()))
+
+    def _wait_written(self, unsettled: Callable[[], bool]) -> bool:
+        """Hurry the writer and wait while ``unsettled()`` (called under the lock) holds;
+        False after ``write_wait``. True once closed: nothing more will be written, and
+        what there is can be read."""
         deadline = time.monotonic() + self.write_wait
         with self.lock:
-            told = self._told
-            while any(move.number <= told for flight in (self._pending, self._writing,
-                                                          self._busy)
-                      for move in flight.values()):
+            while unsettled():
                 if self.closed:
                     return True
                 remaining = deadline - time.monotonic()
