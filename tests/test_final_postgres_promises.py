@@ -66,6 +66,21 @@ def own_server() -> Iterator[PostgresServer]:
     server.remove()
 
 
+def holding_x(queues: list, config: final.Config, ran: list[tuple[str, str]],
+              gate: Gate) -> final.JobQueue:
+    """A process running "blocker" until ``gate`` opens, holding job "x" (kind "x") queued
+    behind it, with every move written. It runs kind "x" only: it claims nothing the
+    others enqueue."""
+    holder = open_queue(queues, config, handler=None, num_workers=1, lease=0.5,
+                        handlers={"x": recorder(ran, "holder")})
+    holder.enqueue_with_handler(Job("blocker"), gate)
+    assert gate.started.wait(10)
+    holder.enqueue(Job("x", kind="x"))
+    held(holder, "x")
+    holder._core.store.sync()
+    return holder
+
+
 class TestFinishedJobsStayFinished:
     @pytest.mark.parametrize("how", ["command line", "another process"])
     def test_a_job_cancelled_over_a_lapsed_claim_never_runs(
@@ -74,16 +89,8 @@ class TestFinishedJobsStayFinished:
         url = config.database_url or ""
         ran: list[tuple[str, str]] = []
         gate = Gate()
-        # The holder runs kind "x" only: it claims nothing the others enqueue.
-        holder = open_queue(queues, config, handler=None, num_workers=1, lease=0.5,
-                            handlers={"x": recorder(ran, "holder")})
-        holder.enqueue_with_handler(Job("blocker"), gate)
-        assert gate.started.wait(10)
-        holder.enqueue(Job("x", kind="x"))  # held by the holder, queued behind the blocker
-        held(holder, "x")
-        store = holder._core.store
-        store.sync()
-        with store._writer.lock:  # the holder stalls: no heartbeat, no write
+        holder = holding_x(queues, config, ran, gate)
+        with holder._core.store._writer.lock:  # the holder stalls: no heartbeat, no write
             assert until(lambda: row(url, "x")[2] is True)  # its claim of x lapsed
             feeder = open_queue(queues, config, num_workers=0, handler=None)
             if how == "command line":
@@ -109,15 +116,8 @@ class TestFinishedJobsStayFinished:
         url = config.database_url or ""
         ran: list[tuple[str, str]] = []
         gate = Gate()
-        holder = open_queue(queues, config, handler=None, num_workers=1, lease=0.5,
-                            handlers={"x": recorder(ran, "holder")})
-        holder.enqueue_with_handler(Job("blocker"), gate)
-        assert gate.started.wait(10)
-        holder.enqueue(Job("x", kind="x"))  # held by the holder, queued behind the blocker
-        held(holder, "x")
-        store = holder._core.store
-        store.sync()
-        with store._writer.lock:  # the holder stalls
+        holder = holding_x(queues, config, ran, gate)
+        with holder._core.store._writer.lock:  # the holder stalls: no heartbeat, no write
             with psycopg.connect(url) as conn:  # finished by hand, its claim left as it was
                 conn.execute("UPDATE jobqueue_jobs SET status = 'cancelled', finished_at = 1 "
                              "WHERE id = 'x'")
