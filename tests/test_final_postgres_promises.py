@@ -44,6 +44,13 @@ def row(url: str, job_id: str, queue: str = "default") -> tuple:
             "WHERE queue = %s AND id = %s", (queue, job_id)).fetchone()
 
 
+def finish_by_hand(url: str, job_id: str, status: str) -> None:
+    """A repair made outside jobqueue: the row finished, its claim left as it was."""
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE jobqueue_jobs SET status = %s, finished_at = 1 WHERE id = %s",
+                     (status, job_id))
+
+
 def lease_until(url: str, job_id: str) -> datetime.datetime:
     with psycopg.connect(url) as conn:
         return conn.execute("SELECT lease_until FROM jobqueue_jobs WHERE id = %s",
@@ -118,9 +125,7 @@ class TestFinishedJobsStayFinished:
         gate = Gate()
         holder = holding_x(queues, config, ran, gate)
         with holder._core.store._writer.lock:  # the holder stalls: no heartbeat, no write
-            with psycopg.connect(url) as conn:  # finished by hand, its claim left as it was
-                conn.execute("UPDATE jobqueue_jobs SET status = 'cancelled', finished_at = 1 "
-                             "WHERE id = 'x'")
+            finish_by_hand(url, "x", "cancelled")
             owner = row(url, "x")[1]
             assert until(lambda: row(url, "x")[2] is True)  # the claim lapsed
             other = open_queue(queues, config, handler=recorder(ran, "other"), lease=0.5,
@@ -147,9 +152,7 @@ class TestFinishedJobsStayFinished:
         store.sync()
         with store._writer.lock:  # stalled mid-run, past its lease
             assert until(lambda: row(url, "x")[2] is True)
-            with psycopg.connect(url) as conn:  # a repair finishes the row by hand
-                conn.execute("UPDATE jobqueue_jobs SET status = 'failed', finished_at = 1 "
-                             "WHERE id = 'x'")
+            finish_by_hand(url, "x", "failed")  # a repair finishes the row by hand
         with caplog.at_level(logging.WARNING, logger="jobqueue"):
             gate.release.set()  # its handler returns: COMPLETED here, refused there
             assert until(lambda: slow._core.table.get("x") is None)
@@ -169,9 +172,7 @@ class TestFinishedJobsStayFinished:
         worker = open_queue(queues, config, handler=gate, num_workers=1, lease=30.0)
         worker.enqueue(Job("x"))
         assert gate.started.wait(10)
-        with psycopg.connect(url) as conn:  # finished by hand, its claim left as it was
-            conn.execute("UPDATE jobqueue_jobs SET status = 'cancelled', finished_at = 1 "
-                         "WHERE id = 'x'")
+        finish_by_hand(url, "x", "cancelled")
         with caplog.at_level(logging.WARNING, logger="jobqueue"):
             gate.release.set()
             assert worker.wait("x", 10) is Status.CANCELLED
