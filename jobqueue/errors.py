@@ -9,6 +9,7 @@ import os
 
 __all__ = [
     "DuplicateJob",
+    "Fail",
     "JobCancelled",
     "JobFailed",
     "JobQueueError",
@@ -72,3 +73,9 @@ class JobCancelled(JobQueueError):
 
 class JobTimeout(JobQueueError):
     """A handler ran longer than ``job_timeout``; the attempt counts as failed."""
+
+
+class Fail(JobQueueError):
+    """Raised by a handler (final stage): this attempt fails and the job ends FAILED at once,
+    whatever retries it has left. For errors a retry cannot mend: a malformed payload, a
+    recipient that does not exist. The message becomes the job's last error."""

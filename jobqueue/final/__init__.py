@@ -9,6 +9,7 @@ from __future__ import annotations
 from jobqueue._priority import Priority
 from jobqueue.errors import (
     DuplicateJob,
+    Fail,
     JobCancelled,
     JobFailed,
     JobQueueError,
@@ -18,6 +19,7 @@ from jobqueue.errors import (
     StoreError,
     StoreLocked,
 )
+from jobqueue.final._app import App
 from jobqueue.final._context import JobContext, current_job
 from jobqueue.final._model import (
     Config,
@@ -33,12 +35,14 @@ from jobqueue.final._picker import DEFAULT_WEIGHTS, WeightedPicker
 from jobqueue.final._queue import JobQueue
 from jobqueue.final._states import InvalidTransition, Status
 from jobqueue.final._store import JobRecord, MemoryStore, QueueStats, Store
-from jobqueue.final._tasks import Task
+from jobqueue.final._tasks import JobHandle, Task, TaskCall
 
 __all__ = [
     "DEFAULT_WEIGHTS",
+    "App",
     "Config",
     "DuplicateJob",
+    "Fail",
     "Handler",
     "Hook",
     "InvalidTransition",
@@ -46,6 +50,7 @@ __all__ = [
     "JobCancelled",
     "JobContext",
     "JobFailed",
+    "JobHandle",
     "JobInfo",
     "JobQueue",
     "JobQueueError",
@@ -64,6 +69,7 @@ __all__ = [
     "StoreError",
     "StoreLocked",
     "Task",
+    "TaskCall",
     "WeightedPicker",
     "current_job",
 ]

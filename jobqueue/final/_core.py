@@ -15,6 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from jobqueue._priority import Priority
 from jobqueue.final._lock import YieldingLock
@@ -22,6 +23,9 @@ from jobqueue.final._model import Config, Handler, Hook
 from jobqueue.final._states import COMPLETED, FAILED, PROCESSING, QUEUED, RETRYING, State
 from jobqueue.final._store import Store
 from jobqueue.final._table import JobTable
+
+if TYPE_CHECKING:
+    from jobqueue.final._tasks import Task
 
 __all__ = ["Core", "WaitingLine", "log_safely"]
 
@@ -163,7 +167,9 @@ class Core:
             offset = self.table.epoch_offset
             store.now = lambda: clock() + offset  # type: ignore[attr-defined]
         self.handlers: dict[str, Handler] = dict(config.handlers or {})
-        self.tasks: dict[str, object] = {}  # kind -> the Task whose handler it is
+        self.tasks: dict[str, Task[Any, Any]] = {}  # kind -> the Task whose handler it is
+        # kind -> a task's (retry_on, give_up_on); read without the mutex (one lookup).
+        self.retry_rules: dict[str, tuple[Any, tuple[type[BaseException], ...]]] = {}
         # Running jobs cancel() asked to stop, and the Event each handler sleeping in
         # current_job().wait() waits on. Read without the mutex by handlers (one set or
         # dict operation, atomic under the GIL); kept here, not on every Entry, as few jobs

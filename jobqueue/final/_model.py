@@ -36,6 +36,7 @@ __all__ = [
     "PriorityMetrics",
     "Status",
     "check_epoch",
+    "check_exceptions",
     "check_handler",
     "check_timeout",
 ]
@@ -126,6 +127,19 @@ def check_handler(name: str, value: object) -> None:
         )
 
 
+def check_exceptions(name: str, value: object) -> tuple[type[BaseException], ...] | None:
+    """``retry_on``/``give_up_on``: an exception class or a tuple of them, as ``except``
+    takes them, as a tuple; None stays None."""
+    if value is None:
+        return None
+    classes = value if isinstance(value, tuple) else (value,)
+    for cls in classes:
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise TypeError(f"{name} must be an exception class or a tuple of them, "
+                            f"not {cls!r}")
+    return classes
+
+
 def _check_text(name: str, value: str, limit: int) -> None:
     """A str a store keeps as UTF-8 text: encodable, no NUL (PostgreSQL's text cannot hold
     one), and at most ``limit`` bytes."""
@@ -143,6 +157,9 @@ def _check_text(name: str, value: str, limit: int) -> None:
     if size > limit:
         raise ValueError(f"{name} must be at most {limit} UTF-8 bytes")
 
+
+#: The most jobs ``Config.prefetch`` may hold beyond the running ones.
+MAX_PREFETCH = 100_000
 
 #: The shortest and longest lease a database store takes, in seconds.
 MIN_LEASE = 0.3
@@ -240,8 +257,10 @@ class Job:
         created: float | None = None,
         run_at: float | None = None,
     ) -> None:
-        if type(id) is not str and not isinstance(id, str):
-            raise TypeError(f"id must be a str, not {type(id).__name__}")
+        if type(id) is not str:
+            if not isinstance(id, str):
+                raise TypeError(f"id must be a str, not {type(id).__name__}")
+            id = str.__str__(id)  # a JobHandle, say: the stores keep plain str
         if not id:
             raise ValueError("id must be a non-empty str")
         _check_text("id", id, MAX_ID_BYTES)
@@ -299,6 +318,9 @@ class Config:
     on_failure: Hook | None = None
     on_retry: Hook | None = None
     eager: bool = False
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None
+    give_up_on: type[BaseException] | tuple[type[BaseException], ...] = ()
+    prefetch: int | None = None
 
     def __post_init__(self) -> None:
         _check_int("num_workers", self.num_workers, 0)
@@ -357,6 +379,10 @@ class Config:
             raise TypeError(f"fsync must be a bool, not {type(self.fsync).__name__}")
         if self.handler is not None:
             check_handler("handler", self.handler)
+        _set(self, "retry_on", check_exceptions("retry_on", self.retry_on))
+        _set(self, "give_up_on", check_exceptions("give_up_on", self.give_up_on) or ())
+        if self.prefetch is not None:
+            _check_int("prefetch", self.prefetch, 0, MAX_PREFETCH)
         if self.handlers is not None:
             if not isinstance(self.handlers, Mapping):
                 raise TypeError(f"handlers must be a mapping, not {type(self.handlers).__name__}")

@@ -27,7 +27,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from jobqueue._priority import Priority
 from jobqueue.errors import JobCancelled, JobFailed, QueueClosed, StoreError
@@ -57,7 +57,10 @@ from jobqueue.final._states import (
     Status,
 )
 from jobqueue.final._store import JobRecord, JsonResult, QueueStats, open_store
-from jobqueue.final._tasks import Task, decode_result, make_task
+from jobqueue.final._tasks import Exceptions, Task, decode_result, make_task
+
+if TYPE_CHECKING:
+    from jobqueue.final._app import App
 
 __all__ = ["JobQueue"]
 
@@ -121,9 +124,14 @@ class JobQueue:
     outlives :meth:`close` unless a handler never returns.
     """
 
-    def __init__(self, config: Config, *, _clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, config: Config, *, app: App | None = None,
+        _clock: Callable[[], float] | None = None,
+    ) -> None:
         if not isinstance(config, Config):
             raise TypeError(f"config must be a jobqueue.final.Config, not {type(config).__name__}")
+        if app is not None and not hasattr(app, "_bind"):
+            raise TypeError(f"app must be a jobqueue.final.App, not {type(app).__name__}")
         # A forked child has none of the threads and must not touch the parent's store:
         # every call there raises (close() does nothing). See Core.forked.
         self._pid = os.getpid()
@@ -145,7 +153,10 @@ class JobQueue:
         self._abandoned: list[str] = []  # set by close(), under _close_lock
         self._started_at = core.clock()
         self._threads: list[threading.Thread] = []
+        self._app = app
         try:
+            if app is not None:  # its tasks, before a claimer claims what they run
+                app._bind(self)
             if core.shared:  # other processes' news: new jobs to claim, jobs finished
                 core.store.listen(core.jobs_ready, core.jobs_changed)  # type: ignore[attr-defined]
             # Eager mode runs every job in the thread that enqueues it: no threads to start,
@@ -324,30 +335,50 @@ class JobQueue:
         *,
         priority: Priority | str = Priority.MEDIUM,
         max_retries: int | None = None,
+        retry_on: Exceptions | None = None,
+        give_up_on: Exceptions = (),
     ) -> Callable[[Callable[P, R]], Task[P, R]]:
-        """Decorate a function to make it a task: the handler of ``kind`` (default: its
-        module and qualified name), enqueued with its arguments as JSON.
+        """Decorate a function to make it a task of this queue: the handler of ``kind``
+        (default: its module and qualified name), enqueued with its arguments as JSON.
+        Tasks meant for several processes are declared on an :class:`App` instead, at
+        import time; this is the same for one queue.
 
         ``@jq.task(kind="email")`` on ``def send(to: str)`` gives a :class:`Task`:
-        ``send.enqueue(to="ada@example.com", id="welcome-42")`` returns the job's id, and
-        ``jq.result(id)`` what ``send`` returned, through JSON. ``send(...)`` still calls
-        the function directly. Raises ``TypeError`` for a parameter named ``id``,
-        ``delay`` or ``run_at`` (enqueue's own) or a function that is not a plain one.
+        ``send.enqueue(to="ada@example.com")`` returns the job's id as a
+        :class:`JobHandle`, whose ``result()`` is what ``send`` returned, through JSON;
+        ``send.options(id=..., delay=...)`` sets one job's options, and ``send(...)`` still
+        calls the function. ``retry_on``/``give_up_on`` as in :meth:`App.task`. Raises
+        ``TypeError`` for a parameter named ``id``, ``delay`` or ``run_at`` or a function
+        that is not a plain one, and ``ValueError`` for a kind another task has.
         """
         def decorate(function: Callable[P, R]) -> Task[P, R]:
-            made = make_task(self, function, kind, priority, max_retries)
-            with self._core.mutex:
-                other = self._core.tasks.get(made.kind)
-                if other is not None and other.function != function:  # type: ignore[attr-defined]
-                    raise ValueError(
-                        f"kind {made.kind!r} is the task {other.function!r} already: give "  # type: ignore[attr-defined]
-                        "this one its own kind= (functions of one name, made by one "
-                        "factory or lambdas, share the default kind)"
-                    )
-                self._core.tasks[made.kind] = made
-            self.register(made.kind, made.run)
+            made = make_task(lambda: self, function, kind, priority, max_retries,
+                             retry_on, give_up_on)
+            self._add_task(made)
             return made
         return decorate
+
+    def _add_task(self, task: Task[Any, Any]) -> None:
+        """Run ``task`` here (if this queue has workers) and decode its results."""
+        self._refuse_if_forked()
+        core = self._core
+        with core.mutex:
+            other = core.tasks.get(task.kind)
+            if other is not None and other.function != task.function:
+                raise ValueError(
+                    f"kind {task.kind!r} is the task {other.function!r} already: give "
+                    "this one its own kind= (functions of one name, made by one "
+                    "factory or lambdas, share the default kind)"
+                )
+            if other is None and task.kind in core.handlers:
+                raise ValueError(f"kind {task.kind!r} has a handler already (Config.handlers "
+                                 "or register()): a task needs a kind of its own")
+            core.tasks[task.kind] = task
+            if task.retry_on is not None or task.give_up_on:
+                core.retry_rules[task.kind] = (task.retry_on, task.give_up_on)
+            else:
+                core.retry_rules.pop(task.kind, None)
+        self.register(task.kind, task.run)
 
     def every(
         self, seconds: float, job_factory: Callable[[], Job], *, name: str
@@ -427,10 +458,12 @@ class JobQueue:
             new_kind = kind not in core.handlers
             core.handlers[kind] = handler
             task = core.tasks.get(kind)
-            if task is not None and handler != task.run:  # type: ignore[attr-defined]
+            if task is not None and handler != task.run:
                 del core.tasks[kind]  # a plain handler now: its results are not JSON
+                core.retry_rules.pop(kind, None)
             if (new_kind and self._config.handler is None and not core.closing
-                    and not self._config.eager):  # (eager queues keep nothing stored)
+                    and not self._config.eager  # (eager queues keep nothing stored)
+                    and self._config.num_workers):  # (nor do queues that only enqueue)
                 core.registered += 1
                 core.unclaimed = [True, True, True]  # the store may hold jobs of that kind
                 core.claim_wake.notify()
@@ -809,6 +842,8 @@ class JobQueue:
         with self._close_lock:
             if not core.closed:
                 self._abandoned = _closing.close(core, self._threads, timeout)
+                if self._app is not None:
+                    self._app._unbind(self)
             else:
                 core.store.close(timeout)  # returns at once if it is closed already
             return list(self._abandoned)
@@ -818,6 +853,8 @@ class JobQueue:
         if self._close_lock.acquire(blocking=False):  # else another worker, or a close()
             try:
                 self._abandoned = _closing.finish(self._core, self._threads)
+                if self._app is not None:
+                    self._app._unbind(self)
             finally:
                 self._close_lock.release()
 

@@ -16,7 +16,7 @@ import threading
 import types
 from collections.abc import Callable
 
-from jobqueue.errors import JobTimeout
+from jobqueue.errors import Fail, JobTimeout
 from jobqueue.final._context import JobContext, worker_local
 from jobqueue.final._core import Core, log_safely
 from jobqueue.final._model import Hook, Job, JobInfo
@@ -234,6 +234,10 @@ def failed_attempt(
         log_safely(logging.WARNING, "job %r failed as close() gave up on it: %s", job.id,
                    message)
         return message, None
+    if error is not None and not _retried(core, job.kind, error):
+        log_safely(logging.ERROR, "job %r failed (attempt %d), not retried: %s", job.id,
+                   attempts, message, exc_info=error)
+        return message, None
     delay = policy.next_delay(attempts, job.max_retries)
     if delay is not None:
         allowed = policy.max_retries if job.max_retries is None else job.max_retries
@@ -245,6 +249,28 @@ def failed_attempt(
         log_safely(logging.ERROR, "job %r failed after %d attempts: %s", job.id, attempts,
                    message, exc_info=error)
     return message, delay
+
+
+def _retried(core: Core, kind: str, error: BaseException) -> bool:
+    """Whether a failed attempt may be retried: not if the handler raised Fail, or an
+    error its task's (else the config's) ``give_up_on`` names, or one ``retry_on`` does not
+    name. Read without the mutex: a dict lookup."""
+    if isinstance(error, Fail):
+        return False
+    config = core.config
+    retry_on, give_up_on = core.retry_rules.get(kind) or (None, ())
+    if retry_on is None:
+        retry_on = config.retry_on
+    if not give_up_on:
+        give_up_on = config.give_up_on
+    try:
+        if give_up_on and isinstance(error, give_up_on):
+            return False
+        return retry_on is None or isinstance(error, retry_on)
+    except BaseException:  # a metaclass whose __instancecheck__ raises: retry, as before
+        log_safely(logging.ERROR, "retry_on/give_up_on could not classify %s; retried",
+                   type(error), exc_info=True)
+        return True
 
 
 def settle_locked(core: Core, entry: Entry, outcome: Outcome, now: float) -> None:
