@@ -30,7 +30,7 @@ from typing import Any
 
 import lmdb
 
-from jobqueue import __version__
+from jobqueue import __version__, worker
 from jobqueue.errors import StoreError, StoreLocked
 from jobqueue.final import JobRecord, Status, admin, pg_admin
 from jobqueue.final.admin import StoreReader
@@ -370,7 +370,17 @@ EXAMPLES = """examples:
   jobqueue cancel ./jobs.db welcome-42     it will not run (queued, scheduled, retrying)
   jobqueue purge ./jobs.db --completed     forget finished jobs
 
-exit status: 0 done, 1 refused (a process owns the store), 2 bad input, 3 unexpected error"""
+exit status: 0 done, 1 refused (a process owns the store), 2 bad input, 3 unexpected error
+
+  jobqueue worker tasks:app --workers 8     run the tasks of tasks.py's app until SIGTERM"""
+
+WORKER_EPILOG = """examples:
+  jobqueue worker tasks:app                 the app made in tasks.py (current directory)
+  jobqueue worker myproject.jobs:app --workers 8 --queue emails --prefetch 0
+
+exit status: 0 stopped by a signal, every accepted job finished; 1 another process owns the
+LMDB store; 2 bad input (module, attribute, config, store); 3 unexpected error; 4 stopped by
+a signal with jobs left unfinished (back in the store)"""
 
 
 def _seconds(text: str) -> float:
@@ -413,6 +423,26 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--queue", default="default", metavar="NAME",
                          help="in a database, the queue_name (default: default)")
         return sub
+
+    sub = commands.add_parser(
+        "worker", help="run the tasks of an app until SIGTERM or SIGINT",
+        description="Run the tasks of an App (or the handlers of a Config) in this process "
+        "until SIGTERM or SIGINT; a second signal stops waiting for running jobs.",
+        epilog=WORKER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub.add_argument("target", metavar="MODULE:ATTR",
+                     help="the app (final.App) or config (final.Config) to run, as "
+                     "tasks:app for the app made in tasks.py")
+    sub.add_argument("--workers", type=_count, metavar="N",
+                     help="worker threads (default: the config's num_workers)")
+    sub.add_argument("--queue", metavar="NAME",
+                     help="in PostgreSQL, the queue_name to serve (default: the config's)")
+    sub.add_argument("--prefetch", type=_count, metavar="N",
+                     help="jobs held beyond the running ones, in PostgreSQL (0: claim only "
+                     "for idle workers; default: the config's, else by the pace of the jobs)")
+    sub.add_argument("--log-level", default="INFO", type=str.upper,
+                     choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                     help="logging to stderr from this level (default INFO)")
 
     sub = command("stats", "counts by status and priority, dead letters, size, owner",
                   "jobqueue stats ./jobs.db --json")
@@ -503,6 +533,8 @@ def _run(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "worker":
+        return _worker(args)
     try:
         for attempt in range(_MAP_RESIZED_TRIES):
             try:
@@ -529,6 +561,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"unexpected {type(exc).__name__}: {exc} (please report it)",
                      EXIT_UNEXPECTED)
     return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    try:
+        return worker.run(args.target, workers=args.workers, queue=args.queue,
+                          prefetch=args.prefetch, log_level=args.log_level)
+    except worker.WorkerError as exc:
+        return _fail(str(exc), exc.status)
+    except Exception as exc:
+        worker.logger.critical("the worker failed", exc_info=True)
+        return _fail(f"unexpected {type(exc).__name__}: {exc} (please report it)",
+                     EXIT_UNEXPECTED)
 
 
 def _fail(message: str, status: int) -> int:

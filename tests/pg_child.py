@@ -46,6 +46,8 @@ def main() -> None:
         handlers={"work": run}, max_retries=retries,
         base_delay=0.01,
         queue_size=20, shutdown_timeout=30,
+        # "hold" stalls holding jobs beyond its running one; the others claim as they go.
+        prefetch=64 if mode == "hold" else None,
     )
     with final.JobQueue(config) as queue:
         print("started", queue._core.store.owner, flush=True)  # type: ignore[attr-defined]

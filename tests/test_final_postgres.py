@@ -274,7 +274,8 @@ class TestLeases:
         self, config: final.Config, queues: list
     ) -> None:
         gate = Gate()
-        first = open_queue(queues, config, handler=gate, num_workers=1, shutdown_timeout=0.1)
+        first = open_queue(queues, config, handler=gate, num_workers=1, shutdown_timeout=0.1,
+                           prefetch=4)  # it holds four beyond the running one
         first.enqueue_many(final.Job(f"j{i}") for i in range(5))
         held(first, *(f"j{i}" for i in range(5)))
         assert gate.started.wait(10)

@@ -149,7 +149,7 @@ def enqueue(
 def _hold_here(core: Core, jobs: Sequence[Job]) -> bool:
     """Whether a shared store's new job should be held by this queue from the start, as
     in the other stores, sparing the round trip of a claim: one job, that a handler here
-    runs, while this queue has fewer queued than it would claim more at. Read without the
+    runs, while this queue holds fewer than it would claim more at. Read without the
     mutex: a guess, which admission checks again. Otherwise the job goes to the database
     for whichever process claims it first."""
     if len(jobs) != 1:
@@ -158,9 +158,7 @@ def _hold_here(core: Core, jobs: Sequence[Job]) -> bool:
     if not isinstance(job, Job) or job.run_at is not None or not core.config.num_workers or (
             core.config.handler is None and job.kind not in core.handlers):
         return False  # (a job for later waits in the database, for any process)
-    table = core.table
-    priority = job.priority
-    return table.count(QUEUED, priority) + table.count(NEW, priority) < core.refill_below
+    return core.claim_wanted_locked()
 
 
 def _insert_shared(

@@ -13,18 +13,25 @@ job that kills every process that runs it ends FAILED instead of running forever
 
 ``Core.unclaimed[p]`` says the store may still hold jobs of priority ``p`` for this queue;
 producers of ``p`` wait while it is set (admission), and ``join()`` counts it.
+
+From a store shared by processes the claimer takes only what this process will soon run:
+its workers' share and ``prefetch`` jobs more, split among the priorities by their weights
+(so that LOW is claimed too under a flood of HIGH). Unless ``Config.prefetch`` fixes it, the
+prefetch follows the pace of the workers: as many jobs as they finish in
+``PREFETCH_HORIZON``, so short jobs come in batches and slow ones wait in the database for
+a process with a free worker, instead of behind a busy one.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from jobqueue._priority import Priority
 from jobqueue.final._core import Core, log_safely
 from jobqueue.final._model import Hook, JobInfo
 from jobqueue.final._retry import RetryPolicy
-from jobqueue.final._states import NEW, PROCESSING, QUEUED, RETRYING, SCHEDULED
+from jobqueue.final._states import NEW, PROCESSING, RETRYING, SCHEDULED
 from jobqueue.final._store import JobRecord
 from jobqueue.final._workers import (
     Outcome,
@@ -43,6 +50,11 @@ _PRIORITIES = tuple(Priority)
 #: The last error of an attempt its process died in.
 DIED = "the process died while running it"
 
+#: A shared store: an adaptive prefetch holds what the workers finish in this many seconds.
+PREFETCH_HORIZON = 0.05
+#: ... measured over at least this many seconds.
+_PACE_WINDOW = 0.1
+
 
 def claim(core: Core, policy: RetryPolicy) -> None:
     """The claimer thread: claim stored jobs until close() starts.
@@ -56,19 +68,32 @@ def claim(core: Core, policy: RetryPolicy) -> None:
     poll = store.poll_interval if core.shared else None  # type: ignore[attr-defined]
     next_poll = core.clock()
     failing = False  # the last claim failed (a shared store's database is away)
+    adaptive = core.shared and core.config.prefetch is None
+    weights = core.config.effective_weights
+    credit = dict.fromkeys(_PRIORITIES, 0)  # for _split: who is owed the next claim
+    paced_at, paced = core.clock(), 0  # the last measure of the pace: when, settled then
     while True:
         with core.mutex:
             while True:
                 if core.closing:
                     return
-                if poll is not None and core.clock() >= next_poll:
+                now = core.clock()
+                if poll is not None and now >= next_poll:
                     core.unclaimed = [True, True, True]
-                    next_poll = core.clock() + poll
+                    next_poll = now + poll
+                if adaptive and now - paced_at >= _PACE_WINDOW:
+                    pace = (core.settled - paced) / (now - paced_at)
+                    core.set_prefetch_locked(min(core.max_prefetch,
+                                                 int(pace * PREFETCH_HORIZON)))
+                    paced_at, paced = now, core.settled
                 wanted = [(p, room) for p in _PRIORITIES
                           if core.unclaimed[p] and (room := _room(core, p)) > 0]
                 if wanted:
                     break
-                core.claim_wake.wait(None if poll is None else next_poll - core.clock())
+                core.claim_wake.wait(None if poll is None else next_poll - now)
+            if core.shared:
+                wanted = _split(wanted, core.config.num_workers + core.prefetch
+                                - core.table.held(), weights, credit)
             kinds = None if core.config.handler is not None else frozenset(core.handlers)
             registered = core.registered
             news = list(core.news)
@@ -119,15 +144,39 @@ def claim(core: Core, policy: RetryPolicy) -> None:
 
 def _room(core: Core, priority: Priority) -> int:
     """How many jobs of ``priority`` to claim now: room up to ``queue_size``; from a shared
-    store, only a batch, and once the workers have taken half of the last one."""
-    table = core.table
-    room = core.config.queue_size - table.occupied(priority)
-    if core.shared:
-        queued = table.count(QUEUED, priority)
-        if queued >= core.refill_below:
-            return 0
-        room = min(room, core.claim_batch - queued)
+    store, none unless this queue holds few enough (see Core.set_prefetch_locked), and
+    then what :func:`_split` gives it."""
+    room = core.config.queue_size - core.table.occupied(priority)
+    if core.shared and not core.claim_wanted_locked():
+        return 0
     return room
+
+
+def _split(
+    wanted: list[tuple[Priority, int]], free: int, weights: Mapping[Priority, int],
+    credit: dict[Priority, int],
+) -> list[tuple[Priority, int]]:
+    """Split ``free`` claims among the priorities ``wanted`` (each with its room) by their
+    weights: shares in proportion, and what is left over one at a time to whoever is owed
+    most (smooth weighted round robin, ``credit`` carried from claim to claim), so that
+    claims of one job at a time are fair too."""
+    share = dict.fromkeys((p for p, _ in wanted), 0)
+    room = dict(wanted)
+    total = sum(weights[p] for p in share)
+    for p in share:
+        share[p] = min(room[p], free * weights[p] // total)
+    left = free - sum(share.values())
+    while left > 0:
+        open_ = [p for p in share if share[p] < room[p]]
+        if not open_:
+            break
+        for p in open_:
+            credit[p] += weights[p]
+        owed = max(open_, key=credit.__getitem__)
+        credit[owed] -= sum(weights[p] for p in open_)
+        share[owed] += 1
+        left -= 1
+    return [(p, n) for p, n in share.items() if n > 0]
 
 
 def _hold_locked(

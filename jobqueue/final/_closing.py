@@ -17,7 +17,7 @@ from jobqueue.final._core import Core, log_safely
 from jobqueue.final._model import check_timeout
 from jobqueue.final._states import SCHEDULED
 
-__all__ = ["finish", "start_locked", "close"]
+__all__ = ["close", "finish", "hurry", "start_locked"]
 
 # After the timeout has passed and cancellation is signalled, handlers that honour it get
 # this long to return before close() reports them as refusing to.
@@ -36,16 +36,20 @@ def start_locked(core: Core) -> None:
 
 
 def close(core: Core, threads: Sequence[threading.Thread], timeout: float | None) -> list[str]:
-    """Close, waiting up to ``timeout`` seconds (None: no limit); return the ids given up."""
-    endtime = None if timeout is None else core.clock() + timeout
+    """Close, waiting up to ``timeout`` seconds (None: no limit), or less if :func:`hurry`
+    brings the end forward; return the ids given up."""
+    started = core.clock()
     with core.mutex:
+        if timeout is not None:
+            core.close_by = min(core.close_by, core.clock() + timeout)
         start_locked(core)
-        while not core.drained_locked():
-            remaining = None if endtime is None else endtime - core.clock()
-            if remaining is not None and remaining <= 0:
+        while not core.drained_locked():  # (close_by may be brought forward meanwhile)
+            remaining = core.close_by - core.clock()
+            if remaining <= 0:
                 break
-            core.wait_changed_locked(remaining)
+            core.wait_changed_locked(None if remaining == float("inf") else remaining)
         gave_up = not core.drained_locked()
+        endtime = None if core.close_by == float("inf") else core.close_by
         if gave_up:
             core.stopping = True
             core.shutdown.set()
@@ -82,8 +86,9 @@ def close(core: Core, threads: Sequence[threading.Thread], timeout: float | None
         shown = ", ".join(abandoned[:_IDS_LOGGED])
         more = len(abandoned) - _IDS_LOGGED
         log_safely(
-            logging.WARNING, "close() gave up after %s s; %d unfinished jobs %s: %s%s",
-            timeout, len(abandoned), where, shown, f" and {more} more" if more > 0 else "",
+            logging.WARNING, "close() gave up after %.3g s; %d unfinished jobs %s: %s%s",
+            core.clock() - started, len(abandoned), where, shown,
+            f" and {more} more" if more > 0 else "",
         )
     if stuck:
         log_safely(logging.WARNING, "handlers did not return; threads still running: %s",
@@ -91,6 +96,16 @@ def close(core: Core, threads: Sequence[threading.Thread], timeout: float | None
     remaining = None if endtime is None else endtime - core.clock()
     core.store.close(None if remaining is None else max(CANCEL_GRACE, remaining))
     return abandoned
+
+
+def hurry(core: Core, timeout: float | None) -> None:
+    """A close() while another one waits: give up waiting ``timeout`` seconds from now,
+    if that is sooner than the first one would."""
+    if timeout is None:
+        return
+    with core.mutex:
+        core.close_by = min(core.close_by, core.clock() + timeout)
+        core.changed.notify_all()
 
 
 def _scheduled_lost_locked(core: Core) -> list[str]:

@@ -117,7 +117,7 @@ class WaitingLine:
 class Core:
     """The shared state of one queue. Fields are read and written with ``mutex`` held,
     except ``config``, ``store``, ``clock``, ``running``, ``ran``, ``forked``, ``seq``,
-    ``shared``, ``claim_batch``, ``refill_below``, ``hooks`` and ``shutdown``, which never
+    ``shared``, ``max_prefetch``, ``hooks`` and ``shutdown``, which never
     change or are safe on their own."""
 
     def __init__(
@@ -130,16 +130,22 @@ class Core:
         self.ran = store.ran  # and of its handler returning
         self.forked = False  # set in a child forked from this process: workers there stop
         self.seq = itertools.count(store.last_seq() + 1)  # next() is atomic
-        # A shared store (PostgreSQL) is the queue of many processes: this one claims what
-        # its workers will soon run, in batches, and looks again when half are taken, so
-        # that idle processes find work too. Otherwise stored jobs are this queue's alone,
-        # and it claims all it has room for.
+        # A shared store (PostgreSQL) is the queue of many processes: this one holds what its
+        # workers run and ``prefetch`` jobs more (``Config.prefetch``, or else as many as
+        # its workers finish in a moment: see _claimer), and claims again once half of
+        # those are taken, so that the other processes find work too: short
+        # jobs come in batches, and slow ones are not held by a process with no worker
+        # free for them. Otherwise stored jobs are this queue's alone, and it claims all it
+        # has room for.
         self.shared = store.shared
-        self.claim_batch = (
-            min(config.queue_size, max(64, 8 * config.num_workers))
-            if store.shared else config.queue_size
+        self.max_prefetch = (
+            config.prefetch if config.prefetch is not None
+            else min(config.queue_size, max(64, 8 * config.num_workers))
         )
-        self.refill_below = self.claim_batch // 2 + 1 if store.shared else float("inf")
+        self.settled = 0  # attempts settled, for the claimer's measure of the pace
+        self.prefetch = 0  # jobs held beyond the running ones, at most (shared stores)
+        self.claim_below = 0  # claim when fewer are held, running or queued (shared)
+        self.set_prefetch_locked(self.max_prefetch if config.prefetch is not None else 0)
         # Cooperative cancellation for every running handler once close() gives up waiting.
         self.shutdown = threading.Event()
 
@@ -200,9 +206,22 @@ class Core:
         # close() was called from a handler: it could not wait, so the workers finish the
         # queue and the first of them to exit gives the store up (see JobQueue.close).
         self.close_when_drained = False
+        # When close() gives up waiting, on the clock (inf: never); a later close() with a
+        # shorter timeout brings it forward.
+        self.close_by = float("inf")
         # Handlers of this queue waiting in enqueue() for room that only a worker taking a
         # job can free: once every worker would wait, none ever frees it (admission).
         self.handlers_waiting_for_room = 0
+
+    def set_prefetch_locked(self, prefetch: int) -> None:
+        """Hold up to ``prefetch`` jobs beyond the running ones; claim again once half of
+        them are taken (with 0, as soon as a worker is idle)."""
+        self.prefetch = prefetch
+        self.claim_below = self.config.num_workers + prefetch - prefetch // 2
+
+    def claim_wanted_locked(self) -> bool:
+        """A shared store: whether this queue holds few enough jobs to claim more."""
+        return self.table.held() < self.claim_below
 
     def jobs_ready(self, priorities: Iterable[Priority] | None) -> None:
         """A shared store's news: jobs of ``priorities`` (None: any) may be claimable."""

@@ -817,8 +817,10 @@ class JobQueue:
         ``metrics().abandoned``; a persistent store keeps them, and jobs waiting for a retry,
         for the next start.
         A second call, even from another thread at the same time, returns the same list;
-        if the store's last commit outlived the first call, it waits for it again, up to
-        ``timeout``, and gives the store up once that commit ends.
+        given a shorter ``timeout`` than the first one's, it makes the first give up sooner
+        (``close(timeout=0)`` from another thread: stop waiting now). If the store's last
+        commit outlived the first call, it waits for it again, up to ``timeout``, and gives
+        the store up once that commit ends.
 
         Called from a handler of this queue (or from any of its threads, say by a log
         handler), it cannot wait (the handler's own job would keep it waiting): it stops new
@@ -839,6 +841,8 @@ class JobQueue:
                     core.close_when_drained = True
                     _closing.start_locked(core)
             return []
+        if core.closing and not core.closed:  # another close() may be waiting: hurry it
+            _closing.hurry(core, timeout)
         with self._close_lock:
             if not core.closed:
                 self._abandoned = _closing.close(core, self._threads, timeout)

@@ -133,6 +133,13 @@ class JobTable:
         counts = self._counts
         return counts[NEW][priority] + counts[QUEUED][priority] + counts[RETRYING][priority]
 
+    def held(self) -> int:
+        """Jobs being enqueued, queued or running: what a shared store's claims fill up."""
+        counts = self._counts
+        new, queued, running = counts[NEW], counts[QUEUED], counts[PROCESSING]
+        return (new[0] + new[1] + new[2] + queued[0] + queued[1] + queued[2]
+                + running[0] + running[1] + running[2])
+
     def busy(self) -> int:
         return sum(self._counts[PROCESSING])
 

@@ -54,6 +54,8 @@ def work(core: Core, policy: RetryPolicy, finish_close: Callable[[], None]) -> N
             now = clock()
             if entry is not None:
                 settle_locked(core, entry, outcome, now)
+                if core.shared and True in core.unclaimed and core.claim_wanted_locked():
+                    core.claim_wake.notify()  # a worker is free: the claimer fills it
                 if hooked:
                     settled = hook_call_locked(core, entry)
             if settled is None:
@@ -83,8 +85,7 @@ def _next_locked(core: Core, now: float) -> Entry | None:
         if entry is not None:
             priority = entry.job.priority
             if core.room[priority].waiting or (
-                core.unclaimed[priority]
-                and table.count(QUEUED, priority) < core.refill_below
+                core.unclaimed[priority] and not core.shared  # (shared: on settling)
             ):
                 core.room_freed_locked(priority)
             return entry
@@ -301,6 +302,7 @@ def settle_locked(core: Core, entry: Entry, outcome: Outcome, now: float) -> Non
             table.transition(entry, FAILED, now)
     if core.stop_asked:
         core.stop_asked.discard(entry)
+    core.settled += 1
     core.changed_locked()
 
 
