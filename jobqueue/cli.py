@@ -116,20 +116,38 @@ def _database_stats(reader: QueueReader) -> dict[str, Any]:
         if status in _LIVE:
             by_priority[_PRIORITIES[priority]] += count
     oldest = reader.oldest_queued()
+    processes = reader.processes()
+    listed = {process["owner"] for process in processes}
+    for owner, held in reader.holders().items():  # a process too old to say it is alive
+        if owner not in listed:
+            processes.append({"owner": owner, "started_at": None, "heartbeat_at": None,
+                              "lease_until": None, "alive": True, "held": held})
     return {
         "by_status": {status: by_status[status] for status in _STATUSES},
         "by_priority": {priority: by_priority[priority] for priority in _PRIORITIES},
         "dead_letters": by_status[Status.FAILED.value],
         "oldest_queued_age": None if oldest is None else max(0.0, time.time() - oldest),
         "queue": reader.queue, "table_bytes": reader.table_bytes(),
-        "processes": reader.holders(), "lapsed_leases": reader.lapsed(),
+        "processes": processes, "lapsed_leases": reader.lapsed(),
     }
+
+
+def _known_queue(reader: QueueReader, path: str) -> None:
+    """Refuse a queue name the database has never seen (a typo shows zeros otherwise)."""
+    queues = reader.queues()
+    if reader.queue in queues:
+        return
+    known = ", ".join(f"{_printable(name)!r} ({_jobs(count)})" for name, count in
+                      queues.items()) or "none yet"
+    raise CommandError(f"no queue {reader.queue!r} in {mask(path)}: no job and no process "
+                       f"has used it (its queues: {known}); pass --queue NAME")
 
 
 def stats(path: str, queue: str = "default") -> dict[str, Any]:
     """The ``stats --json`` shape, documented in the README."""
     with _open(path, queue) as reader:
         if isinstance(reader, QueueReader):
+            _known_queue(reader, path)
             return _database_stats(reader)
         by_status: Counter[str] = Counter()
         by_priority: Counter[str] = Counter()
@@ -152,12 +170,15 @@ def stats(path: str, queue: str = "default") -> dict[str, Any]:
 
 
 def select(path: str, status: str | None, priority: str | None, kind: str | None,
-           limit: int | None, queue: str = "default") -> list[tuple[JobRecord, int]]:
-    """The matching jobs, oldest first, each with its payload's size."""
+           limit: int | None, queue: str = "default", newest: bool = False,
+           ) -> list[tuple[JobRecord, int]]:
+    """The matching jobs, oldest first (``newest``: newest first), each with its payload's
+    size."""
     with _open(path, queue) as reader:
         if isinstance(reader, QueueReader):  # filtered by the database; no payload read
+            _known_queue(reader, path)
             rank = None if priority is None else _PRIORITIES.index(priority)
-            return reader.select(status, rank, kind, limit)
+            return reader.select(status, rank, kind, limit, newest)
         found = []
         for record in reader.records():
             if status is not None and record.status.value != status:
@@ -167,7 +188,7 @@ def select(path: str, status: str | None, priority: str | None, kind: str | None
             if kind is not None and record.kind != kind:
                 continue
             found.append(record)
-    found.sort(key=lambda r: (r.created_at, r.id))
+    found.sort(key=lambda r: (r.created_at, r.id), reverse=newest)
     return [(r, len(r.payload)) for r in (found if limit is None else found[:limit])]
 
 
@@ -258,10 +279,17 @@ def _print_stats(data: dict[str, Any]) -> None:
     print(f"oldest queued     {'-' if age is None else _age(time.time() - age)}")
     if "queue" in data:
         processes = data["processes"]
-        held = ", ".join(f"{_printable(owner)} ({count})" for owner, count in processes.items())
+        alive = sum(process["alive"] for process in processes)
         print(f"queue             {_printable(data['queue'])}")
         print(f"table size        {_size(data['table_bytes'])}, every queue of the database")
-        print(f"processes         {len(processes)} holding jobs" + (f": {held}" if held else ""))
+        print(f"processes         {alive} alive" + (
+            f", {len(processes) - alive} gone (lease lapsed)" if len(processes) > alive else ""))
+        for process in processes:
+            beat, until = process["heartbeat_at"], process["lease_until"]
+            state = ("holds " + _jobs(process["held"]) if process["alive"] else
+                     "gone: no heartbeat since " + _stamp(beat))
+            print(f"  {_printable(process['owner'])}  {state}; last heartbeat "
+                  f"{_age(beat)} ago, lease until {_stamp(until)}")
         print(f"lapsed leases     {data['lapsed_leases']} (claimed by the next process to look)")
         return
     owner = data["owner_pid"]
@@ -294,7 +322,7 @@ def _stamp(epoch: float | None) -> str:
     if epoch is None:
         return "-"
     try:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+        return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(epoch))
     except (OverflowError, ValueError, OSError):  # NaN, or beyond what the C library can tell
         return f"{epoch!r} (epoch seconds)"
 
@@ -331,19 +359,19 @@ def _bytes(data: bytes) -> str:
 # -- repairing -----------------------------------------------------------------------------
 
 def _repair(path: str, change: str, ids: list[str] | None, statuses: list[Status],
-            queue: str = "default") -> list[str]:
+            queue: str = "default", force: bool = False) -> list[str]:
     try:
         if is_database_url(path):  # many writers: each repair is one transaction
             if change == "requeue":
                 return pg_admin.requeue(path, queue, ids)
             if change == "cancel":
                 return pg_admin.cancel(path, queue, ids or [])
-            return pg_admin.purge(path, queue, ids, statuses)
+            return pg_admin.purge(path, queue, ids, statuses, force=force)
         if change == "requeue":
             return admin.requeue(path, ids)
         if change == "cancel":
             return admin.cancel(path, ids or [])
-        return admin.purge(path, ids, statuses)
+        return admin.purge(path, ids, statuses, force=force)
     except StoreLocked as exc:
         raise CommandError(
             f"{exc}; stop it first: repairs change the store only when no process owns it",
@@ -368,7 +396,7 @@ EXAMPLES = """examples:
   jobqueue show ./jobs.db welcome-42       everything stored about one job
   jobqueue requeue ./jobs.db --all-failed  after the outage: run the failed jobs again
   jobqueue cancel ./jobs.db welcome-42     it will not run (queued, scheduled, retrying)
-  jobqueue purge ./jobs.db --completed     forget finished jobs
+  jobqueue purge ./jobs.db --status completed   forget finished jobs
 
 exit status: 0 done, 1 refused (a process owns the store), 2 bad input, 3 unexpected error
 
@@ -452,6 +480,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("list", "one line a job, oldest first",
                   "jobqueue list ./jobs.db --status failed --kind email --limit 20")
     sub.add_argument("--status", choices=_STATUSES, help="only jobs with this status")
+    sub.add_argument("--newest", action="store_true", help="newest first")
     sub.add_argument("--priority", choices=_PRIORITIES, help="only jobs of this priority")
     sub.add_argument("--kind", help="only jobs of this kind")
     sub.add_argument("--limit", type=_count, default=100, help="at most N jobs (default 100)")
@@ -471,12 +500,16 @@ def _parser() -> argparse.ArgumentParser:
                   "jobqueue cancel ./jobs.db welcome-42")
     sub.add_argument("ids", metavar="ID", nargs="+", help="the jobs to cancel")
 
-    sub = command("purge", "delete finished jobs or given ids (store must be free)",
-                  "jobqueue purge ./jobs.db --completed")
+    sub = command("purge", "delete finished jobs or given ids (LMDB: store must be free)",
+                  "jobqueue purge ./jobs.db --status completed --status cancelled")
     sub.add_argument("ids", metavar="ID", nargs="*", help="the jobs to delete")
-    sub.add_argument("--completed", action="store_true", help="every COMPLETED job")
-    sub.add_argument("--failed", action="store_true", help="every FAILED job")
-    sub.add_argument("--cancelled", action="store_true", help="every CANCELLED job")
+    sub.add_argument("--status", choices=_STATUSES, action="append", default=[],
+                     help="every job with this status (repeat for several)")
+    sub.add_argument("--force", action="store_true",
+                     help="delete live jobs too (queued, scheduled, retrying): they never run")
+    sub.add_argument("--completed", action="store_true", help="same as --status completed")
+    sub.add_argument("--failed", action="store_true", help="same as --status failed")
+    sub.add_argument("--cancelled", action="store_true", help="same as --status cancelled")
     return parser
 
 
@@ -497,7 +530,7 @@ def _run(args: argparse.Namespace) -> None:
                 print()
     elif args.command == "list":
         found = select(args.path, args.status, args.priority, args.kind, args.limit,
-                       args.queue)
+                       args.queue, args.newest)
         if args.json:
             print(_dumps([_job_json(r, payload_size=size) for r, size in found]))
         else:
@@ -516,14 +549,16 @@ def _run(args: argparse.Namespace) -> None:
         shown = ", ".join(_printable(job_id) for job_id in done[:20])
         print(f"requeued {_jobs(len(done))}" + (f": {shown}" if done else ""))
     elif args.command == "purge":
-        statuses = [s for s, on in ((Status.COMPLETED, args.completed),
-                                    (Status.FAILED, args.failed),
-                                    (Status.CANCELLED, args.cancelled)) if on]
+        statuses = [Status(value) for value in args.status]
+        statuses += [s for s, on in ((Status.COMPLETED, args.completed),
+                                     (Status.FAILED, args.failed),
+                                     (Status.CANCELLED, args.cancelled))
+                     if on and s not in statuses]
         if bool(args.ids) == bool(statuses):
-            raise CommandError("purge takes job ids, or any of --completed, --failed and "
-                               "--cancelled")
+            raise CommandError("purge takes job ids, or --status STATUS (repeatable), not "
+                               "both or neither")
         done = _repair(args.path, "purge", None if statuses else args.ids, statuses,
-                       args.queue)
+                       args.queue, args.force)
         print(f"purged {_jobs(len(done))}")
     elif args.command == "cancel":
         done = _repair(args.path, "cancel", args.ids, [], args.queue)

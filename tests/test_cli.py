@@ -229,6 +229,27 @@ class TestRepairs:
         assert json.loads(jobqueue("stats", store, "--json").stdout)["dead_letters"] == 1
 
 
+    def test_purge_refuses_live_jobs_unless_forced(self, store: str) -> None:
+        done = jobqueue("purge", store, "resize-0", "mail-0")
+        assert done.returncode == 2
+        assert "1 of these jobs are live: 'resize-0' (queued)" in done.stderr
+        assert "--force" in done.stderr and "nothing changed" in done.stderr
+        assert jobqueue("purge", store, "--status", "queued").returncode == 2
+        done = jobqueue("purge", store, "resize-0", "--force")
+        assert (done.returncode, done.stdout) == (0, "purged 1 job\n")
+        done = jobqueue("purge", store, "--status", "queued", "--status", "failed", "--force")
+        assert (done.returncode, done.stdout) == (0, "purged 4 jobs\n")
+
+    def test_list_newest_first_and_times_with_their_zone(self, store: str) -> None:
+        oldest = jobqueue("list", store).stdout.splitlines()[1:]
+        newest = jobqueue("list", store, "--newest").stdout.splitlines()[1:]
+        assert [line.split()[0] for line in newest] == [
+            line.split()[0] for line in reversed(oldest)]
+        shown = jobqueue("show", store, "mail-0").stdout
+        created = next(line for line in shown.splitlines() if line.startswith("created_at"))
+        assert re.search(r"\d\d:\d\d:\d\d [+-]\d{4}$", created), created
+
+
 class TestCancel:
     def test_cancelled_jobs_stay_cancelled_at_the_next_start(self, store: str) -> None:
         done = jobqueue("cancel", store, "resize-0", "resize-2")

@@ -8,6 +8,7 @@ import logging
 import pickle
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -367,3 +368,33 @@ class TestSharedStore:
             opened.append(jq)
             assert jq.join(60)
         assert max(seen) > 1  # it learns the pace, from nothing held
+
+
+class TestNewcomer:
+    def test_join_can_wait_for_due_work_only(self) -> None:
+        ran: list[bytes] = []
+        with final.JobQueue(final.Config(num_workers=1, handler=ran.append)) as jq:
+            jq.enqueue(final.Job("later", b"later"), delay=3600)
+            jq.enqueue(final.Job("now", b"now"))
+            assert jq.join(0.2) is False  # the job an hour ahead counts
+            assert jq.join(10, scheduled=False) is True
+            assert ran == [b"now"] and jq.status("later") is Status.SCHEDULED
+            with pytest.raises(TypeError, match="scheduled must be a bool"):
+                jq.join(1, scheduled="no")  # type: ignore[arg-type]
+            jq.cancel("later")
+
+    def test_queue_stats_print_as_a_few_lines(self) -> None:
+        with final.JobQueue(final.Config(num_workers=1, handler=lambda p: None)) as jq:
+            jq.enqueue(final.Job("a", priority="high"))
+            assert jq.join(10)
+            text = str(jq.queue_stats())
+        lines = text.splitlines()
+        assert len(lines) == 4 and all(len(line) < 120 for line in lines)
+        assert lines[0].startswith("queued 0  scheduled 0  processing 0  retrying 0  "
+                                   "completed 1")
+        assert lines[1].startswith("high   queued 0") and "completed 1" in lines[1]
+
+    def test_install_hints_name_packages_an_index_has(self) -> None:
+        root = Path(final.__file__).parent.parent
+        for path in root.rglob("*.py"):
+            assert "'jobqueue[" not in path.read_text(), path  # no index has jobqueue

@@ -98,6 +98,7 @@ class TestSchema:
             conn.execute("DROP INDEX jobqueue_jobs_finished")
             conn.execute("CREATE INDEX jobqueue_jobs_finished ON jobqueue_jobs "
                          "(queue, finished_at) WHERE status IN ('completed', 'failed')")
+            conn.execute("DROP TABLE jobqueue_processes")
             conn.execute("UPDATE jobqueue_meta SET value = '1'")
         url = config.database_url or ""
         uri = (f"postgresql://postgres@/{url.rsplit('dbname=', 1)[1]}"
@@ -113,6 +114,23 @@ class TestSchema:
                 str(SCHEMA_VERSION),)
             assert conn.execute("SELECT to_regclass('jobqueue_jobs_scheduled') IS NOT NULL"
                                 ).fetchone() == (True,)
+            assert conn.execute("SELECT to_regclass('jobqueue_processes') IS NOT NULL"
+                                ).fetchone() == (True,)
+
+    def test_a_version_3_database_gains_the_processes_while_old_processes_run(
+        self, config: final.Config, queues: list
+    ) -> None:
+        old = open_queue(queues, config)  # as a process of version 3 would go on running
+        with psycopg.connect(config.database_url, autocommit=True) as conn:  # type: ignore[arg-type]
+            conn.execute("DROP TABLE jobqueue_processes")
+            conn.execute("UPDATE jobqueue_meta SET value = '3'")
+        new = open_queue(queues, config)
+        new.enqueue(final.Job("after"))
+        assert old.wait("after", 10) is Status.COMPLETED
+        with psycopg.connect(config.database_url) as conn:  # type: ignore[arg-type]
+            assert conn.execute("SELECT value FROM jobqueue_meta").fetchone() == ("4",)
+            owners = [row[0] for row in conn.execute("SELECT owner FROM jobqueue_processes")]
+        assert owners == [new._core.store.owner]  # type: ignore[attr-defined]
 
 
 class TestSharing:
@@ -503,6 +521,54 @@ class TestCommandLine:
         host = database_url.split("host=", 1)[1].split()[0]
         return f"postgresql://postgres@/{name}?host={host}"
 
+    def test_a_libpq_string_an_unknown_queue_and_idle_processes(
+        self, database_url: str, config: final.Config, queues: list,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        idle = open_queue(queues, config, queue_name="emails")  # holds nothing
+        other = open_queue(queues, config, queue_name="other", handler=None)
+        other.enqueue(final.Job("waits", kind="nobody"))
+        assert cli.main(["stats", database_url, "--queue", "emails", "--json"]) == 0
+        processes = json.loads(capsys.readouterr().out)["processes"]
+        assert [(p["owner"], p["held"], p["alive"]) for p in processes] == [
+            (idle._core.store.owner, 0, True)]  # type: ignore[attr-defined]
+        assert processes[0]["lease_until"] > processes[0]["heartbeat_at"]
+        assert cli.main(["stats", database_url, "--queue", "emial"]) == 2
+        err = capsys.readouterr().err
+        assert "no queue 'emial'" in err and "'emails' (0 jobs), 'other' (1 job)" in err
+        assert cli.main(["list", database_url, "--queue", "emial"]) == 2
+        idle.close()  # says goodbye: no longer listed, and no job names the queue
+        assert cli.main(["stats", database_url, "--queue", "emails"]) == 2
+        assert "no queue 'emails'" in capsys.readouterr().err
+
+    def test_purge_refuses_live_jobs_unless_forced(
+        self, config: final.Config, queues: list, uri: str,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        queue = open_queue(queues, config, queue_name="q")
+        queue.enqueue(final.Job("later"), delay=3600)
+        queue.enqueue(final.Job("done"))
+        assert queue.wait("done", 10) is Status.COMPLETED
+        queue.close()
+        assert cli.main(["purge", uri, "later", "--queue", "q"]) == 2
+        assert "'later' (scheduled); purging deletes them unrun" in capsys.readouterr().err
+        assert cli.main(["purge", uri, "--queue", "q", "--status", "scheduled"]) == 2
+        capsys.readouterr()
+        assert cli.main(["list", uri, "--queue", "q", "--newest"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert [line.split()[0] for line in lines[1:]] == ["done", "later"]
+        assert cli.main(["purge", uri, "--queue", "q", "--status", "scheduled",
+                         "--status", "completed", "--force"]) == 0
+        assert "purged 2 jobs" in capsys.readouterr().out
+
+    def test_without_psycopg_the_command_says_how_to_install_it(self, uri: str) -> None:
+        script = ("import sys; sys.modules['psycopg'] = None; from jobqueue.cli import main; "
+                  "sys.exit(main(['stats', sys.argv[1]]))")
+        done = subprocess.run([sys.executable, "-c", script, uri], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "needs psycopg 3: pip install 'psycopg[binary]>=3.1'" in done.stderr
+
     def test_stats_list_show_requeue_and_purge(
         self, config: final.Config, queues: list, uri: str,
         capsys: pytest.CaptureFixture[str],
@@ -528,9 +594,12 @@ class TestCommandLine:
         assert cli.main(["stats", uri, "--queue", "hooks", "--json"]) == 0
         data = json.loads(capsys.readouterr().out)
         assert data["by_status"]["failed"] == 2 and data["by_status"]["processing"] == 1
-        assert data["queue"] == "hooks" and list(data["processes"].values()) == [1]
+        assert data["queue"] == "hooks"
+        assert [(p["owner"], p["held"], p["alive"]) for p in data["processes"]] == [
+            (queue._core.store.owner, 1, True)]  # type: ignore[attr-defined]
         assert cli.main(["stats", uri, "--queue", "hooks"]) == 0
-        assert "processes         1 holding jobs" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "processes         1 alive" in out and "holds 1 job; last heartbeat" in out
         assert cli.main(["list", uri, "--queue", "hooks", "--status", "failed"]) == 0
         assert "ConnectionError" in capsys.readouterr().out
         assert cli.main(["show", uri, "bad0", "--queue", "hooks"]) == 0

@@ -70,7 +70,8 @@ def cron_ticks(expression: str, tz: datetime.tzinfo) -> Ticks:
     try:
         from croniter import croniter
     except ImportError:
-        raise ImportError("cron() needs croniter: pip install 'jobqueue[cron]'") from None
+        raise ImportError("cron() needs croniter: pip install 'croniter>=2.0' (from a jobqueue "
+                          "checkout: pip install '.[cron]')") from None
     if not isinstance(expression, str):
         raise TypeError(f"expression must be a str, not {type(expression).__name__}")
     if not croniter.is_valid(expression):

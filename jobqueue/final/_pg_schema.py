@@ -7,6 +7,9 @@ One table holds the jobs of every queue in a database, one row per job id and qu
                      lease_id (one claim of the job, from the sequence jobqueue_lease_ids),
                      lease_until (when the claim lapses)
     jobqueue_meta    key/value: schema_version
+    jobqueue_processes  owner primary key: every process serving a queue, its queue, when
+                     it started, its last heartbeat and when its lease lapses (for people:
+                     ``jobqueue stats``; nothing decides anything by it)
 
     jobqueue_jobs_ready     (queue, priority, seq) of live jobs no process holds: claims
     jobqueue_jobs_leases    (queue, lease_until) of held jobs: heartbeats, lapsed leases
@@ -33,15 +36,26 @@ from typing import Any
 
 from jobqueue.errors import StoreError
 
-__all__ = ["CHANNEL", "SCHEMA_VERSION", "ConnectionPool", "connect", "create_schema", "mask"]
+__all__ = ["ALIVE", "CHANNEL", "FORGET_GONE", "SCHEMA_VERSION", "ConnectionPool", "connect",
+           "create_schema", "mask"]
 
 logger = logging.getLogger("jobqueue")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Every queue of a database notifies on this channel; the payload names the queue.
 CHANNEL = "jobqueue"
 # Any constant will do: it names the lock that serialises schema creation.
 _SCHEMA_LOCK = 0x6A6F627175657565
+
+_PROCESSES = """
+CREATE TABLE IF NOT EXISTS jobqueue_processes (
+    owner text PRIMARY KEY,
+    queue text NOT NULL,
+    started_at timestamptz NOT NULL,
+    heartbeat_at timestamptz NOT NULL,
+    lease_until timestamptz NOT NULL
+);
+"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobqueue_meta (
@@ -80,7 +94,7 @@ CREATE INDEX IF NOT EXISTS jobqueue_jobs_finished ON jobqueue_jobs (queue, finis
     WHERE status IN ('completed', 'failed', 'cancelled');
 CREATE INDEX IF NOT EXISTS jobqueue_jobs_scheduled ON jobqueue_jobs (queue, due_at)
     WHERE owner IS NULL AND status = 'scheduled';
-"""
+""" + _PROCESSES
 
 # From version 1: results, and the SCHEDULED and CANCELLED statuses. Every process of the
 # older version must be stopped first: it cannot read the new statuses, and the index builds
@@ -101,6 +115,21 @@ _UPGRADE_FROM_2 = """
 ALTER TABLE jobqueue_jobs ADD COLUMN IF NOT EXISTS result_json boolean NOT NULL DEFAULT false;
 UPDATE jobqueue_meta SET value = '3' WHERE key = 'schema_version';
 """
+
+# From version 3: the processes, for people to see. A new table: processes of version 3 may
+# run on (they neither write nor read it).
+_UPGRADE_FROM_3 = _PROCESSES + """
+UPDATE jobqueue_meta SET value = '4' WHERE key = 'schema_version';
+"""
+
+#: A process says it is alive: when it starts, and with every heartbeat.
+ALIVE = """
+INSERT INTO jobqueue_processes AS p (owner, queue, started_at, heartbeat_at, lease_until)
+VALUES (%(owner)s, %(queue)s, now(), now(), now() + make_interval(secs => %(lease)s))
+ON CONFLICT (owner) DO UPDATE SET heartbeat_at = now(), lease_until = excluded.lease_until
+"""
+#: Processes gone for a day are forgotten (one that crashed leaves its row).
+FORGET_GONE = "DELETE FROM jobqueue_processes WHERE lease_until < now() - interval '1 day'"
 
 # libpq's settings for a TCP connection, unless the URL gives its own: a server that stops
 # answering (a cut link, a host gone) fails the connection in seconds instead of leaving a
@@ -132,7 +161,8 @@ def _psycopg() -> Any:
         import psycopg
     except ImportError:
         raise StoreError(
-            "a database_url needs psycopg 3: pip install 'jobqueue[postgres]'"
+            "a database_url needs psycopg 3: pip install 'psycopg[binary]>=3.1' (from a "
+            "jobqueue checkout: pip install '.[postgres]')"
         ) from None
     return psycopg
 
@@ -193,7 +223,9 @@ def create_schema(conn: Any) -> None:
                 version = _version(row[0])
                 if version == 1:
                     conn.execute(_UPGRADE_FROM_1)
-                conn.execute(_UPGRADE_FROM_2)
+                if version <= 2:
+                    conn.execute(_UPGRADE_FROM_2)
+                conn.execute(_UPGRADE_FROM_3)
                 logger.info("upgraded the jobqueue tables from schema version %d to %d",
                             version, SCHEMA_VERSION)
             elif _version(row[0]) > SCHEMA_VERSION:

@@ -45,7 +45,7 @@ from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable, Collection
 from typing import Any
 
-from jobqueue.final._pg_schema import CHANNEL, connect, mask
+from jobqueue.final._pg_schema import ALIVE, CHANNEL, connect, mask
 from jobqueue.final._states import FINISHED, LIVE, Status
 from jobqueue.final._store import JobRecord, JsonResult
 
@@ -764,6 +764,14 @@ class Writer:
             logger.warning("job %r was taken over by another process (this one held it past "
                            "its lease of %s s without a heartbeat): this one will not run it "
                            "or write its outcome", job_id, self._lease)
+        try:  # for people (jobqueue stats): never at the cost of the leases above
+            conn.execute(ALIVE, {"owner": self._owner, "queue": self._queue,
+                                 "lease": self._lease})
+        except Exception as exc:
+            if classify(exc, conn) == "connection":
+                raise
+            logger.error("could not say this process is alive in jobqueue_processes: %s",
+                         _first_line(exc))
 
     def _trim_if_due(self, conn: Any) -> None:
         """Delete finished jobs past the retention, newest kept, a batch at a time, once a
@@ -787,6 +795,11 @@ class Writer:
     def _release_all(self, conn: Any) -> None:
         conn.execute(_RELEASE_ALL, {"queue": self._queue, "owner": self._owner,
                                     "tag": self._tag}).fetchall()
+        try:  # (a process that does not say goodbye is listed gone, then forgotten)
+            conn.execute("DELETE FROM jobqueue_processes WHERE owner = %s", (self._owner,))
+        except Exception as exc:
+            logger.info("could not take this process out of jobqueue_processes: %s",
+                        _first_line(exc))
         self._leases.clear()
 
     # -- closing ------------------------------------------------------------------------------

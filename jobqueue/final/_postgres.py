@@ -52,7 +52,15 @@ from typing import Any
 
 from jobqueue._priority import Priority
 from jobqueue.errors import DuplicateJob, StoreError
-from jobqueue.final._pg_schema import CHANNEL, ConnectionPool, connect, create_schema, mask
+from jobqueue.final._pg_schema import (
+    ALIVE,
+    CHANNEL,
+    FORGET_GONE,
+    ConnectionPool,
+    connect,
+    create_schema,
+    mask,
+)
 from jobqueue.final._pg_writer import Writer, classify
 from jobqueue.final._states import CANCELLABLE, FINISHED, LIVE, Status
 from jobqueue.final._store import JobRecord, JsonResult, LeaseLost, QueueStats
@@ -245,6 +253,7 @@ class PostgresStore:
         self._pool = ConnectionPool(url, synchronous_commit=fsync, lease=lease)
         try:
             self._run("create the jobqueue tables", create_schema, wrap=False)
+            self._run("register this process", self._register)
         except BaseException:
             self._pool.close()
             raise
@@ -264,6 +273,12 @@ class PostgresStore:
         self._database: tuple[str, str] | None = None  # system identifier, name
         # Callers' connections checked to reach this database, with their backend's pid.
         self._checked: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+    def _register(self, conn: Any) -> None:
+        """Say this process is alive (its writer's heartbeats say it again), for people
+        (``jobqueue stats``); forget processes gone for a day."""
+        conn.execute(ALIVE, {"owner": self.owner, "queue": self.queue, "lease": self.lease})
+        conn.execute(FORGET_GONE)
 
     def _run(self, what: str, work: Callable[[Any], Any], *, retry: bool = True,
              wrap: bool = True) -> Any:
@@ -685,12 +700,14 @@ class PostgresStore:
         ).fetchone())
         return row is not None
 
-    def has_live(self) -> bool:
-        """True while any process has work in this queue."""
+    def has_live(self, due_only: bool = False) -> bool:
+        """True while any process has work in this queue (``due_only``: work that is due,
+        not SCHEDULED for later)."""
         self.sync()
+        statuses = [s for s in _LIVE_STATUSES if not (due_only and s == "scheduled")]
         return bool(self._query_one(
             "SELECT EXISTS (SELECT 1 FROM jobqueue_jobs WHERE queue = %s AND status = ANY(%s))",
-            (self.queue, list(_LIVE_STATUSES)),
+            (self.queue, statuses),
         )[0])
 
     def stats(self) -> QueueStats:

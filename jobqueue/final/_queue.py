@@ -403,7 +403,7 @@ class JobQueue:
         tz: datetime.tzinfo = datetime.UTC,
     ) -> None:
         """As :meth:`every`, at the times of a cron ``expression`` (``"*/5 * * * *"``) in
-        the time zone ``tz`` (default UTC). Needs croniter: ``pip install 'jobqueue[cron]'``
+        the time zone ``tz`` (default UTC). Needs croniter: ``pip install croniter``
         (``ImportError`` naming it otherwise); ``ValueError`` for an invalid expression.
         """
         if not isinstance(tz, datetime.tzinfo):
@@ -699,9 +699,12 @@ class JobQueue:
             remaining = poll if remaining is None else min(remaining, poll)
         core.wait_changed_locked(remaining)
 
-    def join(self, timeout: float | None = None) -> bool:
-        """Block until nothing is queued, processing or waiting for a retry.
+    def join(self, timeout: float | None = None, *, scheduled: bool = True) -> bool:
+        """Block until nothing is queued, processing, waiting for a retry or scheduled.
 
+        Jobs scheduled for later (``delay``, ``run_at``, periodic ticks) count, however far
+        ahead: join() waits until they have run. ``scheduled=False`` waits only for the
+        work that is due: jobs scheduled for later do not count until they come due.
         Returns False if ``timeout`` seconds (None or ``inf``: no limit) passed first, or if
         close() left work unfinished. Stored jobs whose kind has no handler do not count: they
         cannot run. Raises ``RuntimeError`` from a handler of this queue, whose own job would
@@ -718,26 +721,32 @@ class JobQueue:
             raise RuntimeError(f"join() called from {_whose(running_in(core))} would never "
                                "return: that thread's own work keeps the queue busy")
         endtime = None if timeout is None else core.clock() + timeout
+        if not isinstance(scheduled, bool):
+            raise TypeError(f"scheduled must be a bool, not {type(scheduled).__name__}")
+        table = core.table
         if core.shared:
-            return self._join_shared(endtime)
+            return self._join_shared(endtime, scheduled)
         with core.mutex:
             while True:
                 if core.stopping:  # close() gave up on work: it will not finish here
                     return False
-                if not len(core.table) and not any(core.unclaimed):
+                busy = len(table) - (0 if scheduled else table.scheduled())
+                if not busy and not any(core.unclaimed):
                     return True
                 remaining = None if endtime is None else endtime - core.clock()
                 if core.closed or (remaining is not None and remaining <= 0):
                     return False
                 core.wait_changed_locked(remaining)
 
-    def _join_shared(self, endtime: float | None) -> bool:
+    def _join_shared(self, endtime: float | None, scheduled: bool) -> bool:
         """join() of a shared queue: until no process has work in it."""
         core = self._core
+        table = core.table
         poll = core.store.poll_interval  # type: ignore[attr-defined]
         while True:
             with core.mutex:
-                while len(core.table) and not (core.stopping or core.closed):
+                while (len(table) - (0 if scheduled else table.scheduled())
+                       and not (core.stopping or core.closed)):
                     remaining = None if endtime is None else endtime - core.clock()
                     if remaining is not None and remaining <= 0:
                         return False
@@ -745,7 +754,7 @@ class JobQueue:
                 if core.stopping or core.closed:
                     return False
                 version = core.version
-            if not core.store.has_live():  # type: ignore[attr-defined]
+            if not core.store.has_live(due_only=not scheduled):  # type: ignore[attr-defined]
                 return True
             with core.mutex:
                 remaining = None if endtime is None else endtime - core.clock()

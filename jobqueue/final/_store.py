@@ -105,6 +105,17 @@ class QueueStats:
                    counts[Status.COMPLETED], counts[Status.FAILED], per_priority, processes,
                    counts.get(Status.SCHEDULED, 0), counts.get(Status.CANCELLED, 0))
 
+    def __str__(self) -> str:
+        """A few readable lines, for ``print(jq.queue_stats())``; ``repr`` has every field."""
+        names = ("queued", "scheduled", "processing", "retrying", "completed", "failed",
+                 "cancelled")
+        lines = ["  ".join(f"{name} {getattr(self, name):,}" for name in names)
+                 + f"  processes holding jobs {self.processes}"]
+        for priority, counts in self.per_priority.items():
+            lines.append(f"{priority.name.lower():<7}" + "  ".join(
+                f"{name} {counts.get(Status(name), 0):,}" for name in names))
+        return "\n".join(lines)
+
 
 class LeaseLost(Exception):
     """From a shared store's ``running``: this process may not run the job, and forgets it.

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -39,7 +39,7 @@ from jobqueue.final._lmdb_files import Tables, begin_read
 from jobqueue.final._lmdb_replay import read_logged, replay_log
 from jobqueue.final._lmdb_starts import read_starts, started
 from jobqueue.final._records import RecordError, decode
-from jobqueue.final._states import CANCELLABLE, Status
+from jobqueue.final._states import CANCELLABLE, LIVE, Status
 from jobqueue.final._store import JobRecord
 
 __all__ = ["StoreReader", "owner_pid", "purge", "requeue"]
@@ -225,12 +225,14 @@ def cancel(path: str, job_ids: Sequence[str]) -> list[str]:
 
 
 def purge(
-    path: str, job_ids: Sequence[str] | None = None, statuses: Collection[Status] = ()
+    path: str, job_ids: Sequence[str] | None = None, statuses: Collection[Status] = (),
+    *, force: bool = False,
 ) -> list[str]:
     """Delete the given jobs, or every job in ``statuses``, with their index entries.
 
-    Returns the ids deleted. Raises ``KeyError`` for an unknown id before anything is written;
-    ``StoreLocked`` if a process owns the store.
+    Returns the ids deleted. Raises ``KeyError`` for an unknown id, and ``ValueError`` for
+    a live job (queued, scheduled, processing, retrying) unless ``force``, before anything
+    is written; ``StoreLocked`` if a process owns the store.
     """
     with _owned(path) as tables:
 
@@ -246,9 +248,20 @@ def purge(
                         continue
                     if record.status in statuses:
                         chosen.append((record, fseq))
+            if not force:
+                _refuse_live(record for record, _ in chosen)
             for record, fseq in chosen:
                 tables.delete(txn, record, fseq)
             return [record.id for record, _ in chosen]
 
         return _transaction(tables, change)
 
+
+
+def _refuse_live(records: Iterable[JobRecord]) -> None:
+    live = [record for record in records if record.status in LIVE]
+    if live:
+        shown = ", ".join(f"{r.id!r} ({r.status.value})" for r in live[:5])
+        more = f" and {len(live) - 5} more" if len(live) > 5 else ""
+        raise ValueError(f"{len(live)} of these jobs are live: {shown}{more}; purging deletes "
+                         "them unrun (force=True, or --force, to do so)")

@@ -19,6 +19,8 @@ process that held it can then neither start the job nor write an outcome over th
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
@@ -26,24 +28,31 @@ from typing import Any
 from jobqueue.errors import StoreError
 from jobqueue.final._pg_schema import CHANNEL, check_schema, connect, mask
 from jobqueue.final._postgres import _COLUMNS, _NCOLS, FOREIGN, _record, _storable
-from jobqueue.final._states import CANCELLABLE, FINISHED, Status
+from jobqueue.final._states import CANCELLABLE, LIVE, Status
 from jobqueue.final._store import JobRecord
 
 __all__ = ["QueueReader", "cancel", "is_database_url", "mask", "purge", "requeue"]
 
 
+#: A libpq ``key=value`` connection string starts with one of these keys.
+_LIBPQ_KEY = re.compile(r"\s*(host|hostaddr|port|dbname|user|password|passfile|service|"
+                        r"sslmode|connect_timeout|application_name|options)\s*=")
+
+
 def is_database_url(text: str) -> bool:
-    """True for what names a PostgreSQL database rather than an LMDB store directory."""
-    return text.startswith(("postgresql://", "postgres://"))
+    """True for what names a PostgreSQL database (a ``postgresql://`` URI, or a libpq
+    ``key=value`` string as ``Config.database_url`` takes it) rather than an LMDB store
+    directory. A path that exists is a directory, whatever its name."""
+    if text.startswith(("postgresql://", "postgres://")):
+        return True
+    return _LIBPQ_KEY.match(text) is not None and not os.path.exists(text)
 
 
 def _open(url: str) -> Any:
-    import psycopg
-
-    conn = connect(url)
+    conn = connect(url)  # (StoreError, with the way to install psycopg, if it is missing)
     try:
         check_schema(conn)
-    except (psycopg.Error, StoreError):
+    except BaseException:
         conn.close()
         raise
     return conn
@@ -90,9 +99,10 @@ class QueueReader:
         ).fetchone()[0]
 
     def select(self, status: str | None, priority: int | None, kind: str | None,
-               limit: int | None) -> list[tuple[JobRecord, int]]:
-        """Jobs matching, oldest first, filtered and limited by the database, with their
-        payload's size: the payloads themselves are not read (records carry b"")."""
+               limit: int | None, newest: bool = False) -> list[tuple[JobRecord, int]]:
+        """Jobs matching, oldest first (``newest``: newest first), filtered and limited by
+        the database, with their payload's size: the payloads themselves are not read
+        (records carry b"")."""
         if kind is not None and not _storable(kind):
             return []
         columns = (_COLUMNS.replace("payload", "''::bytea")
@@ -101,10 +111,34 @@ class QueueReader:
             f"SELECT {columns}, octet_length(payload) FROM jobqueue_jobs "
             "WHERE queue = %s AND (%s::text IS NULL OR status = %s) "
             "AND (%s::smallint IS NULL OR priority = %s) AND (%s::text IS NULL OR kind = %s) "
-            "ORDER BY created_at, id LIMIT %s",
+            f"ORDER BY created_at {'DESC' if newest else ''}, id {'DESC' if newest else ''} "
+            "LIMIT %s",
             (self.queue, status, status, priority, priority, kind, kind, limit),
         ).fetchall()
         return [(_record(row), row[_NCOLS]) for row in rows]
+
+    def processes(self) -> list[dict[str, Any]]:
+        """The processes serving this queue, from their own heartbeats: each one's name,
+        when it started, its last heartbeat, when its lease lapses (epoch seconds),
+        whether that is still to come, and how many jobs it holds. A process that crashed
+        stays listed, lapsed, for a day."""
+        rows = self._conn.execute(
+            "SELECT p.owner, extract(epoch FROM p.started_at), extract(epoch FROM "
+            "p.heartbeat_at), extract(epoch FROM p.lease_until), p.lease_until > now(), "
+            "(SELECT count(*) FROM jobqueue_jobs j WHERE j.queue = p.queue AND "
+            "j.owner = p.owner) FROM jobqueue_processes p WHERE p.queue = %s "
+            "ORDER BY p.started_at, p.owner", (self.queue,),
+        ).fetchall()
+        return [{"owner": owner, "started_at": float(started), "heartbeat_at": float(beat),
+                 "lease_until": float(until), "alive": alive, "held": held}
+                for owner, started, beat, until, alive, held in rows]
+
+    def queues(self) -> dict[str, int]:
+        """Every queue of the database with jobs or processes, and its number of jobs."""
+        return dict(self._conn.execute(
+            "SELECT queue, sum(n)::bigint FROM (SELECT queue, count(*) AS n FROM "
+            "jobqueue_jobs GROUP BY queue UNION ALL SELECT queue, 0 FROM jobqueue_processes) "
+            "AS q GROUP BY queue ORDER BY queue").fetchall())
 
     def holders(self) -> dict[str, int]:
         """The processes holding jobs of this queue under a live lease, and how many each."""
@@ -215,21 +249,32 @@ def cancel(url: str, queue: str, job_ids: Sequence[str]) -> list[str]:
 
 def purge(
     url: str, queue: str, job_ids: Sequence[str] | None = None,
-    statuses: Collection[Status] = (),
+    statuses: Collection[Status] = (), *, force: bool = False,
 ) -> list[str]:
-    """Delete the given jobs, or every finished job in ``statuses``. One transaction;
-    returns the ids deleted. Raises ``KeyError`` for an unknown id and ``ValueError`` for a
-    job a process holds, before anything is written."""
+    """Delete the given jobs, or every job in ``statuses``. One transaction; returns the
+    ids deleted. Raises ``KeyError`` for an unknown id, and ``ValueError`` for a job a
+    process holds, or for a live job (queued, scheduled, retrying) unless ``force``, before
+    anything is written."""
     _check_queue(queue)
     with _open(url) as conn, conn.transaction():
         if job_ids is None:
-            finished = [s.value for s in statuses if s in FINISHED]
+            if not force and any(s in LIVE for s in statuses):
+                raise ValueError("purging live jobs deletes them unrun (force=True, or "
+                                 "--force, to do so)")
+            # Rows a process holds stay: it runs them, or writes their outcome.
             return [row[0] for row in conn.execute(
                 "DELETE FROM jobqueue_jobs WHERE ctid = ANY(ARRAY(SELECT ctid FROM "
-                "jobqueue_jobs WHERE queue = %s AND status = ANY(%s) ORDER BY id FOR UPDATE)) "
-                "RETURNING id", (queue, finished),
+                "jobqueue_jobs WHERE queue = %s AND status = ANY(%s) AND (owner IS NULL OR "
+                "lease_until <= now()) ORDER BY id FOR UPDATE)) RETURNING id",
+                (queue, [s.value for s in statuses]),
             ).fetchall()]
         chosen = _locked(conn, queue, job_ids)
+        if not force:
+            live = [record for record, _ in chosen if record.status in LIVE]
+            if live:
+                shown = ", ".join(f"{r.id!r} ({r.status.value})" for r in live[:5])
+                raise ValueError(f"{len(live)} of these jobs are live: {shown}; purging "
+                                 "deletes them unrun (force=True, or --force, to do so)")
         ids = [record.id for record, _ in chosen]
         conn.execute("DELETE FROM jobqueue_jobs WHERE queue = %s AND id = ANY(%s)", (queue, ids))
         return ids

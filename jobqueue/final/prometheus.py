@@ -1,6 +1,6 @@
 """Prometheus export of a queue's :meth:`~jobqueue.final.JobQueue.metrics`.
 
-Needs ``prometheus_client`` (``pip install 'jobqueue[prometheus]'``)::
+Needs ``prometheus_client`` (``pip install 'prometheus_client>=0.17'``)::
 
     from prometheus_client import REGISTRY, start_http_server
     from jobqueue.final.prometheus import QueueCollector
@@ -39,7 +39,8 @@ try:
     from prometheus_client.registry import Collector
 except ImportError:  # pragma: no cover - the extra is not installed
     raise ImportError(
-        "jobqueue.final.prometheus needs prometheus_client: pip install 'jobqueue[prometheus]'"
+        "jobqueue.final.prometheus needs prometheus_client: pip install "
+        "'prometheus_client>=0.17' (from a jobqueue checkout: pip install '.[prometheus]')"
     ) from None
 
 from jobqueue.final._queue import JobQueue
