@@ -1,6 +1,8 @@
 """A process of the PostgreSQL benchmark: serves a queue until its stdin closes.
 
-    python bench/_pg_child.py worker  URL noop|cpu   run jobs of kind "work", 4 workers
+    python bench/_pg_child.py worker  URL noop|cpu|sleep [PREFETCH [WORKERS]]
+                                                      run jobs of kind "work" (sleep: 1 s
+                                                      each), 4 workers, prefetch auto
     python bench/_pg_child.py latency URL noop       the same; print how long each job
                                                       waited (start - the time in its payload)
 
@@ -24,13 +26,17 @@ def _cpu(payload: bytes) -> None:
 
 def main() -> None:
     mode, url, work = sys.argv[1:4]
+    prefetch = None if len(sys.argv) < 5 or sys.argv[4] == "auto" else int(sys.argv[4])
+    workers = int(sys.argv[5]) if len(sys.argv) > 5 else 4
     waits: list[float] = []
 
     def latency(payload: bytes) -> None:
         waits.append(time.time() - float(payload))
 
-    handler = latency if mode == "latency" else (_cpu if work == "cpu" else (lambda p: None))
-    config = final.Config(database_url=url, num_workers=4, handlers={"work": handler})
+    handler = (latency if mode == "latency" else
+               {"cpu": _cpu, "sleep": lambda p: time.sleep(1.0)}.get(work, lambda p: None))
+    config = final.Config(database_url=url, num_workers=workers, handlers={"work": handler},
+                          prefetch=prefetch)
     with final.JobQueue(config):
         print("ready", flush=True)
         sys.stdin.read()  # until the parent closes it

@@ -1,14 +1,16 @@
 """The Python PostgreSQL queues users pick, run as their documentation recommends, in a fresh
-interpreter each: ``python bench/pgpeers.py PEER URI JOBS SYNC PROCESSES``.
+interpreter each: ``python bench/pgpeers.py PEER URI JOBS SYNC PROCESSES [PRODUCERS]``.
 
 - procrastinate: ``App(PsycopgConnector)``, schema applied as ``procrastinate schema --apply``
   does, one worker process running ``run_worker_async(concurrency=10)`` with a pool of
   concurrency + 1 connections (its advice for short jobs); jobs deferred one
-  ``defer_async()`` call each.
+  ``defer_async()`` call each, by PRODUCERS coroutines at once (default 1) sharing a pool of
+  as many connections.
 - PgQueuer: ``Queries.install()`` as ``pgq install``; PROCESSES worker processes, each one
   ``QueueManager`` on a dedicated asyncpg connection under ``pgqueuer.run`` with uvloop and
   ``batch_size=100``, as ``pgq run --batch-size 100`` starts it; jobs enqueued one
-  ``Queries.enqueue()`` call each.
+  ``Queries.enqueue()`` call each, by PRODUCERS coroutines at once (default 1), each on a
+  connection of its own.
 
 ``synchronous_commit`` is set per connection (SYNC ``on`` or ``off``). The rate is jobs over the
 time from the first enqueue to the last completion, read from each peer's own tables. Prints
@@ -51,8 +53,9 @@ def _procrastinate_worker(uri: str, sync: str) -> None:
     asyncio.run(run())
 
 
-async def _procrastinate(uri: str, jobs: int, sync: str, processes: int) -> float:
-    app = _procrastinate_app(uri, sync, 4)
+async def _procrastinate(uri: str, jobs: int, sync: str, processes: int,
+                         producers: int) -> float:
+    app = _procrastinate_app(uri, sync, max(4, producers))
     async with app.open_async():
         await app.schema_manager.apply_schema_async()
         workers = _start(_procrastinate_worker, (uri, sync), processes)
@@ -61,9 +64,12 @@ async def _procrastinate(uri: str, jobs: int, sync: str, processes: int) -> floa
             while (await app.connector.execute_query_one_async(count))["n"] < processes:
                 await asyncio.sleep(0.05)
             noop = app.tasks["noop"]
+            async def produce(count: int) -> None:
+                for _ in range(count):
+                    await noop.defer_async()
+
             started = time.perf_counter()
-            for _ in range(jobs):
-                await noop.defer_async()
+            await asyncio.gather(*(produce(jobs // producers) for _ in range(producers)))
             left = ("SELECT EXISTS (SELECT 1 FROM procrastinate_jobs "
                     "WHERE status IN ('todo', 'doing')) AS x")
             while (await app.connector.execute_query_one_async(left))["x"]:
@@ -105,29 +111,36 @@ def _pgqueuer_worker(uri: str, sync: str) -> None:
     uvloop.run(pgqueuer.run(factory, batch_size=100))
 
 
-async def _pgqueuer(uri: str, jobs: int, sync: str, processes: int) -> float:
+async def _pgqueuer(uri: str, jobs: int, sync: str, processes: int, producers: int) -> float:
     from pgqueuer.db import AsyncpgDriver
     from pgqueuer.queries import Queries
 
     conn = await _pgqueuer_connect(uri, sync)
     queries = Queries(AsyncpgDriver(conn))
     await queries.install()
+    more = [await _pgqueuer_connect(uri, sync) for _ in range(producers - 1)]
+    each = [queries] + [Queries(AsyncpgDriver(other)) for other in more]
     workers = _start(_pgqueuer_worker, (uri, sync), processes)
     try:
         connected = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                      "AND application_name = 'bench-pgqueuer'")
-        while await conn.fetchval(connected) < processes + 1:
+        while await conn.fetchval(connected) < processes + producers:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)  # each has listened and looked once: idle, as at steady state
+
+        async def produce(producer: Queries, count: int) -> None:
+            for _ in range(count):
+                await producer.enqueue("noop", None)
+
         started = time.perf_counter()
-        for _ in range(jobs):
-            await queries.enqueue("noop", None)
+        await asyncio.gather(*(produce(producer, jobs // producers) for producer in each))
         while await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pgqueuer)"):  # done: in its log
             await asyncio.sleep(0.01)
         return time.perf_counter() - started
     finally:
         _stop(workers)
-        await conn.close()
+        for connection in (conn, *more):
+            await connection.close()
 
 
 def _start(target, args, count):  # type: ignore[no-untyped-def]
@@ -147,10 +160,12 @@ def _stop(workers) -> None:  # type: ignore[no-untyped-def]
 
 def main() -> None:
     peer, uri, jobs, sync, processes = sys.argv[1:6]
+    producers = int(sys.argv[6]) if len(sys.argv) > 6 else 1
+    total = int(jobs) // producers * producers
     run = {"procrastinate": _procrastinate, "pgqueuer": _pgqueuer}[peer]
-    seconds = asyncio.run(run(uri, int(jobs), sync, int(processes)))
-    print(json.dumps({"jobs": int(jobs), "processes": int(processes),
-                      "synchronous_commit": sync, "jobs_per_s": int(jobs) / seconds}))
+    seconds = asyncio.run(run(uri, total, sync, int(processes), producers))
+    print(json.dumps({"jobs": total, "processes": int(processes), "producers": producers,
+                      "synchronous_commit": sync, "jobs_per_s": total / seconds}))
 
 
 if __name__ == "__main__":

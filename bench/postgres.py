@@ -19,7 +19,8 @@ from typing import Any
 
 from bench.pgserver import PostgresServer, Unavailable
 
-__all__ = ["cross_process_latency", "new_database", "processes", "sql_floor", "unavailable"]
+__all__ = ["cross_process_latency", "new_database", "prefetch", "processes", "sql_floor",
+           "unavailable"]
 
 _lock = threading.Lock()  # guards _server and _why
 _server: PostgresServer | None = None
@@ -119,6 +120,46 @@ def processes(jobs: int, cpu: bool, counts: tuple[int, ...] = (1, 2, 4)) -> dict
             for child in children:
                 _finish(child)
         row[f"{count}_processes"] = jobs / elapsed
+    return row
+
+
+#: The prefetch settings compared: none beyond the running jobs, the default (the pace of
+#: the jobs), and a fixed batch as large as the claims before the setting existed.
+PREFETCHES = ("0", "auto", "64")
+
+
+def _two_processes(jobs: int, work: str, prefetch: str, workers: int) -> float:
+    """Seconds from the first enqueue to the last completion of ``jobs`` over two processes
+    of ``workers`` workers each."""
+    from jobqueue import final
+
+    url = new_database()
+    final.JobQueue(final.Config(database_url=url, handler=None)).close()  # the tables
+    children = [_spawn("worker", url, work, prefetch, str(workers)) for _ in range(2)]
+    try:
+        with final.JobQueue(final.Config(database_url=url, num_workers=0)) as producer:
+            started = time.perf_counter()
+            for first in range(0, jobs, 1000):
+                producer.enqueue_many(final.Job(f"j{i}", kind="work")
+                                      for i in range(first, min(jobs, first + 1000)))
+            deadline = started + 300
+            while _completed(url) < jobs and time.perf_counter() < deadline:
+                time.sleep(0.01)  # another process's progress: polled, as processes() does
+            return time.perf_counter() - started
+    finally:
+        for child in children:
+            _finish(child)
+
+
+def prefetch(jobs: int, slow_jobs: int) -> dict[str, Any]:
+    """Per-process prefetch (``Config.prefetch``) over two processes: ``jobs`` no-op jobs
+    with 4 workers each (what batches of claims are for), and ``slow_jobs`` jobs of 1 s with
+    2 workers each (what a process holding jobs it cannot start strands)."""
+    row: dict[str, Any] = {"jobs": jobs, "slow_jobs": slow_jobs,
+                           "slow_ideal_seconds": slow_jobs / 4.0}
+    for setting in PREFETCHES:
+        row[f"noop_jobs_per_s_{setting}"] = jobs / _two_processes(jobs, "noop", setting, 4)
+        row[f"slow_seconds_{setting}"] = _two_processes(slow_jobs, "sleep", setting, 2)
     return row
 
 

@@ -41,6 +41,7 @@ class Size:
     postgres_jobs: int = 20_000
     postgres_cpu_jobs: int = 5_000
     postgres_latency_seconds: float = 3.0
+    postgres_slow_jobs: int = 8  # of 1 s each, over 2 processes of 2 workers: 2 s at best
 
     @classmethod
     def quick(cls) -> Size:
@@ -48,7 +49,7 @@ class Size:
             jobs=3_000, latency_seconds=0.3, memory_seconds=0.5, memory_offer=50_000,
             starvation_seconds=1.5, crash_jobs=600, shutdown_jobs=100, worker_jobs=40,
             repeat=1, postgres_jobs=1_000, postgres_cpu_jobs=300,
-            postgres_latency_seconds=0.3,
+            postgres_latency_seconds=0.3, postgres_slow_jobs=4,
         )
 
 
@@ -322,6 +323,12 @@ def pg_processes(name: str, size: Size, cpu: bool) -> Row:
     return postgres.processes(jobs, cpu)
 
 
+def pg_prefetch(name: str, size: Size) -> Row:
+    from bench import postgres
+
+    return postgres.prefetch(size.postgres_jobs, size.postgres_slow_jobs)
+
+
 def pg_latency(name: str, size: Size) -> Row:
     from bench import postgres
 
@@ -338,8 +345,9 @@ def pg_floor(name: str, size: Size) -> Row:
     return postgres.sql_floor(jobs, batch, synchronous_commit=name.endswith("-sync"))
 
 
-def pg_peer(name: str, size: Size) -> Row:
-    """A Python PostgreSQL queue, one producer calling it per job (bench/pgpeers.py)."""
+def pg_peer(name: str, size: Size, producers: int = 1) -> Row:
+    """A Python PostgreSQL queue, ``producers`` calling it per job at once
+    (bench/pgpeers.py)."""
     from bench import postgres
 
     system = SYSTEMS[name]
@@ -348,7 +356,8 @@ def pg_peer(name: str, size: Size) -> Row:
     uri = postgres.uri(postgres.new_database())
     done = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("pgpeers.py")), system.package,  # type: ignore[attr-defined]
-         uri, str(jobs), sync, str(system.processes)],  # type: ignore[attr-defined]
+         uri, str(jobs), sync, str(system.processes),  # type: ignore[attr-defined]
+         str(producers)],
         capture_output=True, text=True, timeout=600,
     )
     if done.returncode != 0:

@@ -97,3 +97,47 @@ def test_rejects_unknown_names() -> None:
     )
     assert done.returncode == 2
     assert "unknown scenario or system: nonsense" in done.stderr
+
+
+def test_charts_say_ms_for_latency_start_lines_at_zero_and_keep_legend_colours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.colors
+    import matplotlib.pyplot as plt
+
+    from bench.__main__ import _DURABILITY_COLOURS, plot
+
+    figures: list = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    pg = "PostgreSQL, synchronous_commit=off"
+    prefetch = {"jobs": 100, "slow_jobs": 8, "slow_ideal_seconds": 2.0}
+    for setting, seconds in (("0", 2.1), ("auto", 2.2), ("64", 4.1)):
+        prefetch[f"slow_seconds_{setting}"] = seconds
+        prefetch[f"noop_jobs_per_s_{setting}"] = 1000.0
+    report = {"results": {
+        "postgres": {
+            "processes, no-op jobs": {"final-postgres": {
+                "1_processes": 900.0, "2_processes": 1500.0, "4_processes": 2000.0,
+                "durability": pg}},
+            "latency across processes, 1,000/s offered": {"final-postgres": {
+                "p50_ms": 3.0, "p99_ms": 20.0, "durability": pg}},
+            "prefetch, 2 processes": {"final-postgres": {**prefetch, "durability": pg}},
+        },
+        "workers": {"1-32 workers": {"final-memory": {
+            "cpu_1": 5000.0, "cpu_2": 5100.0, "io_1": 900.0, "io_2": 1800.0,
+            "durability": "in memory"}}},
+    }}
+    plot(report, tmp_path)
+    legend = {matplotlib.colors.to_hex(c) for c in _DURABILITY_COLOURS.values()}
+    postgres, workers = figures
+    processes, latency, prefetched = postgres.axes
+    assert "ms" in latency.get_xlabel() and "jobs/s" not in latency.get_xlabel()
+    for axis in (processes, workers.axes[0]):
+        assert axis.get_ylim()[0] == 0
+        assert all(matplotlib.colors.to_hex(line.get_color()) not in legend
+                   for line in axis.get_lines())
+    assert [t.get_text() for t in prefetched.get_yticklabels()] == [
+        "prefetch 64", "prefetch auto", "prefetch 0"]

@@ -398,3 +398,85 @@ class TestNewcomer:
         root = Path(final.__file__).parent.parent
         for path in root.rglob("*.py"):
             assert "'jobqueue[" not in path.read_text(), path  # no index has jobqueue
+
+
+class TestGroupInsert:
+    """Concurrent single enqueues share statements (PostgreSQL); each job stays its own."""
+
+    def test_concurrent_enqueues_share_a_statement_and_refuse_only_duplicates(
+        self, database_url: str
+    ) -> None:
+        config = final.Config(database_url=database_url, num_workers=0)
+        with final.JobQueue(config) as producer:
+            store = producer._core.store
+            group = store._group  # type: ignore[attr-defined]
+            real = store._insert_grouped  # type: ignore[attr-defined]
+            sizes: list[int] = []
+
+            def grouped(records: list[Any], *args: Any) -> Any:
+                if not sizes:  # the first leader waits until the others queue behind it
+                    assert until(lambda: len(group._waiting) == 7)
+                sizes.append(len(records))
+                return real(records, *args)
+
+            group._insert_batch = grouped
+            barrier = threading.Barrier(8)
+            outcomes: dict[int, str] = {}
+
+            def produce(n: int) -> None:
+                barrier.wait()
+                try:
+                    producer.enqueue(final.Job("same" if n % 2 else f"own-{n}"))
+                    outcomes[n] = "added"
+                except final.DuplicateJob:
+                    outcomes[n] = "duplicate"
+
+            threads = [threading.Thread(target=produce, args=(n,)) for n in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert sorted(outcomes.values()) == ["added"] * 5 + ["duplicate"] * 3
+            assert sizes[0] == 1 and max(sizes) > 1  # the others went in one or two more
+            with psycopg.connect(database_url) as conn:
+                ids = sorted(row[0] for row in conn.execute("SELECT id FROM jobqueue_jobs"))
+            assert ids == ["own-0", "own-2", "own-4", "own-6", "same"]
+
+    def test_a_failed_statement_fails_every_job_it_carried(
+        self, database_url: str
+    ) -> None:
+        config = final.Config(database_url=database_url, num_workers=0)
+        with final.JobQueue(config) as producer:
+            group = producer._core.store._group  # type: ignore[attr-defined]
+            release = threading.Event()
+            real = group._insert_batch
+
+            def failing(records: list[Any], *args: Any) -> Any:
+                if len(records) == 1 and records[0].id == "first":
+                    release.wait(30)
+                    return real(records, *args)
+                raise final.StoreError("could not store the job: the database is away")
+
+            group._insert_batch = failing
+            errors: list[str] = []
+
+            def produce(job_id: str) -> None:
+                try:
+                    producer.enqueue(final.Job(job_id))
+                except final.StoreError as exc:
+                    errors.append(f"{job_id}: {exc}")
+
+            first = threading.Thread(target=produce, args=("first",))
+            first.start()
+            assert until(lambda: group._leading)
+            others = [threading.Thread(target=produce, args=(f"j{i}",)) for i in range(3)]
+            for thread in others:
+                thread.start()
+            assert until(lambda: len(group._waiting) == 3)
+            release.set()
+            for thread in [first, *others]:
+                thread.join(30)
+            assert sorted(errors) == [f"j{i}: could not store the job: the database is away"
+                                      for i in range(3)]
+            assert producer.status("first") is Status.QUEUED
+            assert [producer.status(f"j{i}") for i in range(3)] == [None] * 3

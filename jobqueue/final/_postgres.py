@@ -52,6 +52,7 @@ from typing import Any
 
 from jobqueue._priority import Priority
 from jobqueue.errors import DuplicateJob, StoreError
+from jobqueue.final._pg_group import GroupInsert
 from jobqueue.final._pg_schema import (
     ALIVE,
     CHANNEL,
@@ -265,6 +266,7 @@ class PostgresStore:
         self._starts: dict[str, Any] = {}
         self._writer = Writer(url, queue=queue, owner=self.owner, tag=self._tag, lease=lease,
                               fsync=fsync, retention=retention, leases=self._leases)
+        self._group = GroupInsert(self._insert_grouped, self._duplicate)
         self._on_ready: Callable[[Iterable[Priority] | None], None] | None = None
         self._on_change: Callable[[], None] | None = None
         self._closing = False  # close() started: no new jobs or claims
@@ -394,7 +396,8 @@ class PostgresStore:
         """Insert jobs this queue holds from the start (their handler is a closure)."""
         records: Sequence[JobRecord] = ticket  # type: ignore[assignment]
         leases = self._insert_own(records, self.owner, (), revive=True)
-        self._leases.update(leases)
+        self._leases.update((job_id, lease) for job_id, lease in leases.items()
+                            if lease is not None)
 
     def insert(
         self, records: Sequence[JobRecord], connection: Any = None, *, revive: bool = True
@@ -425,9 +428,30 @@ class PostgresStore:
             self._on_ready(priorities)
 
     def _insert_own(self, records: Sequence[JobRecord], owner: str | None,
-                    notify: Collection[int], revive: bool) -> dict[str, int]:
+                    notify: Collection[int], revive: bool) -> dict[str, int | None]:
         """Insert in a transaction of this store's own: a transient failure (a deadlock with
-        another producer's batch) left no trace, so it is tried again."""
+        another producer's batch) left no trace, so it is tried again. A single job shares
+        its statement with the jobs other threads insert at the same time (_pg_group)."""
+        if len(records) == 1:
+            record = records[0]
+            return {record.id: self._group.insert(record, owner, notify, revive)}
+        return self._insert_tried(records, owner, notify, revive)
+
+    def _insert_grouped(self, records: list[JobRecord], owner: str | None,
+                        notify: Collection[int], revive: bool) -> dict[str, int | None]:
+        """The statement of a group of single jobs: each is inserted unless its id is live;
+        in the order of their ids, so that two processes' groups never deadlock."""
+        records.sort(key=lambda record: record.id)
+        return self._insert_tried(records, owner, notify, revive, partial=True)
+
+    def _duplicate(self, record: JobRecord) -> DuplicateJob:
+        live = self.get(record.id)  # (the refusal's cost, not every insert's)
+        status = "live" if live is None else live.status.value
+        return DuplicateJob(f"job {record.id!r} is already {status} in queue {self.queue!r}")
+
+    def _insert_tried(self, records: Sequence[JobRecord], owner: str | None,
+                      notify: Collection[int], revive: bool, partial: bool = False,
+                      ) -> dict[str, int | None]:
         import psycopg
 
         for attempt in range(1, _INSERT_TRIES + 1):
@@ -435,7 +459,7 @@ class PostgresStore:
             try:
                 with self._pool.connection() as conn:
                     return self._insert(conn, records, owner, notify, own_transaction=True,
-                                        revive=revive)
+                                        revive=revive, partial=partial)
             except StoreError as exc:
                 cause = exc.__cause__
                 if (attempt < _INSERT_TRIES and isinstance(cause, psycopg.Error)
@@ -477,8 +501,10 @@ class PostgresStore:
     def _insert(
         self, conn: Any, records: Sequence[JobRecord], owner: str | None,
         notify: Collection[int], own_transaction: bool, tag: str | None = None,
-        revive: bool = True,
-    ) -> dict[str, int]:
+        revive: bool = True, partial: bool = False,
+    ) -> dict[str, int | None]:
+        """Insert ``records``, all or none (``partial``: one statement that skips each live
+        id, in a transaction of its own); return the lease_id of each added id."""
         import psycopg
         from psycopg.rows import tuple_row
 
@@ -490,8 +516,10 @@ class PostgresStore:
                       tag=self._tag if tag is None else tag, revive=revive)
         try:
             run = conn.cursor(row_factory=tuple_row).execute  # whatever the caller's factory
-            if own_transaction and len(records) == 1:
+            if own_transaction and (len(records) == 1 or partial):
                 rows = run(sql, params).fetchall()  # one statement: atomic
+                if partial:
+                    return {row[0]: row[1] for row in rows}
             elif conn.info.transaction_status == 3:  # INERROR
                 raise StoreError("the connection's transaction has failed already: roll it "
                                  "back before enqueueing")
@@ -518,10 +546,7 @@ class PostgresStore:
                              f"{mask(_first_line(exc), self._url)}") from exc
         if len(rows) != len(records):
             added = {row[0] for row in rows}
-            missing = next(r.id for r in records if r.id not in added)
-            live = self.get(missing)  # (the refusal's cost, not every insert's)
-            status = "live" if live is None else live.status.value
-            raise DuplicateJob(f"job {missing!r} is already {status} in queue {self.queue!r}")
+            raise self._duplicate(next(r for r in records if r.id not in added))
         return {row[0]: row[1] for row in rows}
 
     # -- moves of held jobs (under the queue's mutex: never block) --------------------------
