@@ -522,7 +522,7 @@ def _plot_processes(axis: Any, rows: dict[str, Any]) -> None:
                           fontsize=8, textcoords="offset points", xytext=(0, 5),
                           ha="center")
         axis.set_xticks(counts)
-    axis.set_ylim(bottom=0)
+    axis.set_ylim(bottom=0, top=axis.get_ylim()[1] * 1.2)  # (room for the labels)
     axis.set_xlabel("processes sharing the queue", fontsize=9)
     axis.set_ylabel("jobs/s", fontsize=9)
     axis.legend(fontsize=8)

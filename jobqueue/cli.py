@@ -41,6 +41,7 @@ __all__ = ["main"]
 EXIT_OWNED = 1
 EXIT_USAGE = 2
 EXIT_UNEXPECTED = 3
+EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C ended
 _MAP_RESIZED_TRIES = 5  # the owner grew its map while a command read: read again
 
 _STATUSES = [status.value for status in Status]
@@ -604,6 +605,8 @@ def _worker(args: argparse.Namespace) -> int:
                           prefetch=args.prefetch, log_level=args.log_level)
     except worker.WorkerError as exc:
         return _fail(str(exc), exc.status)
+    except KeyboardInterrupt:  # Ctrl-C before the queue was open: nothing to close
+        return _fail("interrupted while starting", EXIT_INTERRUPTED)
     except Exception as exc:
         worker.logger.critical("the worker failed", exc_info=True)
         return _fail(f"unexpected {type(exc).__name__}: {exc} (please report it)",

@@ -12,7 +12,9 @@ Logging goes to stderr at ``--log-level`` (INFO by default, so that failed jobs 
 SIGTERM or SIGINT closes the queue gracefully: no new job starts, running and claimed ones
 finish (up to ``shutdown_timeout``), and the store is given up; a second signal stops
 waiting: running handlers are told to stop (``current_job().cancelled()``), and what is
-left goes back to the store, as a close() that times out leaves it.
+left goes back to the store, as a close() that times out leaves it (and if that close() has
+not returned 10 s later, say with the database away, the worker exits all the same). Until
+the queue is open the signals do what they always do.
 
 Exit status: 0 stopped by a signal, every accepted job finished; 1 another process owns the
 LMDB store; 2 bad input (a module that does not import, an attribute that is not an app or
@@ -26,9 +28,11 @@ import dataclasses
 import importlib
 import logging
 import os
+import select
 import signal
 import sys
 import threading
+import time
 from types import FrameType
 
 from jobqueue.errors import StoreError, StoreLocked
@@ -69,7 +73,7 @@ def load(target: str) -> tuple[Config, App | None]:
             raise WorkerError(f"no module named {module_name!r} (from {os.getcwd()!r} or "
                               "the installed packages)") from None
         raise WorkerError(f"importing {module_name!r} failed: {exc}") from None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # (a module that exits as it is imported, too)
         logger.error("importing %r raised", module_name, exc_info=True)
         raise WorkerError(f"importing {module_name!r} raised {type(exc).__name__}: "
                           f"{exc}") from None
@@ -97,6 +101,8 @@ def _configure(config: Config, workers: int | None, queue: str | None,
                prefetch: int | None) -> Config:
     changes: dict[str, object] = {}
     if workers is not None:
+        if workers < 1:
+            raise WorkerError(f"--workers must be >= 1: a worker runs jobs (got {workers})")
         changes["num_workers"] = workers
     elif not config.num_workers:
         changes["num_workers"] = Config.num_workers  # the app's producers have none
@@ -106,6 +112,9 @@ def _configure(config: Config, workers: int | None, queue: str | None,
                               "its jobs in LMDB or in memory")
         changes["queue_name"] = queue
     if prefetch is not None:
+        if config.database_url is None:
+            raise WorkerError("--prefetch sets what a process claims from PostgreSQL, and "
+                              "this config keeps its jobs in LMDB or in memory")
         changes["prefetch"] = prefetch
     if config.database_url is None and config.persist_path is None:
         raise WorkerError("the config keeps its jobs in memory, where no other process can "
@@ -148,42 +157,79 @@ def run(
 ) -> int:
     """Run a worker until SIGTERM or SIGINT; return the exit status (see the module).
 
-    Call from the main thread (it installs signal handlers). Raises WorkerError for what
-    keeps it from starting.
+    Call from the main thread (it installs signal handlers once the queue is open; until
+    then the signals do what they always do). Raises WorkerError for what keeps it from
+    starting.
     """
     logging.basicConfig(level=log_level.upper(), format=_LOG_FORMAT, stream=sys.stderr)
-    signals: list[int] = []
-    wake = threading.Event()  # set by a signal, and by the closing thread once done
-
-    def on_signal(number: int, frame: FrameType | None) -> None:
-        signals.append(number)
-        wake.set()
-
-    previous = {number: signal.signal(number, on_signal)
-                for number in (signal.SIGTERM, signal.SIGINT)}
+    config, app = load(target)
+    config = _configure(config, workers, queue, prefetch)
     try:
-        config, app = load(target)
-        config = _configure(config, workers, queue, prefetch)
-        try:
-            jq = JobQueue(config, app=app)
-        except StoreLocked as exc:
-            raise WorkerError(str(exc), EXIT_OWNED) from None
-        except (StoreError, ValueError, TypeError, ImportError) as exc:
-            raise WorkerError(str(exc)) from None
-        print(_describe(config, app, jq), flush=True)
-        return _serve(jq, config, signals, wake)
-    finally:
-        for number, handler in previous.items():
+        jq = JobQueue(config, app=app)
+    except StoreLocked as exc:
+        raise WorkerError(str(exc), EXIT_OWNED) from None
+    except (StoreError, ValueError, TypeError, ImportError) as exc:
+        raise WorkerError(str(exc)) from None
+    try:
+        with _Signals() as signals:
+            print(_describe(config, app, jq), flush=True)
+            return _serve(jq, config, signals)
+    except BaseException:  # (stdout closed under it, say): no thread outlives it
+        jq.close(timeout=0)
+        raise
+
+
+class _Signals:
+    """SIGTERM and SIGINT, and the closing thread's word that it is done, as bytes on a
+    pipe the main thread reads. The handlers run on the main thread between two of its
+    bytecodes, maybe while it holds a lock: they take none (C writes the signal's number
+    to the pipe: ``signal.set_wakeup_fd``)."""
+
+    CLOSED = 0  # what the closing thread writes: no signal has number 0
+
+    def __enter__(self) -> _Signals:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._previous_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._previous = {number: signal.signal(number, self._ignore)
+                          for number in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    @staticmethod
+    def _ignore(number: int, frame: FrameType | None) -> None:
+        """The Python half of the handler: nothing (the pipe has the signal already)."""
+
+    def next(self, timeout: float | None = None) -> int | None:
+        """The next signal's number, or CLOSED; None if ``timeout`` seconds passed first."""
+        ready, _, _ = select.select([self._read], [], [], timeout)
+        if not ready:
+            return None
+        return os.read(self._read, 1)[0]
+
+    def closed(self) -> None:
+        """Called by the closing thread: close() returned."""
+        os.write(self._write, bytes([self.CLOSED]))
+
+    def __exit__(self, *exc_info: object) -> None:
+        for number, handler in self._previous.items():
             signal.signal(number, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        os.close(self._read)
+        os.close(self._write)
 
 
-def _serve(jq: JobQueue, config: Config, signals: list[int], wake: threading.Event) -> int:
-    """Run until a signal; close gracefully; close at once on a second signal."""
-    while not signals:
-        wake.wait()
-    name = signal.Signals(signals[0]).name
+#: After a second signal, how long the worker waits for close() to give up on what runs
+#: (it gives handlers a second, then hands their jobs back) before it exits all the same.
+_HURRIED_WAIT = 10.0
+
+
+def _serve(jq: JobQueue, config: Config, signals: _Signals) -> int:
+    """Run until a signal; close gracefully; stop waiting on a second signal."""
+    number = signals.next()
+    while number == _Signals.CLOSED:  # (none yet: only a signal wakes it here)
+        number = signals.next()
     logger.info("%s: closing (running and claimed jobs finish, up to %s s; send it again to "
-                "stop waiting)", name, config.shutdown_timeout)
+                "stop waiting)", signal.Signals(number).name, config.shutdown_timeout)
     outcome: list[list[str] | None] = []
 
     def close() -> None:
@@ -193,21 +239,27 @@ def _serve(jq: JobQueue, config: Config, signals: list[int], wake: threading.Eve
             logger.exception("close() failed")
             outcome.append(None)
         finally:
-            wake.set()
+            signals.closed()
 
-    closer = threading.Thread(target=close, name="jobqueue-worker-close")
-    closer.start()
-    hurried = False
-    while not outcome and closer.is_alive():
-        wake.clear()
-        if len(signals) > 1 and not hurried:
-            hurried = True
+    threading.Thread(target=close, name="jobqueue-worker-close", daemon=True).start()
+    deadline = None
+    while True:
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        number = signals.next(wait)
+        if number == _Signals.CLOSED:
+            break
+        if number is None:  # hurried, and still not closed: leave it behind
+            logger.error("close() did not finish within %s s of the second signal: exiting "
+                         "with it unfinished", _HURRIED_WAIT)
+            return EXIT_ABANDONED
+        if deadline is None:
+            deadline = time.monotonic() + _HURRIED_WAIT
             logger.warning("%s again: not waiting for running jobs; what is unfinished goes "
-                           "back to the store", signal.Signals(signals[-1]).name)
-            jq.close(timeout=0)  # makes the close() in progress give up now
-        elif not outcome and closer.is_alive():
-            wake.wait()
-    closer.join()
+                           "back to the store", signal.Signals(number).name)
+            # close() blocks until the one in progress returns: from a thread of its own,
+            # so that this one keeps count of the time and of further signals.
+            threading.Thread(target=lambda: jq.close(timeout=0), daemon=True,
+                             name="jobqueue-worker-hurry").start()
     abandoned = outcome[0] if outcome else None
     if abandoned is None:
         return EXIT_UNEXPECTED

@@ -95,6 +95,22 @@ MUTANTS = [
     ("a cancel only in the batch", "jobqueue/final/_lmdb.py",
      "        if record.status is Status.CANCELLED:\n            self._log_cancel(record)",
      "        if False:\n            self._log_cancel(record)"),
+    # Issue 21's: an app of tasks, the worker command, claims that fit the work.
+    ("give_up_on ignored", "jobqueue/final/_workers.py",
+     "        if give_up_on and isinstance(error, give_up_on):",
+     "        if False:"),
+    ("Fail retried", "jobqueue/final/_workers.py",
+     "    if isinstance(error, Fail):\n        return False", "    pass"),
+    ("a process holds a batch of slow jobs", "jobqueue/final/_core.py",
+     "        self.claim_below = self.config.num_workers + prefetch - prefetch // 2",
+     "        self.claim_below = self.config.num_workers + 64"),
+    ("claims of one go to HIGH always", "jobqueue/final/_claimer.py",
+     "        owed = max(open_, key=credit.__getitem__)", "        owed = open_[0]"),
+    ("a second signal waits all the same", "jobqueue/worker.py",
+     "            jq.close(timeout=0)  # makes the close() in progress give up now",
+     "            pass"),
+    ("a duplicate in a group refuses every job of it", "jobqueue/final/_pg_group.py",
+     "                if call.record.id in added:", "                if False:"),
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import os
 import pickle
 import threading
 import time
@@ -480,3 +481,154 @@ class TestGroupInsert:
                                       for i in range(3)]
             assert producer.status("first") is Status.QUEUED
             assert [producer.status(f"j{i}") for i in range(3)] == [None] * 3
+
+
+class TestReviewFindings:
+    """What a review of this issue's change found, each reproduced first."""
+
+    def test_a_caller_interrupted_while_it_waits_holds_up_no_one(self) -> None:
+        from jobqueue.final._pg_group import GroupInsert
+
+        release = threading.Event()
+        inserted: list[str] = []
+
+        def insert_batch(records: list[Any], *args: Any) -> dict[str, Any]:
+            if records[0].id == "leader":
+                release.wait(30)
+            inserted.extend(record.id for record in records)
+            return {record.id: None for record in records}
+
+        group = GroupInsert(insert_batch, lambda record: final.DuplicateJob(record.id))
+
+        def job(job_id: str) -> final.JobRecord:
+            return final.JobRecord(job_id, b"", Priority.MEDIUM, "", None, 0.0, Status.QUEUED,
+                             0, None, None, None, None, 0, None)
+
+        real_wait = group._turn.wait
+
+        def wait(timeout: float | None = None) -> bool:
+            if threading.current_thread().name == "interrupted":
+                raise KeyboardInterrupt
+            return real_wait(timeout)
+
+        group._turn.wait = wait  # type: ignore[method-assign]
+        outcomes: dict[str, str] = {}
+
+        def insert(job_id: str) -> None:
+            try:
+                group.insert(job(job_id), None, (), True)
+                outcomes[job_id] = "inserted"
+            except KeyboardInterrupt:
+                outcomes[job_id] = "interrupted"
+
+        leader = threading.Thread(target=insert, args=("leader",))
+        leader.start()
+        assert until(lambda: group._leading)
+        interrupted = threading.Thread(target=insert, args=("gone",), name="interrupted")
+        interrupted.start()
+        interrupted.join(10)
+        later = threading.Thread(target=insert, args=("later",))
+        later.start()
+        assert until(lambda: len(group._waiting) == 1)
+        release.set()
+        for thread in (leader, later):
+            thread.join(10)
+        assert outcomes == {"leader": "inserted", "gone": "interrupted", "later": "inserted"}
+        assert inserted == ["leader", "later"]  # the interrupted caller's job never went in
+        assert not group._leading and not group._waiting
+
+    def test_a_forked_child_opens_the_app_it_inherited_bound(self) -> None:
+        app = adder_app(final.Config(num_workers=1))
+        with app.open():
+            pid = os.fork()
+            if pid == 0:  # the child: the parent's queue is not its own
+                code = 1
+                try:
+                    with app.open() as mine:
+                        code = 0 if app.tasks["add"].enqueue(2, 2).result(10) == 4 else 2
+                        mine.close()
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+
+    def test_join_of_due_work_counts_a_scheduled_job_come_due(
+        self, database_url: str
+    ) -> None:
+        config = final.Config(database_url=database_url, num_workers=0)
+        with final.JobQueue(config) as producer:
+            producer.enqueue(final.Job("soon"), delay=0.3)
+            due = time.time() + 0.3
+            assert producer.join(0.05, scheduled=False) is True  # not due yet
+            assert until(lambda: time.time() > due + 0.05)
+            assert producer.join(0.05, scheduled=False) is False  # due, and no one ran it
+            producer.cancel("soon")
+
+    def test_one_refused_job_of_a_group_fails_alone(self, database_url: str) -> None:
+        config = final.Config(database_url=database_url, num_workers=0)
+        with final.JobQueue(config) as producer:
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute("""
+                    CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN
+                        IF NEW.id = 'bad' THEN RAISE EXCEPTION 'no bad jobs here'; END IF;
+                        RETURN NEW; END $$ LANGUAGE plpgsql""")
+                conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON jobqueue_jobs "
+                             "FOR EACH ROW EXECUTE FUNCTION refuse()")
+            group = producer._core.store._group  # type: ignore[attr-defined]
+            real = group._insert_batch
+            sizes: list[int] = []
+
+            def grouped(records: list[Any], *args: Any) -> Any:
+                if not sizes:
+                    assert until(lambda: len(group._waiting) == 3)
+                sizes.append(len(records))
+                return real(records, *args)
+
+            group._insert_batch = grouped
+            barrier = threading.Barrier(4)
+            outcomes: dict[str, str] = {}
+
+            def produce(job_id: str) -> None:
+                barrier.wait()
+                try:
+                    producer.enqueue(final.Job(job_id))
+                    outcomes[job_id] = "added"
+                except final.StoreError as exc:
+                    outcomes[job_id] = str(exc)
+
+            threads = [threading.Thread(target=produce, args=(job_id,))
+                       for job_id in ("a", "bad", "c", "d")]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert max(sizes) > 1
+            assert "no bad jobs here" in outcomes.pop("bad")
+            assert outcomes == {"a": "added", "c": "added", "d": "added"}
+
+    def test_a_slow_claim_lets_the_prefetch_grow(self, database_url: str) -> None:
+        seen: list[int] = []
+        opened: list[final.JobQueue] = []
+
+        def handler(payload: bytes) -> None:
+            if opened:
+                seen.append(opened[0]._core.prefetch)
+
+        config = final.Config(database_url=database_url, num_workers=1, handler=handler)
+        with final.JobQueue(dataclasses.replace(config, num_workers=0)) as producer:
+            producer.enqueue_many(final.Job(f"j{i}") for i in range(300))
+        jq = final.JobQueue(config)
+        store = jq._core.store
+        real_claim = store.claim
+
+        def remote_claim(*args: Any) -> Any:  # a database 60 ms away
+            time.sleep(0.06)
+            return real_claim(*args)
+
+        store.claim = remote_claim  # type: ignore[method-assign]
+        opened.append(jq)
+        try:
+            assert jq.join(60)
+        finally:
+            jq.close()
+        assert max(seen) >= 2  # not stuck at 0: the claim's own time counts

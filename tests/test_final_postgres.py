@@ -117,18 +117,23 @@ class TestSchema:
             assert conn.execute("SELECT to_regclass('jobqueue_processes') IS NOT NULL"
                                 ).fetchone() == (True,)
 
-    def test_a_version_3_database_gains_the_processes_while_old_processes_run(
-        self, config: final.Config, queues: list
+    def test_a_database_without_the_processes_table_gains_it(
+        self, config: final.Config, queues: list, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        old = open_queue(queues, config)  # as a process of version 3 would go on running
+        old = open_queue(queues, config)  # as a process of an earlier jobqueue runs on
         with psycopg.connect(config.database_url, autocommit=True) as conn:  # type: ignore[arg-type]
             conn.execute("DROP TABLE jobqueue_processes")
-            conn.execute("UPDATE jobqueue_meta SET value = '3'")
+        old.enqueue(final.Job("before"))
+        assert old.wait("before", 10) is Status.COMPLETED
+        # No table: the command lists none (a process that holds jobs would be, from them).
+        assert cli.main(["stats", config.database_url or "", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["processes"] == []
         new = open_queue(queues, config)
         new.enqueue(final.Job("after"))
         assert old.wait("after", 10) is Status.COMPLETED
         with psycopg.connect(config.database_url) as conn:  # type: ignore[arg-type]
-            assert conn.execute("SELECT value FROM jobqueue_meta").fetchone() == ("4",)
+            assert conn.execute("SELECT value FROM jobqueue_meta").fetchone() == (
+                str(SCHEMA_VERSION),)  # (no new version: nothing depends on the table)
             owners = [row[0] for row in conn.execute("SELECT owner FROM jobqueue_processes")]
         assert owners == [new._core.store.owner]  # type: ignore[attr-defined]
 

@@ -245,7 +245,12 @@ class TestLmdb:
     ("memory:app", "x", [], "keeps its jobs in memory"),
     ("memory:config", "x", [], "a Config with no handler or handlers"),
     ("tasks:app", "STORE", ["--queue", "q"], "--queue names a queue in PostgreSQL"),
-    ("tasks:app", "STORE", ["--workers", "0"], "num_workers must be >= 1"),
+    ("tasks:app", "STORE", ["--workers", "0"], "--workers must be >= 1"),
+    ("tasks:app", "STORE", ["--prefetch", "2"], "--prefetch sets what a process claims"),
+    ("tasks:app", "host=/nowhere dbname=x", ["--prefetch", "1000000"],
+     "prefetch must be <= 100000"),
+    ("tasks:app", "host=/nowhere dbname=x connect_timeout=1", [],
+     "cannot connect to the database"),
 ])
 def test_what_keeps_a_worker_from_starting(
     directory: Path, target: str, store: str, extra: list[str], message: str

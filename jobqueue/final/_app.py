@@ -74,7 +74,8 @@ class App:
     def queue(self) -> JobQueue:
         """The queue bound to this app, where ``task.enqueue`` goes. Raises
         ``RuntimeError`` if none is."""
-        queue = self._queue
+        with self._lock:
+            queue = self._bound_locked()
         if queue is None:
             raise RuntimeError(
                 "no JobQueue is bound to this App: open one first (app.open(), or "
@@ -112,8 +113,8 @@ class App:
                         "factory or lambdas, share the default kind)"
                     )
                 self._tasks[made.kind] = made
-                if self._queue is not None:  # declared by a module imported late
-                    self._queue._add_task(made)
+                if self._bound_locked() is not None:  # declared by a module imported late
+                    self._queue._add_task(made)  # type: ignore[union-attr]
             return made
         return decorate
 
@@ -129,13 +130,20 @@ class App:
     def _bind(self, queue: JobQueue) -> None:
         """Called by a JobQueue being made: register every task with it."""
         with self._lock:
-            bound = self._queue
+            bound = self._bound_locked()
             if bound is not None and bound is not queue and not bound._core.closing:
                 raise ValueError("an open JobQueue is bound to this App already: close it "
                                  "first (one queue per app and process takes its tasks)")
             self._queue = queue
             for task in self._tasks.values():
                 queue._add_task(task)
+
+    def _bound_locked(self) -> JobQueue | None:
+        """The bound queue; none in a process forked from the one that opened it (its
+        queue is the parent's: the child opens its own)."""
+        if self._queue is not None and self._queue._core.forked:
+            self._queue = None
+        return self._queue
 
     def _unbind(self, queue: JobQueue) -> None:
         """Called by a JobQueue's close()."""

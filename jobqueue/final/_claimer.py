@@ -18,8 +18,8 @@ From a store shared by processes the claimer takes only what this process will s
 its workers' share and ``prefetch`` jobs more, split among the priorities by their weights
 (so that LOW is claimed too under a flood of HIGH). Unless ``Config.prefetch`` fixes it, the
 prefetch follows the pace of the workers: as many jobs as they finish in
-``PREFETCH_HORIZON``, so short jobs come in batches and slow ones wait in the database for
-a process with a free worker, instead of behind a busy one.
+``PREFETCH_HORIZON`` and the time a claim takes, so short jobs come in batches and slow ones
+wait in the database for a process with a free worker, instead of behind a busy one.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def claim(core: Core, policy: RetryPolicy) -> None:
     weights = core.config.effective_weights
     credit = dict.fromkeys(_PRIORITIES, 0)  # for _split: who is owed the next claim
     paced_at, paced = core.clock(), 0  # the last measure of the pace: when, settled then
+    round_trip = 0.0  # how long a claim takes, lately (seconds)
     while True:
         with core.mutex:
             while True:
@@ -82,9 +83,12 @@ def claim(core: Core, policy: RetryPolicy) -> None:
                     core.unclaimed = [True, True, True]
                     next_poll = now + poll
                 if adaptive and now - paced_at >= _PACE_WINDOW:
+                    # What the workers finish while a claim comes back, and a moment more:
+                    # the pace is what they did with what they held, so a claim slower than
+                    # the jobs lets it grow (a remote database), and slow jobs shrink it.
                     pace = (core.settled - paced) / (now - paced_at)
-                    core.set_prefetch_locked(min(core.max_prefetch,
-                                                 int(pace * PREFETCH_HORIZON)))
+                    core.set_prefetch_locked(min(core.max_prefetch, round(
+                        pace * (PREFETCH_HORIZON + round_trip))))
                     paced_at, paced = now, core.settled
                 wanted = [(p, room) for p in _PRIORITIES
                           if core.unclaimed[p] and (room := _room(core, p)) > 0]
@@ -99,7 +103,9 @@ def claim(core: Core, policy: RetryPolicy) -> None:
             news = list(core.news)
         for priority, room in wanted:
             try:
+                asked = core.clock()
                 records: list[JobRecord] | None = store.claim(priority, room, kinds)
+                round_trip = 0.8 * round_trip + 0.2 * (core.clock() - asked)
             except Exception as exc:
                 records = None
                 if poll is None:

@@ -93,14 +93,15 @@ def close(core: Core, threads: Sequence[threading.Thread], timeout: float | None
     if stuck:
         log_safely(logging.WARNING, "handlers did not return; threads still running: %s",
                    stuck)
+    endtime = None if core.close_by == float("inf") else core.close_by  # (hurried since?)
     remaining = None if endtime is None else endtime - core.clock()
     core.store.close(None if remaining is None else max(CANCEL_GRACE, remaining))
     return abandoned
 
 
 def hurry(core: Core, timeout: float | None) -> None:
-    """A close() while another one waits: give up waiting ``timeout`` seconds from now,
-    if that is sooner than the first one would."""
+    """Every close(), before it waits its turn: give up waiting ``timeout`` seconds from
+    now, if that is sooner than a close() in progress (or about to start) would."""
     if timeout is None:
         return
     with core.mutex:

@@ -27,9 +27,11 @@ __all__ = ["GroupInsert"]
 #: The most jobs one statement carries.
 MAX_GROUP = 500
 
-#: (records, owner, priorities to notify, revive) -> lease_id (or None) of each added id.
+#: (records, owner, priorities to notify, revive) -> for each id added its lease_id (None
+#: if unheld), or the error that refused that job alone; an id missing was live already.
 InsertBatch = Callable[[list[JobRecord], "str | None", Collection[int], bool],
-                       dict[str, "int | None"]]
+                       dict[str, "int | BaseException | None"]]
+_SKIPPED = object()
 
 
 class _Call:
@@ -74,8 +76,12 @@ class GroupInsert:
         with self._lock:
             self._waiting.append(call)
             if self._leading:
-                while not call.done and not call.lead:
-                    self._turn.wait()
+                try:
+                    while not call.done and not call.lead:
+                        self._turn.wait()
+                except BaseException:  # (KeyboardInterrupt): its job is not inserted
+                    self._forget_locked(call)
+                    raise
             if not call.done:
                 self._leading = True
                 batch = self._take_locked(call)
@@ -86,6 +92,15 @@ class GroupInsert:
         if call.duplicate:
             raise self._duplicate(record)  # (found out here: the leader has others to wake)
         return call.lease
+
+    def _forget_locked(self, call: _Call) -> None:
+        """A caller interrupted while it waited: its job leaves the line, and the lead it
+        was handed goes on to the next caller."""
+        if call.done:
+            return  # inserted all the same: the statement ran before the interruption
+        self._waiting.remove(call)
+        if call.lead:
+            self._hand_on_locked()
 
     def _take_locked(self, first: _Call) -> list[_Call]:
         """The calls one statement carries: ``first``, and those after it that share its
@@ -116,18 +131,25 @@ class GroupInsert:
                 call.error = _copy(exc)
         else:
             for call in batch:
-                if call.record.id in added:
-                    call.lease = added[call.record.id]
-                else:
+                outcome = added.get(call.record.id, _SKIPPED)
+                if outcome is _SKIPPED:
                     call.duplicate = True
-        with self._lock:
-            for call in batch:
-                call.done = True
-            if self._waiting:
-                self._waiting[0].lead = True
-            else:
-                self._leading = False
-            self._turn.notify_all()
+                elif isinstance(outcome, BaseException):
+                    call.error = outcome  # refused alone (see _postgres._insert_grouped)
+                else:
+                    call.lease = outcome
+        finally:  # whatever happened above, the others are woken and the lead goes on
+            with self._lock:
+                for call in batch:
+                    call.done = True
+                self._hand_on_locked()
+
+    def _hand_on_locked(self) -> None:
+        if self._waiting:
+            self._waiting[0].lead = True
+        else:
+            self._leading = False
+        self._turn.notify_all()
 
 
 def _copy(exc: BaseException) -> StoreError:

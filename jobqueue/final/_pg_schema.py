@@ -9,7 +9,8 @@ One table holds the jobs of every queue in a database, one row per job id and qu
     jobqueue_meta    key/value: schema_version
     jobqueue_processes  owner primary key: every process serving a queue, its queue, when
                      it started, its last heartbeat and when its lease lapses (for people:
-                     ``jobqueue stats``; nothing decides anything by it)
+                     ``jobqueue stats``; nothing decides anything by it, so it came
+                     without a new schema version, made by the first process that knows it)
 
     jobqueue_jobs_ready     (queue, priority, seq) of live jobs no process holds: claims
     jobqueue_jobs_leases    (queue, lease_until) of held jobs: heartbeats, lapsed leases
@@ -41,7 +42,7 @@ __all__ = ["ALIVE", "CHANNEL", "FORGET_GONE", "SCHEMA_VERSION", "ConnectionPool"
 
 logger = logging.getLogger("jobqueue")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 3
 #: Every queue of a database notifies on this channel; the payload names the queue.
 CHANNEL = "jobqueue"
 # Any constant will do: it names the lock that serialises schema creation.
@@ -116,11 +117,6 @@ ALTER TABLE jobqueue_jobs ADD COLUMN IF NOT EXISTS result_json boolean NOT NULL 
 UPDATE jobqueue_meta SET value = '3' WHERE key = 'schema_version';
 """
 
-# From version 3: the processes, for people to see. A new table: processes of version 3 may
-# run on (they neither write nor read it).
-_UPGRADE_FROM_3 = _PROCESSES + """
-UPDATE jobqueue_meta SET value = '4' WHERE key = 'schema_version';
-"""
 
 #: A process says it is alive: when it starts, and with every heartbeat.
 ALIVE = """
@@ -223,9 +219,7 @@ def create_schema(conn: Any) -> None:
                 version = _version(row[0])
                 if version == 1:
                     conn.execute(_UPGRADE_FROM_1)
-                if version <= 2:
-                    conn.execute(_UPGRADE_FROM_2)
-                conn.execute(_UPGRADE_FROM_3)
+                conn.execute(_UPGRADE_FROM_2)
                 logger.info("upgraded the jobqueue tables from schema version %d to %d",
                             version, SCHEMA_VERSION)
             elif _version(row[0]) > SCHEMA_VERSION:
@@ -233,6 +227,11 @@ def create_schema(conn: Any) -> None:
                     f"the database's jobqueue schema is version {row[0]}, newer than this "
                     f"jobqueue knows ({SCHEMA_VERSION}): upgrade jobqueue to use it"
                 )
+            # The processes' table came later without a new version: nothing depends on it
+            # (processes that do not know it run on, and one that cannot make it too).
+            if conn.execute("SELECT to_regclass('jobqueue_processes') IS NULL").fetchone()[0]:
+                with contextlib.suppress(psycopg.Error), conn.transaction():  # (a savepoint)
+                    conn.execute(_PROCESSES)
     except psycopg.Error as exc:
         raise StoreError(f"cannot create the jobqueue tables: {_first_line(exc)}") from exc
 

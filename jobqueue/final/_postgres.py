@@ -254,7 +254,10 @@ class PostgresStore:
         self._pool = ConnectionPool(url, synchronous_commit=fsync, lease=lease)
         try:
             self._run("create the jobqueue tables", create_schema, wrap=False)
-            self._run("register this process", self._register)
+            try:  # for people: never at the cost of the queue (see _register)
+                self._run("say this process is alive", self._register)
+            except StoreError as exc:
+                logger.warning("%s: jobqueue stats will not list this process", exc)
         except BaseException:
             self._pool.close()
             raise
@@ -438,11 +441,27 @@ class PostgresStore:
         return self._insert_tried(records, owner, notify, revive)
 
     def _insert_grouped(self, records: list[JobRecord], owner: str | None,
-                        notify: Collection[int], revive: bool) -> dict[str, int | None]:
+                        notify: Collection[int], revive: bool,
+                        ) -> dict[str, int | BaseException | None]:
         """The statement of a group of single jobs: each is inserted unless its id is live;
-        in the order of their ids, so that two processes' groups never deadlock."""
+        in the order of their ids, so that two processes' groups never deadlock. If the
+        database refuses the values of one (a trigger, a constraint of the application's),
+        each goes alone, so that only that one's caller hears of it."""
         records.sort(key=lambda record: record.id)
-        return self._insert_tried(records, owner, notify, revive, partial=True)
+        try:
+            return dict(self._insert_tried(records, owner, notify, revive, partial=True))
+        except StoreError as exc:
+            # (the SQLSTATE classes classify() calls "data": the values, not the link)
+            state = getattr(exc.__cause__, "sqlstate", None) or ""
+            if len(records) == 1 or state[:2] not in ("22", "23", "54", "P0"):
+                raise
+        alone: dict[str, int | BaseException | None] = {}
+        for record in records:
+            try:
+                alone.update(self._insert_tried([record], owner, notify, revive, partial=True))
+            except StoreError as refused:
+                alone[record.id] = refused
+        return alone
 
     def _duplicate(self, record: JobRecord) -> DuplicateJob:
         live = self.get(record.id)  # (the refusal's cost, not every insert's)
@@ -730,9 +749,12 @@ class PostgresStore:
         not SCHEDULED for later)."""
         self.sync()
         statuses = [s for s in _LIVE_STATUSES if not (due_only and s == "scheduled")]
+        # (a job scheduled for a time now past stays so in the table until claimed: due)
+        due = self.now() if due_only else None
         return bool(self._query_one(
-            "SELECT EXISTS (SELECT 1 FROM jobqueue_jobs WHERE queue = %s AND status = ANY(%s))",
-            (self.queue, statuses),
+            "SELECT EXISTS (SELECT 1 FROM jobqueue_jobs WHERE queue = %s AND (status = ANY(%s) "
+            "OR (status = 'scheduled' AND due_at <= %s)))",
+            (self.queue, statuses, due),
         )[0])
 
     def stats(self) -> QueueStats:

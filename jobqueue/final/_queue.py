@@ -850,7 +850,7 @@ class JobQueue:
                     core.close_when_drained = True
                     _closing.start_locked(core)
             return []
-        if core.closing and not core.closed:  # another close() may be waiting: hurry it
+        if not core.closed:  # a close() in progress gives up by then too, if that is sooner
             _closing.hurry(core, timeout)
         with self._close_lock:
             if not core.closed:

@@ -121,7 +121,10 @@ class QueueReader:
         """The processes serving this queue, from their own heartbeats: each one's name,
         when it started, its last heartbeat, when its lease lapses (epoch seconds),
         whether that is still to come, and how many jobs it holds. A process that crashed
-        stays listed, lapsed, for a day."""
+        stays listed, lapsed, for a day. (None listed where no process of a jobqueue that
+        writes them has run yet.)"""
+        if not self._has_processes():
+            return []
         rows = self._conn.execute(
             "SELECT p.owner, extract(epoch FROM p.started_at), extract(epoch FROM "
             "p.heartbeat_at), extract(epoch FROM p.lease_until), p.lease_until > now(), "
@@ -135,10 +138,16 @@ class QueueReader:
 
     def queues(self) -> dict[str, int]:
         """Every queue of the database with jobs or processes, and its number of jobs."""
+        processes = ("UNION ALL SELECT queue, 0 FROM jobqueue_processes "
+                     if self._has_processes() else "")
         return dict(self._conn.execute(
             "SELECT queue, sum(n)::bigint FROM (SELECT queue, count(*) AS n FROM "
-            "jobqueue_jobs GROUP BY queue UNION ALL SELECT queue, 0 FROM jobqueue_processes) "
-            "AS q GROUP BY queue ORDER BY queue").fetchall())
+            f"jobqueue_jobs GROUP BY queue {processes}) AS q GROUP BY queue ORDER BY queue"
+        ).fetchall())
+
+    def _has_processes(self) -> bool:
+        return bool(self._conn.execute(
+            "SELECT to_regclass('jobqueue_processes') IS NOT NULL").fetchone()[0])
 
     def holders(self) -> dict[str, int]:
         """The processes holding jobs of this queue under a live lease, and how many each."""
