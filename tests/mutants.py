@@ -107,8 +107,8 @@ MUTANTS = [
     ("claims of one go to HIGH always", "jobqueue/final/_claimer.py",
      "        owed = max(open_, key=credit.__getitem__)", "        owed = open_[0]"),
     ("a second signal waits all the same", "jobqueue/worker.py",
-     "            jq.close(timeout=0)  # makes the close() in progress give up now",
-     "            pass"),
+     "threading.Thread(target=lambda: jq.close(timeout=0), daemon=True,",
+     "threading.Thread(target=lambda: None, daemon=True,"),
     ("a duplicate in a group refuses every job of it", "jobqueue/final/_pg_group.py",
      "                if call.record.id in added:", "                if False:"),
 ]
