@@ -110,7 +110,7 @@ MUTANTS = [
      "threading.Thread(target=lambda: jq.close(timeout=0), daemon=True,",
      "threading.Thread(target=lambda: None, daemon=True,"),
     ("a duplicate in a group refuses every job of it", "jobqueue/final/_pg_group.py",
-     "                if call.record.id in added:", "                if False:"),
+     "                if outcome is _SKIPPED:", "                if True:"),
 ]
 
 
