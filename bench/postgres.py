@@ -107,20 +107,28 @@ def processes(jobs: int, cpu: bool, counts: tuple[int, ...] = (1, 2, 4)) -> dict
         final.JobQueue(final.Config(database_url=url, handler=None)).close()  # the tables
         children = [_spawn("worker", url, "cpu" if cpu else "noop") for _ in range(count)]
         try:
-            with final.JobQueue(final.Config(database_url=url, handler=None)) as producer:
-                started = time.perf_counter()
-                for first in range(0, jobs, 1000):
-                    producer.enqueue_many(final.Job(f"j{i}", kind="work")
-                                          for i in range(first, min(jobs, first + 1000)))
-                deadline = started + 300
-                while _completed(url) < jobs and time.perf_counter() < deadline:
-                    time.sleep(0.01)  # another process's progress: polled, as crash does
-                elapsed = time.perf_counter() - started
+            elapsed = _feed(url, jobs)
         finally:
             for child in children:
                 _finish(child)
         row[f"{count}_processes"] = jobs / elapsed
     return row
+
+
+def _feed(url: str, jobs: int) -> float:
+    """Enqueue ``jobs`` of kind "work" from this process, which runs none, in batches;
+    return the seconds until the other processes have completed them all."""
+    from jobqueue import final
+
+    with final.JobQueue(final.Config(database_url=url, num_workers=0)) as producer:
+        started = time.perf_counter()
+        for first in range(0, jobs, 1000):
+            producer.enqueue_many(final.Job(f"j{i}", kind="work")
+                                  for i in range(first, min(jobs, first + 1000)))
+        deadline = started + 300
+        while _completed(url) < jobs and time.perf_counter() < deadline:
+            time.sleep(0.01)  # another process's progress: polled, as crash does
+        return time.perf_counter() - started
 
 
 #: The prefetch settings compared: none beyond the running jobs, the default (the pace of
@@ -137,15 +145,7 @@ def _two_processes(jobs: int, work: str, prefetch: str, workers: int) -> float:
     final.JobQueue(final.Config(database_url=url, handler=None)).close()  # the tables
     children = [_spawn("worker", url, work, prefetch, str(workers)) for _ in range(2)]
     try:
-        with final.JobQueue(final.Config(database_url=url, num_workers=0)) as producer:
-            started = time.perf_counter()
-            for first in range(0, jobs, 1000):
-                producer.enqueue_many(final.Job(f"j{i}", kind="work")
-                                      for i in range(first, min(jobs, first + 1000)))
-            deadline = started + 300
-            while _completed(url) < jobs and time.perf_counter() < deadline:
-                time.sleep(0.01)  # another process's progress: polled, as processes() does
-            return time.perf_counter() - started
+        return _feed(url, jobs)
     finally:
         for child in children:
             _finish(child)

@@ -291,6 +291,30 @@ class TestClaimSplit:
         assert split == {Priority.HIGH: 5, Priority.LOW: 95}  # what HIGH has no room for
 
 
+def prefetches_seen(database_url: str, jobs: int, change_store: Any = None) -> list[int]:
+    """The prefetch of a one-worker queue at each of ``jobs`` no-op jobs it runs from a
+    database they were put in first (``change_store`` may change its store before that)."""
+    seen: list[int] = []
+    opened: list[final.JobQueue] = []
+
+    def handler(payload: bytes) -> None:
+        if opened:
+            seen.append(opened[0]._core.prefetch)
+
+    config = final.Config(database_url=database_url, num_workers=1, handler=handler)
+    with final.JobQueue(dataclasses.replace(config, num_workers=0)) as producer:
+        producer.enqueue_many(final.Job(f"j{i}") for i in range(jobs))
+    jq = final.JobQueue(config)
+    try:
+        if change_store is not None:
+            change_store(jq._core.store)
+        opened.append(jq)
+        assert jq.join(60)
+    finally:
+        jq.close()
+    return seen
+
+
 class TestSharedStore:
     """With PostgreSQL: producers that declare tasks and never run them, and claims that
     fit the work."""
@@ -355,19 +379,7 @@ class TestSharedStore:
         jq.close()
 
     def test_short_jobs_are_claimed_in_batches(self, database_url: str) -> None:
-        seen: list[int] = []
-        opened: list[final.JobQueue] = []
-
-        def handler(payload: bytes) -> None:
-            if opened:
-                seen.append(opened[0]._core.prefetch)
-
-        config = final.Config(database_url=database_url, num_workers=1, handler=handler)
-        with final.JobQueue(dataclasses.replace(config, num_workers=0)) as producer:
-            producer.enqueue_many(final.Job(f"j{i}") for i in range(3000))
-        with final.JobQueue(config) as jq:
-            opened.append(jq)
-            assert jq.join(60)
+        seen = prefetches_seen(database_url, 3000)
         assert max(seen) > 1  # it learns the pace, from nothing held
 
 
@@ -607,28 +619,14 @@ class TestReviewFindings:
             assert outcomes == {"a": "added", "c": "added", "d": "added"}
 
     def test_a_slow_claim_lets_the_prefetch_grow(self, database_url: str) -> None:
-        seen: list[int] = []
-        opened: list[final.JobQueue] = []
+        def far_away(store: Any) -> None:
+            real_claim = store.claim
 
-        def handler(payload: bytes) -> None:
-            if opened:
-                seen.append(opened[0]._core.prefetch)
+            def remote_claim(*args: Any) -> Any:  # a database 60 ms away
+                time.sleep(0.06)
+                return real_claim(*args)
 
-        config = final.Config(database_url=database_url, num_workers=1, handler=handler)
-        with final.JobQueue(dataclasses.replace(config, num_workers=0)) as producer:
-            producer.enqueue_many(final.Job(f"j{i}") for i in range(300))
-        jq = final.JobQueue(config)
-        store = jq._core.store
-        real_claim = store.claim
+            store.claim = remote_claim
 
-        def remote_claim(*args: Any) -> Any:  # a database 60 ms away
-            time.sleep(0.06)
-            return real_claim(*args)
-
-        store.claim = remote_claim  # type: ignore[method-assign]
-        opened.append(jq)
-        try:
-            assert jq.join(60)
-        finally:
-            jq.close()
+        seen = prefetches_seen(database_url, 300, far_away)
         assert max(seen) >= 2  # not stuck at 0: the claim's own time counts
