@@ -530,6 +530,8 @@ class JobQueue:
                     core.table.transition(entry, CANCELLED, core.clock())
                     if state is not SCHEDULED:
                         core.room_freed_locked(entry.job.priority)
+                    if core.shared and True in core.unclaimed and core.claim_wanted_locked():
+                        core.claim_wake.notify()  # it held one fewer: room for any priority
                     core.changed_locked()
                     confirm = core.store.confirm
                     break_out = True
