@@ -71,7 +71,7 @@ def claim(core: Core, policy: RetryPolicy) -> None:
     adaptive = core.shared and core.config.prefetch is None
     weights = core.config.effective_weights
     credit = dict.fromkeys(_PRIORITIES, 0)  # for _split: who is owed the next claim
-    paced_at, paced = core.clock(), 0  # the last measure of the pace: when, settled then
+    paced_at, paced = core.clock(), 0  # the last measure of the pace: when, attempts ended
     round_trip = 0.0  # how long a claim takes, lately (seconds)
     while True:
         with core.mutex:
@@ -86,10 +86,11 @@ def claim(core: Core, policy: RetryPolicy) -> None:
                     # What the workers finish while a claim comes back, and a moment more:
                     # the pace is what they did with what they held, so a claim slower than
                     # the jobs lets it grow (a remote database), and slow jobs shrink it.
-                    pace = (core.settled - paced) / (now - paced_at)
+                    ended = core.table.attempts_ended()
+                    pace = (ended - paced) / (now - paced_at)
                     core.set_prefetch_locked(min(core.max_prefetch, round(
                         pace * (PREFETCH_HORIZON + round_trip))))
-                    paced_at, paced = now, core.settled
+                    paced_at, paced = now, ended
                 wanted = [(p, room) for p in _PRIORITIES
                           if core.unclaimed[p] and (room := _room(core, p)) > 0]
                 if wanted:

@@ -142,7 +142,6 @@ class Core:
             config.prefetch if config.prefetch is not None
             else min(config.queue_size, max(64, 8 * config.num_workers))
         )
-        self.settled = 0  # attempts settled, for the claimer's measure of the pace
         self.prefetch = 0  # jobs held beyond the running ones, at most (shared stores)
         self.claim_below = 0  # claim when fewer are held, running or queued (shared)
         self.set_prefetch_locked(self.max_prefetch if config.prefetch is not None else 0)

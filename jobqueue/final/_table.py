@@ -133,6 +133,12 @@ class JobTable:
         counts = self._counts
         return counts[NEW][priority] + counts[QUEUED][priority] + counts[RETRYING][priority]
 
+    def attempts_ended(self) -> int:
+        """Attempts that have ended (completed, failed, or failed to be retried), ever:
+        the pace of the workers, for a shared store's claimer."""
+        counts = self._counts
+        return sum(counts[COMPLETED]) + sum(counts[FAILED]) + sum(self._retried)
+
     def held(self) -> int:
         """Jobs being enqueued, queued or running: what a shared store's claims fill up."""
         counts = self._counts

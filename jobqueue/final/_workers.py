@@ -302,7 +302,6 @@ def settle_locked(core: Core, entry: Entry, outcome: Outcome, now: float) -> Non
             table.transition(entry, FAILED, now)
     if core.stop_asked:
         core.stop_asked.discard(entry)
-    core.settled += 1
     core.changed_locked()
 
 
