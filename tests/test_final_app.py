@@ -413,6 +413,41 @@ class TestNewcomer:
             assert "'jobqueue[" not in path.read_text(), path  # no index has jobqueue
 
 
+def enqueue_at_once(producer: final.JobQueue, job_ids: list[str],
+                    ) -> tuple[list[object], list[int]]:
+    """Enqueue each id from a thread of its own, all at once, the first statement held
+    until the others wait behind it: what each call came to ("added", or what it raised),
+    in the order of ``job_ids``, and how many jobs each statement carried."""
+    group = producer._core.store._group  # type: ignore[attr-defined]
+    real = group._insert_batch
+    sizes: list[int] = []
+
+    def grouped(records: list[Any], *args: Any) -> Any:
+        if not sizes:  # the first leader waits until the others queue behind it
+            assert until(lambda: len(group._waiting) == len(job_ids) - 1)
+        sizes.append(len(records))
+        return real(records, *args)
+
+    group._insert_batch = grouped
+    barrier = threading.Barrier(len(job_ids))
+    outcomes: list[object] = [None] * len(job_ids)
+
+    def produce(n: int) -> None:
+        barrier.wait()
+        try:
+            producer.enqueue(final.Job(job_ids[n]))
+            outcomes[n] = "added"
+        except final.JobQueueError as exc:
+            outcomes[n] = exc
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(len(job_ids))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return outcomes, sizes
+
+
 class TestGroupInsert:
     """Concurrent single enqueues share statements (PostgreSQL); each job stays its own."""
 
@@ -421,35 +456,10 @@ class TestGroupInsert:
     ) -> None:
         config = final.Config(database_url=database_url, num_workers=0)
         with final.JobQueue(config) as producer:
-            store = producer._core.store
-            group = store._group  # type: ignore[attr-defined]
-            real = store._insert_grouped  # type: ignore[attr-defined]
-            sizes: list[int] = []
-
-            def grouped(records: list[Any], *args: Any) -> Any:
-                if not sizes:  # the first leader waits until the others queue behind it
-                    assert until(lambda: len(group._waiting) == 7)
-                sizes.append(len(records))
-                return real(records, *args)
-
-            group._insert_batch = grouped
-            barrier = threading.Barrier(8)
-            outcomes: dict[int, str] = {}
-
-            def produce(n: int) -> None:
-                barrier.wait()
-                try:
-                    producer.enqueue(final.Job("same" if n % 2 else f"own-{n}"))
-                    outcomes[n] = "added"
-                except final.DuplicateJob:
-                    outcomes[n] = "duplicate"
-
-            threads = [threading.Thread(target=produce, args=(n,)) for n in range(8)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(30)
-            assert sorted(outcomes.values()) == ["added"] * 5 + ["duplicate"] * 3
+            ids = ["same" if n % 2 else f"own-{n}" for n in range(8)]
+            outcomes, sizes = enqueue_at_once(producer, ids)
+            assert sum(outcome == "added" for outcome in outcomes) == 5
+            assert [type(o) for o in outcomes if o != "added"] == [final.DuplicateJob] * 3
             assert sizes[0] == 1 and max(sizes) > 1  # the others went in one or two more
             with psycopg.connect(database_url) as conn:
                 ids = sorted(row[0] for row in conn.execute("SELECT id FROM jobqueue_jobs"))
@@ -586,37 +596,12 @@ class TestReviewFindings:
                         RETURN NEW; END $$ LANGUAGE plpgsql""")
                 conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON jobqueue_jobs "
                              "FOR EACH ROW EXECUTE FUNCTION refuse()")
-            group = producer._core.store._group  # type: ignore[attr-defined]
-            real = group._insert_batch
-            sizes: list[int] = []
-
-            def grouped(records: list[Any], *args: Any) -> Any:
-                if not sizes:
-                    assert until(lambda: len(group._waiting) == 3)
-                sizes.append(len(records))
-                return real(records, *args)
-
-            group._insert_batch = grouped
-            barrier = threading.Barrier(4)
-            outcomes: dict[str, str] = {}
-
-            def produce(job_id: str) -> None:
-                barrier.wait()
-                try:
-                    producer.enqueue(final.Job(job_id))
-                    outcomes[job_id] = "added"
-                except final.StoreError as exc:
-                    outcomes[job_id] = str(exc)
-
-            threads = [threading.Thread(target=produce, args=(job_id,))
-                       for job_id in ("a", "bad", "c", "d")]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(30)
+            results, sizes = enqueue_at_once(producer, ["a", "bad", "c", "d"])
+            outcomes = dict(zip(["a", "bad", "c", "d"], map(str, results), strict=True))
             assert max(sizes) > 1
             assert "no bad jobs here" in outcomes.pop("bad")
             assert outcomes == {"a": "added", "c": "added", "d": "added"}
+            assert isinstance(results[1], final.StoreError)
 
     def test_a_slow_claim_lets_the_prefetch_grow(self, database_url: str) -> None:
         def far_away(store: Any) -> None:
