@@ -2,9 +2,10 @@
 
 Three measures, each on a throwaway server (bench/pgserver.py, durable, as the benchmark's):
 
-- **a move**: the writer's statement (``_pg_writer._MOVE``) for 1, 4, 8 and 32 moves of held
-  rows, median of 200, against ``SELECT 1``: the fixed cost of a statement and what each
-  row adds (starts and outcomes are such moves; every job makes at least two);
+- **a move**: the writer's statement (``move`` in ``stores/postgres/sql/queries.sql``) for
+  1, 4, 8 and 32 moves of held rows, median of 200, against ``SELECT 1``: the fixed cost of
+  a statement and what each row adds (starts and outcomes are such moves; every job makes
+  at least two);
 - **the writer under load**: ``enqueue_many`` of N no-op jobs run by 4 workers in this
   process, as the benchmark's ``enqueue_many`` row: the writer's statements, moves and
   starts per statement, and the time they took, against the run's length;
@@ -24,8 +25,9 @@ from typing import Any
 
 from bench import postgres
 from jobqueue import final
-from jobqueue.final import _pg_writer
-from jobqueue.final._postgres import PostgresStore
+from jobqueue.final.stores.postgres import writer as _pg_writer
+from jobqueue.final.stores.postgres.queries import Q
+from jobqueue.final.stores.postgres.store import PostgresStore
 
 
 def move_costs(url: str) -> dict[str, float]:
@@ -50,7 +52,7 @@ def move_costs(url: str) -> dict[str, float]:
                 moves = json.dumps([[f"j{i}", i, "processing", rep + 1, None, 1.0, None,
                                      None, True, None, False] for i in ids])
                 begin = time.perf_counter()
-                conn.execute(_pg_writer._MOVE, {"queue": "default", "tag": "bench",
+                conn.execute(Q["move"], {"queue": "default", "tag": "bench",
                                                 "lease": 30.0, "notify": False,
                                                 "moves": moves}).fetchall()
                 times.append(time.perf_counter() - begin)

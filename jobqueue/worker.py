@@ -37,7 +37,7 @@ from types import FrameType
 
 from jobqueue.errors import StoreError, StoreLocked
 from jobqueue.final import App, Config, JobQueue
-from jobqueue.final.pg_admin import mask
+from jobqueue.final.admin import mask
 
 __all__ = ["EXIT_ABANDONED", "WorkerError", "load", "run"]
 
@@ -226,7 +226,7 @@ _HURRIED_WAIT = 10.0
 def _serve(jq: JobQueue, config: Config, signals: _Signals) -> int:
     """Run until a signal; close gracefully; stop waiting on a second signal."""
     number = signals.next()
-    while number == _Signals.CLOSED:  # (none yet: only a signal wakes it here)
+    while number == _Signals.CLOSED or number is None:  # (only a signal wakes it here)
         number = signals.next()
     logger.info("%s: closing (running and claimed jobs finish, up to %s s; send it again to "
                 "stop waiting)", signal.Signals(number).name, config.shutdown_timeout)

@@ -41,58 +41,60 @@ MUTANTS = [
     ("abandoned ids leave out retries", "jobqueue/final/_table.py",
      "entries.items() if entry.state is not NEW)",
      "entries.items() if entry.state not in (NEW, RETRYING))"),
-    ("log segments never retired", "jobqueue/final/_wal.py",
+    ("log segments never retired", "jobqueue/final/stores/lmdb/wal.py",
      "        segment_of_checkpoint = checkpoint >> _OFFSET_BITS\n",
      "        segment_of_checkpoint = checkpoint >> _OFFSET_BITS\n        return\n"),
     ("backlog claimed LOW first", "jobqueue/final/_claimer.py",
      "for p in _PRIORITIES\n", "for p in _PRIORITIES[::-1]\n"),
-    ("fsync never flushes the log", "jobqueue/final/_lmdb.py",
+    ("fsync never flushes the log", "jobqueue/final/stores/lmdb/store.py",
      "                os.fdatasync(descriptor)", "                pass"),
     ("one wake-up for room while a batch waits", "jobqueue/final/_core.py",
      "        self._wake(self.waiting if self.batches else slots)", "        self._wake(slots)"),
-    ("replay ignores the checkpoint", "jobqueue/final/_lmdb_replay.py",
+    ("replay ignores the checkpoint", "jobqueue/final/stores/lmdb/replay.py",
      "                if position(number, offset) < checkpoint:\n                    continue\n"
      "                try:",
      "                try:"),
     # The PostgreSQL store's, which issue 20 found a whole suite let through.
-    ("heartbeat renews nothing", "jobqueue/final/_pg_writer.py",
+    ("heartbeat renews nothing", "jobqueue/final/stores/postgres/sql/queries.sql",
      "    UPDATE jobqueue_jobs AS j SET lease_until = now() + make_interval(secs => %(lease)s)",
      "    UPDATE jobqueue_jobs AS j SET lease_until = j.lease_until"),
-    ("claims without SKIP LOCKED", "jobqueue/final/_postgres.py",
+    ("claims without SKIP LOCKED", "jobqueue/final/stores/postgres/sql/queries.sql",
      "    ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED\n), due AS (",
      "    ORDER BY seq LIMIT %(limit)s FOR UPDATE\n), due AS ("),
-    ("no NOTIFY after an enqueue", "jobqueue/final/_postgres.py",
+    ("no NOTIFY after an enqueue", "jobqueue/final/stores/postgres/sql/queries.sql",
      "SELECT id, lease_id, CASE WHEN priority = ANY(%(notify)s::smallint[])",
      "SELECT id, lease_id, CASE WHEN false AND priority = ANY(%(notify)s::smallint[])"),
-    ("a scheduled job's due time inverted", "jobqueue/final/_postgres.py",
-     "      AND due_at <= %(now)s AND priority = %(priority)s {{kinds}}",
-     "      AND due_at > %(now)s AND priority = %(priority)s {{kinds}}"),
+    ("a scheduled job's due time inverted", "jobqueue/final/stores/postgres/sql/queries.sql",
+     "      AND due_at <= %(now)s AND priority = %(priority)s\n",
+     "      AND due_at > %(now)s AND priority = %(priority)s\n"),
     ("a periodic tick enqueued again after a restart", "jobqueue/final/_periodic.py",
-     "core.store.insert([record], None, revive=False)",
-     "core.store.insert([record], None, revive=True)"),
-    ("queue_stats counts RETRYING as QUEUED", "jobqueue/final/_postgres.py",
+     "core.shared.insert([record], None, revive=False)",
+     "core.shared.insert([record], None, revive=True)"),
+    ("queue_stats counts RETRYING as QUEUED", "jobqueue/final/stores/postgres/store.py",
      "            counts[Status(status)] += count",
      "            counts[Status('queued' if status == 'retrying' else status)] += count"),
     # And what its fixes rest on.
-    ("a finished row moved again", "jobqueue/final/_pg_writer.py",
-     "          AND status IN {_LIVE}\n        FOR UPDATE SKIP LOCKED\n    ) AS row",
+    ("a finished row moved again", "jobqueue/final/stores/postgres/sql/queries.sql",
+     "          AND status IN ('processing', 'queued', 'retrying', 'scheduled')\n"
+     "        FOR UPDATE SKIP LOCKED\n    ) AS row",
      "\n        FOR UPDATE SKIP LOCKED\n    ) AS row"),
-    ("a lapsed finished row claimed", "jobqueue/final/_postgres.py",
-     "      AND owner <> %(owner)s AND priority = %(priority)s AND status IN {_LIVE} {{kinds}}",
-     "      AND owner <> %(owner)s AND priority = %(priority)s {{kinds}}"),
-    ("a handler runs before its start is committed", "jobqueue/final/_postgres.py",
+    ("a lapsed finished row claimed", "jobqueue/final/stores/postgres/sql/queries.sql",
+     "      AND owner <> %(owner)s AND priority = %(priority)s\n"
+     "      AND status IN ('processing', 'queued', 'retrying', 'scheduled')\n",
+     "      AND owner <> %(owner)s AND priority = %(priority)s\n"),
+    ("a handler runs before its start is committed", "jobqueue/final/stores/postgres/store.py",
      "        fate = self._writer.wait_fate(move, deadline)",
      "        fate = \"w\""),
     ("a hook before its outcome is committed", "jobqueue/final/_workers.py",
-     "            kept = core.store.confirm(job_id, None)  # type: ignore[misc]",
+     "            kept = core.shared.confirm(job_id, None)",
      "            kept = True"),
-    ("a deadlock drops the batch", "jobqueue/final/_pg_writer.py",
+    ("a deadlock drops the batch", "jobqueue/final/stores/postgres/connections.py",
      '    if state[:2] in ("40", "53") or state in ("55P03", "57014"):',
      '    if state in ("55P03", "57014"):'),
-    ("a dead pooled connection used", "jobqueue/final/_pg_schema.py",
+    ("a dead pooled connection used", "jobqueue/final/stores/postgres/connections.py",
      "        if conn is not None and _dropped(conn):",
      "        if False:"),
-    ("a cancel only in the batch", "jobqueue/final/_lmdb.py",
+    ("a cancel only in the batch", "jobqueue/final/stores/lmdb/store.py",
      "        if record.status is Status.CANCELLED:\n            self._log_cancel(record)",
      "        if False:\n            self._log_cancel(record)"),
     # Issue 21's: an app of tasks, the worker command, claims that fit the work.
@@ -109,8 +111,9 @@ MUTANTS = [
     ("a second signal waits all the same", "jobqueue/worker.py",
      "threading.Thread(target=lambda: jq.close(timeout=0), daemon=True,",
      "threading.Thread(target=lambda: None, daemon=True,"),
-    ("a duplicate in a group refuses every job of it", "jobqueue/final/_pg_group.py",
-     "                if outcome is _SKIPPED:", "                if True:"),
+    ("a duplicate in a group refuses every job of it",
+     "jobqueue/final/stores/postgres/group_insert.py",
+     "                if call.record.id not in added:", "                if True:"),
 ]
 
 
@@ -133,7 +136,7 @@ def run(name: str, path: str, before: str, after: str) -> str:
         # suite either way, and a bug they catch is caught in a minute instead of after
         # every other test. (Two runs: pytest sorts the files of one by path.)
         first = [str(p.relative_to(tree)) for p in sorted((tree / "tests").glob(
-            "test_final_postgres*.py"))] if "_pg" in path or "postgres" in path else []
+            "test_final_postgres*.py"))] if "postgres" in path else []
         runs = [first, [*(f"--ignore={name}" for name in first), "tests"]] if first else [
             ["tests"]]
         for arguments in runs:

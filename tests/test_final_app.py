@@ -418,7 +418,7 @@ def enqueue_at_once(producer: final.JobQueue, job_ids: list[str],
     """Enqueue each id from a thread of its own, all at once, the first statement held
     until the others wait behind it: what each call came to ("added", or what it raised),
     in the order of ``job_ids``, and how many jobs each statement carried."""
-    group = producer._core.store._group  # type: ignore[attr-defined]
+    group = producer._core.store._inserts._group  # type: ignore[attr-defined]
     real = group._insert_batch
     sizes: list[int] = []
 
@@ -470,7 +470,7 @@ class TestGroupInsert:
     ) -> None:
         config = final.Config(database_url=database_url, num_workers=0)
         with final.JobQueue(config) as producer:
-            group = producer._core.store._group  # type: ignore[attr-defined]
+            group = producer._core.store._inserts._group  # type: ignore[attr-defined]
             release = threading.Event()
             real = group._insert_batch
 
@@ -509,7 +509,7 @@ class TestReviewFindings:
     """What a review of this issue's change found, each reproduced first."""
 
     def test_a_caller_interrupted_while_it_waits_holds_up_no_one(self) -> None:
-        from jobqueue.final._pg_group import GroupInsert
+        from jobqueue.final.stores.postgres.group_insert import GroupInsert
 
         release = threading.Event()
         inserted: list[str] = []

@@ -526,7 +526,7 @@ class TestHostileLogHandlers:
     ) -> None:
         from test_final_lmdb import stored_backlog
 
-        from jobqueue.final._store import JobRecord
+        from jobqueue.final.stores.base import JobRecord
 
         path = str(tmp_path / "jobs")
         died_in = JobRecord("doomed", b"", MEDIUM, "", 0, 0.0, Status.PROCESSING, 1, None,
@@ -552,7 +552,7 @@ class TestHostileLogHandlers:
     def test_a_log_handler_calling_close_as_the_store_closes(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        from jobqueue.final import _lmdb_writer
+        from jobqueue.final.stores.lmdb import writer as _lmdb_writer
 
         queue = final.JobQueue(final.Config(handler=ignore, persist_path=tmp_path / "jobs"))
         queue.enqueue(final.Job("j"))
@@ -786,7 +786,7 @@ class TestNewStore:
     def test_a_store_another_queue_is_creating_is_locked_not_foreign(
         self, tmp_path: Path
     ) -> None:
-        from jobqueue.final._lmdb_dir import give_up_ownership, take_ownership
+        from jobqueue.final.stores.lmdb.directory import give_up_ownership, take_ownership
 
         path = tmp_path / "jobs"
         path.mkdir()

@@ -23,10 +23,13 @@ import lmdb
 import pytest
 
 from jobqueue import final
-from jobqueue.final import _lmdb_files, _lmdb_writer, _wal, admin
-from jobqueue.final._lmdb import LmdbStore
-from jobqueue.final._store import JobRecord
+from jobqueue.final import admin
 from jobqueue.final.admin import StoreReader
+from jobqueue.final.stores.base import JobRecord
+from jobqueue.final.stores.lmdb import tables as _lmdb_files
+from jobqueue.final.stores.lmdb import wal as _wal
+from jobqueue.final.stores.lmdb import writer as _lmdb_writer
+from jobqueue.final.stores.lmdb.store import LmdbStore
 
 CHILD = str(Path(__file__).with_name("lmdb_child.py"))
 

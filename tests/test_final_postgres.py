@@ -26,7 +26,7 @@ from test_final_contract import Gate, held, until
 from jobqueue import cli, final
 from jobqueue.errors import DuplicateJob, StoreError
 from jobqueue.final import Priority, Status
-from jobqueue.final._pg_schema import SCHEMA_VERSION
+from jobqueue.final.stores.postgres.schema import SCHEMA_VERSION
 
 CHILD = str(Path(__file__).with_name("pg_child.py"))
 
@@ -66,7 +66,7 @@ class TestConfig:
 
 class TestSchema:
     def test_made_once_by_processes_starting_together(self, database_url: str) -> None:
-        script = ("import sys; from jobqueue.final._postgres import PostgresStore; "
+        script = ("import sys; from jobqueue.final.stores.postgres.store import PostgresStore; "
                   "PostgresStore(sys.argv[1]).close()")
         children = [subprocess.Popen([sys.executable, "-c", script, database_url])
                     for _ in range(4)]

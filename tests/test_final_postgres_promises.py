@@ -24,7 +24,7 @@ from bench.pgserver import PostgresServer
 from jobqueue import cli, final
 from jobqueue.errors import StoreError
 from jobqueue.final import Job, Status
-from jobqueue.final._postgres import PostgresStore
+from jobqueue.final.stores.postgres.store import PostgresStore
 
 COMPLETED = Status.COMPLETED
 
@@ -311,7 +311,8 @@ class TestWriterFaults:
         assert all(gate.started.wait(10) for gate in gates.values())
         store = queue._core.store
         store.sync()
-        monkeypatch.setattr("jobqueue.final._pg_writer._LINGER", 5.0)  # one batch for both
+        # one batch for both
+        monkeypatch.setattr("jobqueue.final.stores.postgres.writer._LINGER", 5.0)
         bad = queue._core.table.get("bad").record  # type: ignore[union-attr]
         with caplog.at_level(logging.ERROR, logger="jobqueue"):
             # A move whose attempt count no integer column holds (a job past 2**31 - 1

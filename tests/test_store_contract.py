@@ -12,9 +12,9 @@ import pytest
 
 from jobqueue.errors import DuplicateJob, StoreError
 from jobqueue.final import JobRecord, MemoryStore, Priority, Status
-from jobqueue.final._lmdb import LmdbStore
-from jobqueue.final._postgres import PostgresStore
-from jobqueue.final._store import Store
+from jobqueue.final.stores.base import Store
+from jobqueue.final.stores.lmdb.store import LmdbStore
+from jobqueue.final.stores.postgres.store import PostgresStore
 
 HIGH, MEDIUM, LOW = Priority.HIGH, Priority.MEDIUM, Priority.LOW
 QUEUED, PROCESSING, RETRYING = Status.QUEUED, Status.PROCESSING, Status.RETRYING

@@ -34,8 +34,9 @@ from jobqueue.final._model import (
 from jobqueue.final._picker import DEFAULT_WEIGHTS, WeightedPicker
 from jobqueue.final._queue import JobQueue
 from jobqueue.final._states import InvalidTransition, Status
-from jobqueue.final._store import JobRecord, MemoryStore, QueueStats, Store
 from jobqueue.final._tasks import JobHandle, Task, TaskCall
+from jobqueue.final.stores.base import JobRecord, QueueStats, SharedStore, Store
+from jobqueue.final.stores.memory import MemoryStore
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -64,6 +65,7 @@ __all__ = [
     "QueueClosed",
     "QueueFull",
     "QueueStats",
+    "SharedStore",
     "Status",
     "Store",
     "StoreError",

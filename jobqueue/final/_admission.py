@@ -17,11 +17,13 @@ from collections.abc import Sequence
 
 from jobqueue._priority import Priority
 from jobqueue.errors import DuplicateJob, JobQueueError, QueueClosed, QueueFull, StoreError
+from jobqueue.final._checks import MAX_DELAY, check_timeout
 from jobqueue.final._context import on_worker
 from jobqueue.final._core import Core
-from jobqueue.final._model import MAX_DELAY, Handler, Job, check_timeout
+from jobqueue.final._model import Handler, Job
 from jobqueue.final._states import GONE, NEW, QUEUED, SCHEDULED, State
 from jobqueue.final._table import Entry
+from jobqueue.final.stores.base import SharedStore
 
 __all__ = ["check_delay", "describe_state", "enqueue", "run_at"]
 
@@ -69,12 +71,12 @@ def enqueue(
     delay: float | None = None,
 ) -> None:
     """Accept ``jobs``, all or none; see ``JobQueue.enqueue`` for what it raises."""
-    if core.shared and handler is None and not (
+    if core.shared is not None and handler is None and not (
         connection is None and delay is None and _hold_here(core, jobs)
     ):
         if timeout is not None:
             check_timeout("timeout", timeout)  # checked, though a database is never full
-        _insert_shared(core, jobs, connection, delay)
+        _insert_shared(core, core.shared, jobs, connection, delay)
         return
     if connection is not None:
         raise ValueError("connection= enqueues inside a PostgreSQL transaction: it needs a "
@@ -162,7 +164,8 @@ def _hold_here(core: Core, jobs: Sequence[Job]) -> bool:
 
 
 def _insert_shared(
-    core: Core, jobs: Sequence[Job], connection: object, delay: float | None
+    core: Core, shared: SharedStore, jobs: Sequence[Job], connection: object,
+    delay: float | None,
 ) -> None:
     """Jobs for a shared store: into the database, for whichever process claims them first.
 
@@ -177,7 +180,7 @@ def _insert_shared(
     for job in jobs:
         when = None if job.run_at is None and delay is None else run_at(core, job, delay)
         records.append(Entry(job, None, 0, 0.0, when, when).record)
-    core.store.insert(records, connection)  # type: ignore[attr-defined]
+    shared.insert(records, connection)
 
 
 def _count_batch(jobs: Sequence[Job]) -> list[int]:
@@ -255,7 +258,7 @@ def _admit_locked(
                 # Stored jobs go first, but not before a handler's: the claimer may fill the
                 # room a handler waits for, and only a worker could free it again.
                 if crowded or (
-                    core.unclaimed[full] and not core.shared and not on_worker(core)
+                    core.unclaimed[full] and core.shared is None and not on_worker(core)
                 ):
                     break
             else:

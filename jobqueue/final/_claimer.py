@@ -32,7 +32,6 @@ from jobqueue.final._core import Core, log_safely
 from jobqueue.final._model import Hook, JobInfo
 from jobqueue.final._retry import RetryPolicy
 from jobqueue.final._states import NEW, PROCESSING, RETRYING, SCHEDULED
-from jobqueue.final._store import JobRecord
 from jobqueue.final._workers import (
     Outcome,
     call_hook_if_kept,
@@ -40,6 +39,7 @@ from jobqueue.final._workers import (
     hook_call_locked,
     settle_locked,
 )
+from jobqueue.final.stores.base import JobRecord
 
 __all__ = ["claim"]
 
@@ -65,10 +65,10 @@ def claim(core: Core, policy: RetryPolicy) -> None:
     store = core.store
     # A shared store gets jobs from other processes, which notify; in case a notice is lost,
     # look at every priority again once per poll interval.
-    poll = store.poll_interval if core.shared else None  # type: ignore[attr-defined]
+    poll = None if core.shared is None else core.shared.poll_interval
     next_poll = core.clock()
     failing = False  # the last claim failed (a shared store's database is away)
-    adaptive = core.shared and core.config.prefetch is None
+    adaptive = core.shared is not None and core.config.prefetch is None
     weights = core.config.effective_weights
     credit = dict.fromkeys(_PRIORITIES, 0)  # for _split: who is owed the next claim
     paced_at, paced = core.clock(), 0  # the last measure of the pace: when, attempts ended
@@ -96,7 +96,7 @@ def claim(core: Core, policy: RetryPolicy) -> None:
                 if wanted:
                     break
                 core.claim_wake.wait(None if poll is None else next_poll - now)
-            if core.shared:
+            if core.shared is not None:
                 wanted = _split(wanted, core.config.num_workers + core.prefetch
                                 - core.table.held(), weights, credit)
             kinds = None if core.config.handler is not None else frozenset(core.handlers)
@@ -154,7 +154,7 @@ def _room(core: Core, priority: Priority) -> int:
     store, none unless this queue holds few enough (see Core.set_prefetch_locked), and
     then what :func:`_split` gives it."""
     room = core.config.queue_size - core.table.occupied(priority)
-    if core.shared and not core.claim_wanted_locked():
+    if core.shared is not None and not core.claim_wanted_locked():
         return 0
     return room
 

@@ -13,8 +13,8 @@ import logging
 import threading
 from collections.abc import Sequence
 
+from jobqueue.final._checks import check_timeout
 from jobqueue.final._core import Core, log_safely
-from jobqueue.final._model import check_timeout
 from jobqueue.final._states import SCHEDULED
 
 __all__ = ["close", "finish", "hurry", "start_locked"]
@@ -77,7 +77,7 @@ def close(core: Core, threads: Sequence[threading.Thread], timeout: float | None
         core.closed = True
         core.changed_locked()  # waiters whose jobs will not finish now must know
     if gave_up:
-        if core.store.shared:
+        if core.shared is not None:
             where = "go back to the queue, for any process"
         elif core.store.persistent:
             where = "stay stored for the next start"
@@ -93,9 +93,10 @@ def close(core: Core, threads: Sequence[threading.Thread], timeout: float | None
     if stuck:
         log_safely(logging.WARNING, "handlers did not return; threads still running: %s",
                    stuck)
-    endtime = None if core.close_by == float("inf") else core.close_by  # (hurried since?)
-    remaining = None if endtime is None else endtime - core.clock()
-    core.store.close(None if remaining is None else max(CANCEL_GRACE, remaining))
+    if core.close_by == float("inf"):  # (hurried since?)
+        core.store.close(None)
+    else:
+        core.store.close(max(CANCEL_GRACE, core.close_by - core.clock()))
     return abandoned
 
 

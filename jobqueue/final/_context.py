@@ -11,7 +11,8 @@ from __future__ import annotations
 import threading
 import time
 
-from jobqueue.final._model import Job, check_timeout
+from jobqueue.final._checks import check_timeout
+from jobqueue.final._model import Job
 
 __all__ = ["JobContext", "current_job", "on_hook", "on_worker", "own_thread", "running_in",
            "worker_local"]

@@ -21,8 +21,8 @@ from jobqueue._priority import Priority
 from jobqueue.final._lock import YieldingLock
 from jobqueue.final._model import Config, Handler, Hook
 from jobqueue.final._states import COMPLETED, FAILED, PROCESSING, QUEUED, RETRYING, State
-from jobqueue.final._store import Store
 from jobqueue.final._table import JobTable
+from jobqueue.final.stores.base import SharedStore, Store
 
 if TYPE_CHECKING:
     from jobqueue.final._tasks import Task
@@ -121,7 +121,8 @@ class Core:
     change or are safe on their own."""
 
     def __init__(
-        self, config: Config, store: Store, clock: Callable[[], float] = time.monotonic
+        self, config: Config, store: Store, clock: Callable[[], float] = time.monotonic,
+        epoch_offset: float | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -137,7 +138,7 @@ class Core:
         # jobs come in batches, and slow ones are not held by a process with no worker
         # free for them. Otherwise stored jobs are this queue's alone, and it claims all it
         # has room for.
-        self.shared = store.shared
+        self.shared: SharedStore | None = store.shared
         self.max_prefetch = (
             config.prefetch if config.prefetch is not None
             else min(config.queue_size, max(64, 8 * config.num_workers))
@@ -165,12 +166,9 @@ class Core:
         self.retry_due = threading.Condition(self.mutex)  # type: ignore[arg-type]
         self.claim_wake = threading.Condition(self.mutex)  # type: ignore[arg-type]
         self.tick_wake = threading.Condition(self.mutex)  # type: ignore[arg-type]
-        self.schedules: list = []  # periodic schedules (_periodic.Schedule), by the ticker
+        self.schedules: list[Any] = []  # periodic schedules (_periodic.Schedule), by the ticker
         self.ticker_started = False
-        self.table = JobTable(store, config.effective_weights, self.clock)
-        if self.shared:  # due times it compares are the queue's: so is its clock
-            offset = self.table.epoch_offset
-            store.now = lambda: clock() + offset  # type: ignore[attr-defined]
+        self.table = JobTable(store, config.effective_weights, self.clock, epoch_offset)
         self.handlers: dict[str, Handler] = dict(config.handlers or {})
         self.tasks: dict[str, Task[Any, Any]] = {}  # kind -> the Task whose handler it is
         # kind -> a task's (retry_on, give_up_on); read without the mutex (one lookup).
@@ -197,7 +195,7 @@ class Core:
         self.idle_workers = 0
         self.change_waiters = 0
         # wait() calls for stored jobs not held yet: id -> [waiters, the entry once claimed].
-        self.watched: dict[str, list] = {}
+        self.watched: dict[str, list[Any]] = {}
         self.version = 0  # counts changes, so a waiter that read the store misses none
         self.closing = False  # close() has started: no new jobs
         self.stopping = False  # close() gave up waiting: workers stop

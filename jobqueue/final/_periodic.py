@@ -89,7 +89,7 @@ def cron_ticks(expression: str, tz: datetime.tzinfo) -> Ticks:
 
 
 def tick_id(name: str, tick: float) -> str:
-    stamp = datetime.datetime.fromtimestamp(tick, datetime.UTC)
+    stamp = datetime.datetime.fromtimestamp(tick, datetime.timezone.utc)
     spec = "seconds" if tick == int(tick) else "milliseconds"
     return f"{name}@{stamp.isoformat(timespec=spec).replace('+00:00', 'Z')}"
 
@@ -141,11 +141,11 @@ def _enqueue_tick(
     job = Job(tick_id(schedule.name, tick), made.payload, made.priority, made.kind,
               made.max_retries)
     try:
-        if core.shared:
+        if core.shared is not None:
             if core.closing:
                 raise QueueClosed("cannot enqueue after close() has started")
             record = Entry(job, None, 0, 0.0).record
-            core.store.insert([record], None, revive=False)  # type: ignore[attr-defined]
+            core.shared.insert([record], None, revive=False)
         elif core.store.get(job.id) is None:  # only this thread enqueues tick ids
             enqueue(job)
         else:

@@ -33,7 +33,7 @@ class WeightedPicker:
         self._weights = [weights[p] for p in _PRIORITIES]
         self._credits = list(self._weights)
 
-    def pick(self, has_work: Sequence[bool]) -> Priority | None:
+    def pick(self, has_work: Sequence[object]) -> Priority | None:
         """Return the priority to serve, given which priorities have work; ``None`` if none do.
 
         ``has_work`` is indexed by priority value (HIGH, MEDIUM, LOW). Consumes one credit.

@@ -32,18 +32,10 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from jobqueue._priority import Priority
 from jobqueue.errors import JobCancelled, JobFailed, QueueClosed, StoreError
 from jobqueue.final import _admission, _claimer, _closing, _periodic, _workers
+from jobqueue.final._checks import MAX_DELAY, check_handler, check_timeout
 from jobqueue.final._context import JobContext, on_hook, own_thread, running_in, worker_local
 from jobqueue.final._core import Core
-from jobqueue.final._model import (
-    MAX_DELAY,
-    Config,
-    Handler,
-    Job,
-    JobInfo,
-    Metrics,
-    check_handler,
-    check_timeout,
-)
+from jobqueue.final._model import Config, Handler, Job, JobInfo, Metrics
 from jobqueue.final._retry import RetryPolicy
 from jobqueue.final._states import (
     CANCELLABLE,
@@ -56,8 +48,9 @@ from jobqueue.final._states import (
     SCHEDULED,
     Status,
 )
-from jobqueue.final._store import JobRecord, JsonResult, QueueStats, open_store
 from jobqueue.final._tasks import Exceptions, Task, decode_result, make_task
+from jobqueue.final.stores import open_store
+from jobqueue.final.stores.base import JobRecord, JsonResult, QueueStats, SharedStore
 
 if TYPE_CHECKING:
     from jobqueue.final._app import App
@@ -136,11 +129,14 @@ class JobQueue:
         # every call there raises (close() does nothing). See Core.forked.
         self._pid = os.getpid()
         self._config = config
-        store = open_store(config)
+        # _clock: a monotonic clock for tests, which move it and wake the timers themselves
+        # (tests/clock.py); the timers still sleep in real time. A shared store's due times
+        # are compared against the same clock, in epoch seconds.
+        clock = _clock or time.monotonic
+        epoch_offset = time.time() - clock()
+        store = open_store(config, lambda: clock() + epoch_offset)
         try:
-            # _clock: a monotonic clock for tests, which move it and wake the timers
-            # themselves (tests/clock.py); the timers still sleep in real time.
-            self._core = core = Core(config, store, _clock or time.monotonic)
+            self._core = core = Core(config, store, clock, epoch_offset)
         except BaseException:
             store.close(0)
             raise
@@ -157,8 +153,8 @@ class JobQueue:
         try:
             if app is not None:  # its tasks, before a claimer claims what they run
                 app._bind(self)
-            if core.shared:  # other processes' news: new jobs to claim, jobs finished
-                core.store.listen(core.jobs_ready, core.jobs_changed)  # type: ignore[attr-defined]
+            if core.shared is not None:  # other processes' news: new jobs, jobs finished
+                core.shared.listen(core.jobs_ready, core.jobs_changed)
             # Eager mode runs every job in the thread that enqueues it: no threads to start,
             # and no claimer to find stored jobs (eager queues keep none). A queue with no
             # workers only enqueues, for the processes that run its jobs: it claims nothing.
@@ -400,7 +396,7 @@ class JobQueue:
 
     def cron(
         self, expression: str, job_factory: Callable[[], Job], *, name: str,
-        tz: datetime.tzinfo = datetime.UTC,
+        tz: datetime.tzinfo = datetime.timezone.utc,
     ) -> None:
         """As :meth:`every`, at the times of a cron ``expression`` (``"*/5 * * * *"``) in
         the time zone ``tz`` (default UTC). Needs croniter: ``pip install croniter``
@@ -484,8 +480,8 @@ class JobQueue:
                 raise ValueError(f"job {job_id!r} is {state}, not failed")
             if core.closing:
                 raise QueueClosed("cannot requeue after close() has started")
-        if core.shared:  # one statement, so that two processes cannot both requeue it
-            core.store.requeue(job_id)  # type: ignore[attr-defined]
+        if core.shared is not None:  # one statement: two processes cannot both requeue it
+            core.shared.requeue(job_id)
             return
         record = core.store.get(job_id)
         if record is None:
@@ -515,7 +511,7 @@ class JobQueue:
         self._refuse_if_forked()
         _check_id(job_id)
         core = self._core
-        wake = None
+        wake: threading.Event | None = None
         break_out = False
         with core.mutex:
             if core.closed:
@@ -530,7 +526,8 @@ class JobQueue:
                     core.table.transition(entry, CANCELLED, core.clock())
                     if state is not SCHEDULED:
                         core.room_freed_locked(entry.job.priority)
-                    if core.shared and True in core.unclaimed and core.claim_wanted_locked():
+                    if (core.shared is not None and True in core.unclaimed
+                            and core.claim_wanted_locked()):
                         core.claim_wake.notify()  # it held one fewer: room for any priority
                     core.changed_locked()
                     confirm = core.store.confirm
@@ -541,14 +538,14 @@ class JobQueue:
             if confirm is None:
                 return True
             try:
-                return confirm(job_id, _CANCEL_WAIT)  # type: ignore[no-any-return]
+                return confirm(job_id, _CANCEL_WAIT)
             except TimeoutError:
                 raise StoreError(f"the cancel of job {job_id!r} was not kept within "
                                  f"{_CANCEL_WAIT:.0f} s: the store does not answer") from None
         if wake is not None:
-            wake.set()  # type: ignore[attr-defined]
-        if entry is None and core.shared:
-            return core.store.cancel(job_id)  # type: ignore[attr-defined, no-any-return]
+            wake.set()
+        if entry is None and core.shared is not None:
+            return core.shared.cancel(job_id)
         return False
 
     # -- asking -----------------------------------------------------------------------------
@@ -635,7 +632,7 @@ class JobQueue:
             while backlog and job_id in backlog:
                 self._run_next_eagerly(backlog)
         endtime = None if timeout is None else core.clock() + timeout
-        watch: list | None = None
+        watch: list[Any] | None = None
         with core.mutex:
             entry = core.table.get(job_id)
             version = core.version
@@ -646,6 +643,7 @@ class JobQueue:
                 watch[0] += 1
         try:
             while entry is None:
+                assert watch is not None  # (registered above, as entry was None)
                 record = core.store.get(job_id)  # without the mutex: it may read the disk
                 with core.mutex:
                     entry = core.table.get(job_id) or watch[1]
@@ -672,7 +670,8 @@ class JobQueue:
             # it at once (status_retention=0) or the id is enqueued again.
             while entry.state is NEW or entry.state in LIVE:
                 self._wait_for(job_id, endtime, timeout)
-        if not core.shared:
+        shared = core.shared
+        if shared is None:
             if entry.state is GONE:
                 raise _unknown(job_id)
             return entry.record
@@ -681,7 +680,7 @@ class JobQueue:
         remaining = None if endtime is None else max(0.0, endtime - core.clock())
         if entry.state is not GONE:
             try:
-                if core.store.confirm(job_id, remaining):  # type: ignore[misc]
+                if shared.confirm(job_id, remaining):
                     return entry.record
             except TimeoutError:
                 raise TimeoutError(f"job {job_id!r} did not finish within {timeout} s "
@@ -696,8 +695,8 @@ class JobQueue:
         remaining = None if endtime is None else endtime - core.clock()
         if remaining is not None and remaining <= 0:
             raise TimeoutError(f"job {job_id!r} did not finish within {timeout} s")
-        if core.shared:  # another process may finish it: look again, notified or not
-            poll = core.store.poll_interval  # type: ignore[attr-defined]
+        if core.shared is not None:  # another process may finish it: look again anyway
+            poll = core.shared.poll_interval
             remaining = poll if remaining is None else min(remaining, poll)
         core.wait_changed_locked(remaining)
 
@@ -726,8 +725,8 @@ class JobQueue:
         if not isinstance(scheduled, bool):
             raise TypeError(f"scheduled must be a bool, not {type(scheduled).__name__}")
         table = core.table
-        if core.shared:
-            return self._join_shared(endtime, scheduled)
+        if core.shared is not None:
+            return self._join_shared(core.shared, endtime, scheduled)
         with core.mutex:
             while True:
                 if core.stopping:  # close() gave up on work: it will not finish here
@@ -740,11 +739,11 @@ class JobQueue:
                     return False
                 core.wait_changed_locked(remaining)
 
-    def _join_shared(self, endtime: float | None, scheduled: bool) -> bool:
+    def _join_shared(self, shared: SharedStore, endtime: float | None, scheduled: bool) -> bool:
         """join() of a shared queue: until no process has work in it."""
         core = self._core
         table = core.table
-        poll = core.store.poll_interval  # type: ignore[attr-defined]
+        poll = shared.poll_interval
         while True:
             with core.mutex:
                 while (len(table) - (0 if scheduled else table.scheduled())
@@ -756,7 +755,7 @@ class JobQueue:
                 if core.stopping or core.closed:
                     return False
                 version = core.version
-            if not core.store.has_live(due_only=not scheduled):  # type: ignore[attr-defined]
+            if not shared.has_live(due_only=not scheduled):
                 return True
             with core.mutex:
                 remaining = None if endtime is None else endtime - core.clock()
@@ -773,8 +772,8 @@ class JobQueue:
         """
         self._refuse_if_forked()
         core = self._core
-        if core.shared:
-            return core.store.stats()  # type: ignore[attr-defined]
+        if core.shared is not None:
+            return core.shared.stats()
         metrics = self.metrics()
         per_priority = {
             p: {Status.QUEUED: m.queued, Status.PROCESSING: m.processing,

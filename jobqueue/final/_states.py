@@ -1,8 +1,8 @@
 """A job's states and the legal moves between them, written once.
 
 ``MOVES`` is the whole state machine; the README's table is this one. Each move names what the
-queue tells its :class:`~jobqueue.final._store.Store` when it happens ("-" when the store already
-knows: it handed the job out, or nothing it keeps changes)::
+queue tells its :class:`~jobqueue.final.stores.base.Store` when it happens ("-" when the
+store already knows: it handed the job out, or nothing it keeps changes)::
 
     from         to           when                                        the store is told
     NEW          QUEUED       enqueue() or requeue(): the store accepted   add (before the move)

@@ -34,7 +34,7 @@ from jobqueue.final._states import (
     InvalidTransition,
     State,
 )
-from jobqueue.final._store import JobRecord, Store
+from jobqueue.final.stores.base import JobRecord, Store
 
 __all__ = ["Entry", "JobTable"]
 
@@ -97,9 +97,10 @@ class JobTable:
         store: Store,
         weights: Mapping[Priority, int],
         clock: Callable[[], float] = time.monotonic,
+        epoch_offset: float | None = None,
     ) -> None:
         self._entries: dict[str, Entry] = {}
-        self._counts: dict[State, list[int]] = {state: [0, 0, 0] for state in _COUNTED}
+        self._counts: dict[State | str, list[int]] = {state: [0, 0, 0] for state in _COUNTED}
         self._retried = [0, 0, 0]
         self._ready: list[deque[Entry]] = [deque() for _ in _PRIORITIES]
         self._picker = WeightedPicker(weights)
@@ -107,7 +108,9 @@ class JobTable:
         self._latency = LatencyHistogram()
         self._busy_seconds = 0.0
         #: Add to the clock's time for epoch seconds, which records carry.
-        self.epoch_offset = self._epoch_offset = time.time() - clock()
+        if epoch_offset is None:
+            epoch_offset = time.time() - clock()
+        self.epoch_offset = self._epoch_offset = epoch_offset
         # Each legal move with the store method it calls, bound once.
         self._moves: dict[tuple[State, State], Callable[[JobRecord], None] | None] = {
             move: None if method is None else getattr(store, method)

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from jobqueue._priority import Priority
 from jobqueue.final._admission import check_delay
-from jobqueue.final._model import Job, _priority, check_epoch, check_exceptions, check_handler
-from jobqueue.final._store import JsonResult
+from jobqueue.final._checks import check_epoch, check_exceptions, check_handler, parse_priority
+from jobqueue.final._model import Job
+from jobqueue.final.stores.base import JsonResult
 
 if TYPE_CHECKING:
     from jobqueue.final._queue import JobQueue
@@ -226,7 +227,7 @@ class TaskCall(Generic[P, R]):
         self.id = id
         self.delay = check_delay(delay)
         self.run_at = run_at
-        self.priority = task.priority if priority is None else _priority(priority)
+        self.priority = task.priority if priority is None else parse_priority(priority)
 
     def job(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """The job, as :meth:`Task.job` makes it, with these options (a ``delay`` counts
@@ -258,7 +259,7 @@ def make_task(
     """A task, every option checked (``TypeError``/``ValueError`` naming the wrong one)."""
     if kind is None:
         kind = f"{function.__module__}.{function.__qualname__}"
-    job = Job("-", b"", _priority(priority), kind, max_retries)  # checks every field
+    job = Job("-", b"", parse_priority(priority), kind, max_retries)  # checks every field
     return Task(queue_of, function, job.kind, job.priority, job.max_retries,
                 check_exceptions("retry_on", retry_on),
                 check_exceptions("give_up_on", give_up_on) or ())

@@ -22,8 +22,8 @@ from jobqueue.final._core import Core, log_safely
 from jobqueue.final._model import Hook, Job, JobInfo
 from jobqueue.final._retry import RetryPolicy
 from jobqueue.final._states import CANCELLED, COMPLETED, FAILED, GONE, QUEUED, RETRYING
-from jobqueue.final._store import JsonResult, LeaseLost
 from jobqueue.final._table import Entry
+from jobqueue.final.stores.base import JsonResult, LeaseLost
 
 __all__ = ["call_hook", "call_hook_if_kept", "failed_attempt", "hook_call_locked",
            "retry_timer", "run_now", "settle_locked", "work"]
@@ -54,7 +54,8 @@ def work(core: Core, policy: RetryPolicy, finish_close: Callable[[], None]) -> N
             now = clock()
             if entry is not None:
                 settle_locked(core, entry, outcome, now)
-                if core.shared and True in core.unclaimed and core.claim_wanted_locked():
+                if (core.shared is not None and True in core.unclaimed
+                        and core.claim_wanted_locked()):
                     core.claim_wake.notify()  # a worker is free: the claimer fills it
                 if hooked:
                     settled = hook_call_locked(core, entry)
@@ -63,7 +64,7 @@ def work(core: Core, policy: RetryPolicy, finish_close: Callable[[], None]) -> N
         finally:
             mutex.release()
         if settled is not None:  # called now, not once the next job comes
-            call_hook_if_kept(core, entry.job.id, *settled)
+            call_hook_if_kept(core, settled[1].id, *settled)
             entry = None
             continue
         if entry is None:
@@ -85,7 +86,7 @@ def _next_locked(core: Core, now: float) -> Entry | None:
         if entry is not None:
             priority = entry.job.priority
             if core.room[priority].waiting or (
-                core.unclaimed[priority] and not core.shared  # (shared: on settling)
+                core.unclaimed[priority] and core.shared is None  # (shared: on settling)
             ):
                 core.room_freed_locked(priority)
             return entry
@@ -154,6 +155,7 @@ def _run(core: Core, policy: RetryPolicy, entry: Entry) -> Outcome:
     worker_local.context = JobContext(job, entry.attempts, deadline, core.shutdown, core, entry)
     try:
         error: BaseException | None = None
+        result: bytes | None = None
         try:
             handler = entry.handler  # tested against None only: a callable may be falsy
             if handler is None:
@@ -168,16 +170,17 @@ def _run(core: Core, policy: RetryPolicy, entry: Entry) -> Outcome:
         except BaseException as exc:  # even SystemExit: the worker must live to settle it
             error = exc
             result = None
-        if ticket is not None and not core.forked:  # (a child must not mark the parent's)
-            try:
-                core.ran(ticket)  # type: ignore[misc]
+        ran = core.ran
+        if ticket is not None and ran is not None and not core.forked:  # (a child must not
+            try:                                                         # mark the parent's)
+                ran(ticket)
             except Exception:  # noqa: S110 - closed, as above
                 pass
         if error is None:
             if deadline is None:
                 return result
             elapsed = core.clock() - started
-            if elapsed <= job_timeout:  # type: ignore[operator]
+            if job_timeout is not None and elapsed <= job_timeout:
                 return result
             error = JobTimeout(f"timed out after {elapsed:.3f} s (job_timeout={job_timeout} s)")
         # Logged before the outcome is visible: a waiter woken by the failure finds it
@@ -259,6 +262,7 @@ def _retried(core: Core, kind: str, error: BaseException) -> bool:
     if isinstance(error, Fail):
         return False
     config = core.config
+    give_up_on: type[BaseException] | tuple[type[BaseException], ...]
     retry_on, give_up_on = core.retry_rules.get(kind) or (None, ())
     if retry_on is None:
         retry_on = config.retry_on
@@ -287,7 +291,7 @@ def settle_locked(core: Core, entry: Entry, outcome: Outcome, now: float) -> Non
         entry.record = entry.record._replace(result=outcome)
         table.transition(entry, COMPLETED, now)
     else:
-        entry.last_error, delay = outcome  # type: ignore[misc]
+        entry.last_error, delay = outcome
         if core.stop_asked and entry in core.stop_asked and not core.stopping:
             table.transition(entry, CANCELLED, now)  # it stopped as cancel() asked
         elif core.stopping:
@@ -359,9 +363,9 @@ def call_hook_if_kept(core: Core, job_id: str, hook: Hook, info: JobInfo) -> Non
     """Call a hook once its outcome is kept where every process sees it: a shared store
     writes outcomes in batches, and may refuse one (another process took the job over,
     which the store logs at WARNING); then no hook is called."""
-    if core.shared:
+    if core.shared is not None:
         try:
-            kept = core.store.confirm(job_id, None)  # type: ignore[misc]
+            kept = core.shared.confirm(job_id, None)
         except Exception:  # closed while it waited: the outcome was never written
             kept = False
         if not kept:

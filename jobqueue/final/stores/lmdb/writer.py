@@ -23,10 +23,10 @@ from collections.abc import Sequence
 import lmdb
 
 from jobqueue.errors import StoreError
-from jobqueue.final._lmdb_dir import disk_full_note
-from jobqueue.final._lmdb_files import MapGate, Tables
-from jobqueue.final._store import JobRecord
-from jobqueue.final._wal import WriteAheadLog
+from jobqueue.final.stores.base import JobRecord
+from jobqueue.final.stores.lmdb.directory import disk_full_note
+from jobqueue.final.stores.lmdb.tables import MapGate, Tables
+from jobqueue.final.stores.lmdb.wal import WriteAheadLog
 
 __all__ = ["Writer"]
 

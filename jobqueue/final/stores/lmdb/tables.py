@@ -1,13 +1,13 @@
 """The LMDB store's tables: how a store is opened, read and written, owner or not.
 
 Everything here works on a store without running one: the runtime store
-(:mod:`jobqueue.final._lmdb`) opens through it, and so do the read-only reader and the repairs
+(:mod:`.store`) opens through it, and so do the read-only reader and the repairs
 of :mod:`jobqueue.final.admin`, which need no flush thread and no new log segment. What a dead
-owner left in its log is read by :mod:`jobqueue.final._lmdb_replay`.
+owner left in its log is read by :mod:`.replay`.
 
 Layout, in one LMDB environment directory (``persist_path``):
 
-- ``jobs``: job id -> record (:mod:`jobqueue.final._records`), live and finished alike;
+- ``jobs``: job id -> record (:mod:`.record_format`), live and finished alike;
 - ``order``: priority byte + arrival seq -> job id, for live jobs: claims walk it in priority
   and arrival order without loading everything;
 - ``done``: finish seq -> job id, oldest first, to prune finished jobs beyond the retention;
@@ -16,7 +16,7 @@ Layout, in one LMDB environment directory (``persist_path``):
 - ``meta``: magic, format version, highest arrival seq (never reused), the log checkpoint
   (every logged frame before it is in LMDB), and the map size for read-only readers.
 
-The directory and who owns it are :mod:`jobqueue.final._lmdb_dir`'s.
+The directory and who owns it are :mod:`jobqueue.final.stores.lmdb.directory`'s.
 """
 
 from __future__ import annotations
@@ -29,11 +29,18 @@ from contextlib import contextmanager
 import lmdb
 
 from jobqueue.errors import StoreError
-from jobqueue.final._lmdb_dir import FILE_MODE
-from jobqueue.final._model import MAX_ID_BYTES
-from jobqueue.final._records import FORMAT_VERSION, RecordError, decode, encode, order_key, seq_key
+from jobqueue.final._checks import MAX_ID_BYTES
 from jobqueue.final._states import LIVE, Status
-from jobqueue.final._store import JobRecord
+from jobqueue.final.stores.base import JobRecord
+from jobqueue.final.stores.lmdb.directory import FILE_MODE
+from jobqueue.final.stores.lmdb.record_format import (
+    FORMAT_VERSION,
+    RecordError,
+    decode,
+    encode,
+    order_key,
+    seq_key,
+)
 
 __all__ = ["MapGate", "Tables", "begin_read", "id_key"]
 

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Collection
 
 from jobqueue.errors import DuplicateJob, StoreError
-from jobqueue.final._store import JobRecord
+from jobqueue.final.stores.base import JobRecord
 
 __all__ = ["GroupInsert"]
 
@@ -31,7 +31,6 @@ MAX_GROUP = 500
 #: if unheld), or the error that refused that job alone; an id missing was live already.
 InsertBatch = Callable[[list[JobRecord], "str | None", Collection[int], bool],
                        dict[str, "int | BaseException | None"]]
-_SKIPPED = object()
 
 
 class _Call:
@@ -105,7 +104,7 @@ class GroupInsert:
     def _take_locked(self, first: _Call) -> list[_Call]:
         """The calls one statement carries: ``first``, and those after it that share its
         owner and revive, with ids of their own (one statement cannot insert an id twice)."""
-        batch, ids, kept = [first], {first.record.id}, deque()
+        batch, ids, kept = [first], {first.record.id}, deque[_Call]()
         self._waiting.remove(first)
         while self._waiting and len(batch) < MAX_GROUP:
             call = self._waiting.popleft()
@@ -131,11 +130,12 @@ class GroupInsert:
                 call.error = _copy(exc)
         else:
             for call in batch:
-                outcome = added.get(call.record.id, _SKIPPED)
-                if outcome is _SKIPPED:
+                if call.record.id not in added:
                     call.duplicate = True
-                elif isinstance(outcome, BaseException):
-                    call.error = outcome  # refused alone (see _postgres._insert_grouped)
+                    continue
+                outcome = added[call.record.id]
+                if isinstance(outcome, BaseException):
+                    call.error = outcome  # refused alone (see inserts.Inserts._insert_grouped)
                 else:
                     call.lease = outcome
         finally:  # whatever happened above, the others are woken and the lead goes on

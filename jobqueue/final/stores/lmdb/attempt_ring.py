@@ -41,11 +41,11 @@ from collections.abc import Callable
 
 import lmdb
 
-from jobqueue.final._lmdb_dir import FILE_MODE
-from jobqueue.final._lmdb_files import Tables
-from jobqueue.final._records import RecordError, decode, order_key
 from jobqueue.final._states import LIVE, Status
-from jobqueue.final._store import JobRecord
+from jobqueue.final.stores.base import JobRecord
+from jobqueue.final.stores.lmdb.directory import FILE_MODE
+from jobqueue.final.stores.lmdb.record_format import RecordError, decode, order_key
+from jobqueue.final.stores.lmdb.tables import Tables
 
 __all__ = ["RING_FILE", "SLOTS", "StartRing", "read_starts", "replay_starts", "started"]
 

@@ -14,7 +14,7 @@ Segments are preallocated with ``posix_fallocate``, so a full disk fails the all
 an error instead of killing the process with SIGBUS when a page is first written.
 
 A segment ``wal-NNNNNNNN.log`` is a run of frames: ``<II`` (record length, CRC-32 of the
-record) followed by the record (:mod:`jobqueue.final._records`), then zeros. The top bit of
+record) followed by the record (:mod:`.record_format`), then zeros. The top bit of
 the length marks a revoked frame, one whose ``enqueue()`` raised after it was written (its
 group sync failed): replay skips it. Any other frame that does not check out ends the
 segment: it was being written when the process died, and was never acknowledged.
@@ -31,7 +31,7 @@ import struct
 import zlib
 from collections.abc import Iterator, Sequence
 
-from jobqueue.final._lmdb_dir import FILE_MODE
+from jobqueue.final.stores.lmdb.directory import FILE_MODE
 
 __all__ = [
     "FIRST_SEGMENT_SIZE",

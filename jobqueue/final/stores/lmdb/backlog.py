@@ -18,9 +18,9 @@ import threading
 from collections.abc import Callable, Collection, Sequence
 
 from jobqueue._priority import Priority
-from jobqueue.final._lmdb_files import MapGate, Tables
-from jobqueue.final._records import order_key
-from jobqueue.final._store import JobRecord
+from jobqueue.final.stores.base import JobRecord
+from jobqueue.final.stores.lmdb.record_format import order_key
+from jobqueue.final.stores.lmdb.tables import MapGate, Tables
 
 __all__ = ["Backlog"]
 

@@ -5,8 +5,8 @@ readers never block the owning process. Repairs (requeue, purge) need the store 
 each is one transaction. All of it goes through the public :mod:`jobqueue.final.admin`.
 
 Given a ``postgresql://`` URL instead of a directory (and ``--queue NAME``), the commands read
-and repair a queue in PostgreSQL through :mod:`jobqueue.final.pg_admin`, while its processes
-run: each repair is one transaction, and a job a process holds is refused (exit 2).
+and repair a queue in PostgreSQL, through the same module, while its processes run: each
+repair is one transaction, and a job a process holds is refused (exit 2).
 
 Exit status: 0 done; 1 refused because a process owns the store; 2 bad input (a missing path,
 not a store, an unknown id, a store from a newer jobqueue, a store it may not read); 3 an error
@@ -19,22 +19,20 @@ are shown with control characters escaped, and JSON never holds NaN or Infinity.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lmdb
 
 from jobqueue import __version__, worker
+from jobqueue.cli import output
 from jobqueue.errors import StoreError, StoreLocked
-from jobqueue.final import JobRecord, Status, admin, pg_admin
-from jobqueue.final.admin import StoreReader
-from jobqueue.final.pg_admin import QueueReader, is_database_url, mask
+from jobqueue.final import JobRecord, Status, admin
+from jobqueue.final.admin import Reader, is_database_url, mask
 
 __all__ = ["main"]
 
@@ -59,86 +57,21 @@ class CommandError(Exception):
 
 # -- reading -------------------------------------------------------------------------------
 
-def _open(path: str, queue: str = "default") -> StoreReader | QueueReader:
+def _open(path: str, queue: str = "default") -> Reader:
     """A reader of the LMDB store at ``path``, or of queue ``queue`` in the PostgreSQL
     database ``path`` names (a ``postgresql://`` URL)."""
     try:
-        if is_database_url(path):
-            return QueueReader(path, queue)
-        return StoreReader(path)
+        return admin.open_reader(path, queue)
     except StoreError as exc:
         raise CommandError(str(exc)) from None
 
 
-def _finite(value: float | None) -> float | None:
-    """A time for JSON: NaN and infinities (a store written by hand, or by an old version)
-    become null, as JSON has no such numbers."""
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _job_json(record: JobRecord, payload: bool = False,
-              payload_size: int | None = None) -> dict[str, Any]:
-    """``payload_size`` for a record read without its payload (a database's list)."""
-    data: dict[str, Any] = {
-        "id": record.id,
-        "status": record.status.value,
-        "priority": record.priority.name.lower(),
-        "kind": record.kind,
-        "attempts": record.attempts,
-        "last_error": record.last_error,
-        "created_at": _finite(record.created_at),
-        "started_at": _finite(record.started_at),
-        "finished_at": _finite(record.finished_at),
-        "run_at": _finite(record.due_at),
-        "payload_size": len(record.payload) if payload_size is None else payload_size,
-    }
-    if payload:
-        data["payload"], data["payload_encoding"] = _text_or_hex(record.payload)
-        if record.result is None:
-            data["result"] = data["result_encoding"] = None
-        else:
-            data["result"], data["result_encoding"] = _text_or_hex(record.result)
-    return data
-
-
-def _text_or_hex(data: bytes) -> tuple[str, str]:
-    try:
-        return data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        return data.hex(), "hex"
-
-
-def _database_stats(reader: QueueReader) -> dict[str, Any]:
-    """``stats`` of a queue in PostgreSQL, counted by the database."""
-    by_status: Counter[str] = Counter()
-    by_priority: Counter[str] = Counter()
-    for (status, priority), count in reader.counts().items():
-        by_status[status.value] += count
-        if status in _LIVE:
-            by_priority[_PRIORITIES[priority]] += count
-    oldest = reader.oldest_queued()
-    processes = reader.processes()
-    listed = {process["owner"] for process in processes}
-    for owner, held in reader.holders().items():  # a process too old to say it is alive
-        if owner not in listed:
-            processes.append({"owner": owner, "started_at": None, "heartbeat_at": None,
-                              "lease_until": None, "alive": True, "held": held})
-    return {
-        "by_status": {status: by_status[status] for status in _STATUSES},
-        "by_priority": {priority: by_priority[priority] for priority in _PRIORITIES},
-        "dead_letters": by_status[Status.FAILED.value],
-        "oldest_queued_age": None if oldest is None else max(0.0, time.time() - oldest),
-        "queue": reader.queue, "table_bytes": reader.table_bytes(),
-        "processes": processes, "lapsed_leases": reader.lapsed(),
-    }
-
-
-def _known_queue(reader: QueueReader, path: str) -> None:
+def _known_queue(reader: Reader, path: str) -> None:
     """Refuse a queue name the database has never seen (a typo shows zeros otherwise)."""
     queues = reader.queues()
-    if reader.queue in queues:
+    if queues is None or reader.queue in queues:
         return
-    known = ", ".join(f"{_printable(name)!r} ({_jobs(count)})" for name, count in
+    known = ", ".join(f"{output.printable(name)!r} ({output.jobs(count)})" for name, count in
                       queues.items()) or "none yet"
     raise CommandError(f"no queue {reader.queue!r} in {mask(path)}: no job and no process "
                        f"has used it (its queues: {known}); pass --queue NAME")
@@ -147,27 +80,21 @@ def _known_queue(reader: QueueReader, path: str) -> None:
 def stats(path: str, queue: str = "default") -> dict[str, Any]:
     """The ``stats --json`` shape, documented in the README."""
     with _open(path, queue) as reader:
-        if isinstance(reader, QueueReader):
-            _known_queue(reader, path)
-            return _database_stats(reader)
+        _known_queue(reader, path)
         by_status: Counter[str] = Counter()
         by_priority: Counter[str] = Counter()
-        oldest: float | None = None
-        for record in reader.records():
-            by_status[record.status.value] += 1
-            if record.status in _LIVE:
-                by_priority[record.priority.name.lower()] += 1
-            if record.status is Status.QUEUED and (oldest is None or record.created_at < oldest):
-                oldest = record.created_at
-        data = {
+        for (status, priority), count in reader.counts().items():
+            by_status[status.value] += count
+            if status in _LIVE:
+                by_priority[_PRIORITIES[priority]] += count
+        oldest = reader.oldest_queued()
+        return {
             "by_status": {status: by_status[status] for status in _STATUSES},
             "by_priority": {priority: by_priority[priority] for priority in _PRIORITIES},
             "dead_letters": by_status[Status.FAILED.value],
             "oldest_queued_age": None if oldest is None else max(0.0, time.time() - oldest),
+            **reader.details(),
         }
-        data.update(disk_bytes=reader.disk_bytes(), map_size=reader.map_size(),
-                    owner_pid=reader.owner_pid())
-        return data
 
 
 def select(path: str, status: str | None, priority: str | None, kind: str | None,
@@ -176,21 +103,9 @@ def select(path: str, status: str | None, priority: str | None, kind: str | None
     """The matching jobs, oldest first (``newest``: newest first), each with its payload's
     size."""
     with _open(path, queue) as reader:
-        if isinstance(reader, QueueReader):  # filtered by the database; no payload read
-            _known_queue(reader, path)
-            rank = None if priority is None else _PRIORITIES.index(priority)
-            return reader.select(status, rank, kind, limit, newest)
-        found = []
-        for record in reader.records():
-            if status is not None and record.status.value != status:
-                continue
-            if priority is not None and record.priority.name.lower() != priority:
-                continue
-            if kind is not None and record.kind != kind:
-                continue
-            found.append(record)
-    found.sort(key=lambda r: (r.created_at, r.id), reverse=newest)
-    return [(r, len(r.payload)) for r in (found if limit is None else found[:limit])]
+        _known_queue(reader, path)
+        rank = None if priority is None else _PRIORITIES.index(priority)
+        return reader.select(status, rank, kind, limit, newest)
 
 
 def show(path: str, job_id: str, queue: str = "default") -> JobRecord:
@@ -208,171 +123,16 @@ def _where(path: str, queue: str) -> str:
     return f"queue {queue!r} of the database" if is_database_url(path) else repr(path)
 
 
-# -- printing ------------------------------------------------------------------------------
-
-def _dumps(data: object) -> str:
-    return json.dumps(data, allow_nan=False)  # never NaN or Infinity: not JSON
-
-
-def _printable(text: str) -> str:
-    """``text`` with control characters (newlines, escapes) and lone surrogates escaped, so
-    that what a store holds cannot break a table or drive the terminal."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def _age(since: float | None) -> str:
-    if since is None or not math.isfinite(since):
-        return "-"
-    seconds = max(0.0, time.time() - since)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.1f}s"
-
-
-def _size(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return str(count)
-
-
-def _jobs(count: int) -> str:
-    return f"{count:,} job" if count == 1 else f"{count:,} jobs"
-
-
-#: The most lines the last column of a table wraps to (``show`` prints it all).
-_WRAP_LINES = 3
-
-
-def _table(rows: Sequence[Sequence[str]], width: int | None) -> str:
-    """Columns as wide as their widest cell. The last one wraps to fit ``width`` (None: as
-    wide as it is), onto at most three lines aligned under it."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    fixed = sum(widths[:-1]) + 2 * (len(widths) - 1)
-    last = None if width is None else max(20, width - fixed)
-    lines = []
-    for row in rows:
-        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths[:-1], strict=True)]
-        tail = row[-1]
-        if last is None or len(tail) <= last:
-            lines.append("  ".join([*cells, tail]).rstrip())
-            continue
-        pieces = [tail[i : i + last] for i in range(0, len(tail), last)]
-        if len(pieces) > _WRAP_LINES:
-            pieces = pieces[:_WRAP_LINES]
-            pieces[-1] = pieces[-1][:-1] + "…"
-        lines.append("  ".join([*cells, pieces[0]]))
-        lines += [" " * fixed + piece for piece in pieces[1:]]
-    return "\n".join(lines)
-
-
-def _print_stats(data: dict[str, Any]) -> None:
-    statuses = "  ".join(f"{k} {v}" for k, v in data["by_status"].items())
-    priorities = "  ".join(f"{k} {v}" for k, v in data["by_priority"].items())
-    age = data["oldest_queued_age"]
-    print(f"jobs by status    {statuses}")
-    print(f"live by priority  {priorities}")
-    print(f"dead letters      {data['dead_letters']}")
-    print(f"oldest queued     {'-' if age is None else _age(time.time() - age)}")
-    if "queue" in data:
-        processes = data["processes"]
-        alive = sum(process["alive"] for process in processes)
-        print(f"queue             {_printable(data['queue'])}")
-        print(f"table size        {_size(data['table_bytes'])}, every queue of the database")
-        print(f"processes         {alive} alive" + (
-            f", {len(processes) - alive} gone (lease lapsed)" if len(processes) > alive else ""))
-        for process in processes:
-            beat, until = process["heartbeat_at"], process["lease_until"]
-            state = ("holds " + _jobs(process["held"]) if process["alive"] else
-                     "gone: no heartbeat since " + _stamp(beat))
-            print(f"  {_printable(process['owner'])}  {state}; last heartbeat "
-                  f"{_age(beat)} ago, lease until {_stamp(until)}")
-        print(f"lapsed leases     {data['lapsed_leases']} (claimed by the next process to look)")
-        return
-    owner = data["owner_pid"]
-    print(f"store size        {_size(data['disk_bytes'])} on disk, map {_size(data['map_size'])}")
-    print(f"owner             {'none' if owner is None else f'process {owner}'}")
-    left = {status: data["by_status"].get(status, 0) for status in ("queued", "processing",
-                                                             "retrying", "scheduled")}
-    if owner is None and any(left.values()):
-        waiting = ", ".join(f"{count} {status}" for status, count in left.items() if count)
-        print(f"note              no process runs this queue: {waiting} wait for the next "
-              "JobQueue on this path.")
-        if left["processing"]:
-            print("                  Processing ones were interrupted by a crash: that "
-                  "attempt counts as failed, and they retry if they have retries left.")
-
-def _print_list(records: Iterable[JobRecord]) -> None:
-    rows = [["ID", "STATUS", "PRIORITY", "KIND", "ATTEMPTS", "AGE", "LAST ERROR"]]
-    for r in records:
-        rows.append([_printable(r.id), r.status.value, r.priority.name.lower(),
-                     _printable(r.kind) or "-", str(r.attempts), _age(r.created_at),
-                     _printable(r.last_error or "")])
-    if len(rows) == 1:
-        print("no jobs match")
-        return
-    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
-    print(_table(rows, width))
-
-
-def _stamp(epoch: float | None) -> str:
-    if epoch is None:
-        return "-"
-    try:
-        return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(epoch))
-    except (OverflowError, ValueError, OSError):  # NaN, or beyond what the C library can tell
-        return f"{epoch!r} (epoch seconds)"
-
-
-def _print_show(record: JobRecord) -> None:
-    data = _job_json(record)
-    for key in ("id", "status", "priority", "kind", "attempts", "last_error"):
-        value = data[key]
-        print(f"{key:<12} {_printable(str(value)) if value not in (None, '') else '-'}")
-    for key in ("created_at", "started_at", "finished_at"):
-        print(f"{key:<12} {_stamp(data[key])}")
-    if record.status is Status.RETRYING:
-        print(f"{'retry_at':<12} {_stamp(record.due_at)}")
-    if record.status is Status.SCHEDULED:
-        print(f"{'run_at':<12} {_stamp(record.due_at)}")
-    if record.status is Status.COMPLETED:
-        print(f"{'payload':<12} not kept once a job completes")
-        if record.result is None:
-            print(f"{'result':<12} none (a handler's result is kept when it is bytes)")
-        else:
-            print(f"{'result':<12} {_bytes(record.result)}")
-        return
-    print(f"{'payload':<12} {_bytes(record.payload)}")
-
-
-def _bytes(data: bytes) -> str:
-    try:
-        return f"{len(data)} bytes, UTF-8: {_printable(data.decode('utf-8'))}"
-    except UnicodeDecodeError:
-        more = " …" if len(data) > 32 else ""
-        return f"{len(data)} bytes, hex: {data[:32].hex(' ')}{more}"
-
-
 # -- repairing -----------------------------------------------------------------------------
 
 def _repair(path: str, change: str, ids: list[str] | None, statuses: list[Status],
             queue: str = "default", force: bool = False) -> list[str]:
     try:
-        if is_database_url(path):  # many writers: each repair is one transaction
-            if change == "requeue":
-                return pg_admin.requeue(path, queue, ids)
-            if change == "cancel":
-                return pg_admin.cancel(path, queue, ids or [])
-            return pg_admin.purge(path, queue, ids, statuses, force=force)
         if change == "requeue":
-            return admin.requeue(path, ids)
+            return admin.requeue(path, ids, queue=queue)
         if change == "cancel":
-            return admin.cancel(path, ids or [])
-        return admin.purge(path, ids, statuses, force=force)
+            return admin.cancel(path, ids or [], queue=queue)
+        return admin.purge(path, ids, statuses, queue=queue, force=force)
     except StoreLocked as exc:
         raise CommandError(
             f"{exc}; stop it first: repairs change the store only when no process owns it",
@@ -519,9 +279,9 @@ def _run(args: argparse.Namespace) -> None:
         while True:
             data = stats(args.path, args.queue)
             if args.json:
-                print(_dumps(data), flush=True)
+                print(output.dumps(data), flush=True)
             else:
-                _print_stats(data)
+                output.print_stats(data)
             if not args.watch:
                 return
             time.sleep(args.watch)
@@ -533,22 +293,22 @@ def _run(args: argparse.Namespace) -> None:
         found = select(args.path, args.status, args.priority, args.kind, args.limit,
                        args.queue, args.newest)
         if args.json:
-            print(_dumps([_job_json(r, payload_size=size) for r, size in found]))
+            print(output.dumps([output.job_json(r, payload_size=size) for r, size in found]))
         else:
-            _print_list(r for r, _ in found)
+            output.print_list(r for r, _ in found)
     elif args.command == "show":
         record = show(args.path, args.id, args.queue)
         if args.json:
-            print(_dumps(_job_json(record, payload=True)))
+            print(output.dumps(output.job_json(record, payload=True)))
         else:
-            _print_show(record)
+            output.print_show(record)
     elif args.command == "requeue":
         if bool(args.ids) == args.all_failed:
             raise CommandError("requeue takes job ids or --all-failed, not both or neither")
         done = _repair(args.path, "requeue", None if args.all_failed else args.ids, [],
                        args.queue)
-        shown = ", ".join(_printable(job_id) for job_id in done[:20])
-        print(f"requeued {_jobs(len(done))}" + (f": {shown}" if done else ""))
+        shown = ", ".join(output.printable(job_id) for job_id in done[:20])
+        print(f"requeued {output.jobs(len(done))}" + (f": {shown}" if done else ""))
     elif args.command == "purge":
         statuses = [Status(value) for value in args.status]
         statuses += [s for s, on in ((Status.COMPLETED, args.completed),
@@ -560,10 +320,11 @@ def _run(args: argparse.Namespace) -> None:
                                "both or neither")
         done = _repair(args.path, "purge", None if statuses else args.ids, statuses,
                        args.queue, args.force)
-        print(f"purged {_jobs(len(done))}")
+        print(f"purged {output.jobs(len(done))}")
     elif args.command == "cancel":
         done = _repair(args.path, "cancel", args.ids, [], args.queue)
-        print(f"cancelled {_jobs(len(done))}: " + ", ".join(_printable(i) for i in done[:20]))
+        shown = ", ".join(output.printable(job_id) for job_id in done[:20])
+        print(f"cancelled {output.jobs(len(done))}: {shown}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -614,7 +375,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _fail(message: str, status: int) -> int:
-    print(f"jobqueue: error: {_printable(message)}", file=sys.stderr)
+    print(f"jobqueue: error: {output.printable(message)}", file=sys.stderr)
     return status
 
 

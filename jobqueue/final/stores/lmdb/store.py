@@ -30,21 +30,21 @@ import lmdb
 
 from jobqueue._priority import Priority
 from jobqueue.errors import DuplicateJob, StoreError
-from jobqueue.final._lmdb_backlog import Backlog
-from jobqueue.final._lmdb_dir import (
+from jobqueue.final._states import LIVE, Status
+from jobqueue.final.stores.base import JobRecord
+from jobqueue.final.stores.lmdb.attempt_ring import RING_FILE, StartRing, replay_starts
+from jobqueue.final.stores.lmdb.backlog import Backlog
+from jobqueue.final.stores.lmdb.directory import (
     check_directory,
     disk_full_note,
     give_up_ownership,
     take_ownership,
 )
-from jobqueue.final._lmdb_files import MapGate, Tables, id_key
-from jobqueue.final._lmdb_replay import replay_log
-from jobqueue.final._lmdb_starts import RING_FILE, StartRing, replay_starts
-from jobqueue.final._lmdb_writer import Writer
-from jobqueue.final._records import RecordError, decode, encode, order_key
-from jobqueue.final._states import LIVE, Status
-from jobqueue.final._store import JobRecord
-from jobqueue.final._wal import FIRST_SEGMENT_SIZE, WriteAheadLog, frame
+from jobqueue.final.stores.lmdb.record_format import RecordError, decode, encode, order_key
+from jobqueue.final.stores.lmdb.replay import replay_log
+from jobqueue.final.stores.lmdb.tables import MapGate, Tables, id_key
+from jobqueue.final.stores.lmdb.wal import FIRST_SEGMENT_SIZE, WriteAheadLog, frame
+from jobqueue.final.stores.lmdb.writer import Writer
 
 __all__ = ["LmdbStore"]
 
@@ -74,7 +74,7 @@ class LmdbStore:
     """
 
     persistent = True
-    shared = False
+    shared = None  # one process's
 
     def __init__(self, path: str, *, fsync: bool = False, retention: int = 100_000) -> None:
         self.path = path

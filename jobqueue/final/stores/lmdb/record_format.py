@@ -23,7 +23,7 @@ import struct
 
 from jobqueue._priority import Priority
 from jobqueue.final._states import Status
-from jobqueue.final._store import JobRecord, JsonResult
+from jobqueue.final.stores.base import JobRecord, JsonResult
 
 __all__ = ["FORMAT_VERSION", "RecordError", "decode", "encode", "order_key", "seq_key"]
 

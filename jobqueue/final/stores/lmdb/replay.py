@@ -1,6 +1,6 @@
 """What a store's last owner left in its write-ahead log: read it, or move it into LMDB.
 
-The log (:mod:`jobqueue.final._wal`) holds new jobs from the moment ``enqueue()`` returns until
+The log (:mod:`.wal`) holds new jobs from the moment ``enqueue()`` returns until
 a batch carries them into LMDB. LMDB records, with each batch, the log position it covers (the
 checkpoint): frames before it are in LMDB already and are skipped, since their jobs may have
 run, finished and been pruned since. Frames from the checkpoint on are jobs the owner
@@ -16,11 +16,17 @@ import sys
 
 import lmdb
 
-from jobqueue.final._lmdb_files import Tables, begin_read
-from jobqueue.final._records import RecordError, decode
 from jobqueue.final._states import LIVE
-from jobqueue.final._store import JobRecord
-from jobqueue.final._wal import WriteAheadLog, position, read_segment, segment_number, segment_paths
+from jobqueue.final.stores.base import JobRecord
+from jobqueue.final.stores.lmdb.record_format import RecordError, decode
+from jobqueue.final.stores.lmdb.tables import Tables, begin_read
+from jobqueue.final.stores.lmdb.wal import (
+    WriteAheadLog,
+    position,
+    read_segment,
+    segment_number,
+    segment_paths,
+)
 
 __all__ = ["read_logged", "replay_log"]
 
