@@ -78,3 +78,14 @@ def test_the_snippet_runs(tmp_path: Path) -> None:
     package_root = Path(jobqueue.__file__).parent.parent
     subprocess.run([sys.executable, "run.py", str(package_root)], cwd=tmp_path, check=True,
                    timeout=60)
+
+
+def test_the_package_passes_mypy_strict() -> None:
+    """The package ships py.typed: its own types must hold, as pyproject's [tool.mypy]
+    checks them (strict, at the oldest Python it supports), in this checkout."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-incremental", "--no-error-summary"],
+        cwd=root, capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
