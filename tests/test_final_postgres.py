@@ -83,6 +83,14 @@ class TestSchema:
         with pytest.raises(StoreError, match=f"version {SCHEMA_VERSION + 1}, newer than"):
             final.JobQueue(config)
 
+    @pytest.mark.parametrize("version", ["0", "-3", "three"])
+    def test_a_version_no_jobqueue_wrote_is_refused(self, config: final.Config,
+                                                    version: str) -> None:
+        final.JobQueue(config).close()
+        with psycopg.connect(config.database_url) as conn:  # type: ignore[arg-type]
+            conn.execute("UPDATE jobqueue_meta SET value = %s", (version,))
+        with pytest.raises(StoreError, match="not a version this jobqueue can read"):
+            final.JobQueue(config)
 
     def test_a_version_1_database_is_upgraded_by_the_first_queue(
         self, config: final.Config

@@ -270,9 +270,9 @@ class SharedStore(Store, Protocol):
     def has_live(self, due_only: bool = False) -> bool:
         """True while any process has work in the queue (``due_only``: due work)."""
 
-    def requeue(self, job_id: str) -> JobRecord:
-        """A FAILED job QUEUED again from attempt 0, once however many ask. Raises KeyError
-        for an unknown id, ValueError for a job that is not FAILED."""
+    def requeue(self, job_id: str) -> None:
+        """Make a FAILED job QUEUED again from attempt 0, once however many ask. Raises
+        KeyError for an unknown id, ValueError for a job that is not FAILED."""
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a job no process holds under a live lease; False if there is none such."""

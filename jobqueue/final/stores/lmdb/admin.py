@@ -60,6 +60,7 @@ class StoreReader:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._summarised: tuple[Counter[tuple[Status, int]], float | None] | None = None
         _check_store(path)
         # With LMDB's lock file, whose reader table keeps the pages it reads alive should an
         # owner start and write meanwhile; a store file that is a symlink was refused.
@@ -101,15 +102,25 @@ class StoreReader:
 
     def counts(self) -> dict[tuple[Status, int], int]:
         """Jobs by status and priority."""
-        counts: Counter[tuple[Status, int]] = Counter()
-        for record in self.records():
-            counts[record.status, int(record.priority)] += 1
-        return dict(counts)
+        return dict(self._summary()[0])
 
     def oldest_queued(self) -> float | None:
         """When the oldest QUEUED job was created (epoch seconds), or None."""
-        return min((record.created_at for record in self.records()
-                    if record.status is Status.QUEUED), default=None)
+        return self._summary()[1]
+
+    def _summary(self) -> tuple[Counter[tuple[Status, int]], float | None]:
+        """Counts and the oldest QUEUED job, from one pass over the records, once per
+        reader: both from the same snapshot."""
+        if self._summarised is None:
+            counts: Counter[tuple[Status, int]] = Counter()
+            oldest: float | None = None
+            for record in self.records():
+                counts[record.status, int(record.priority)] += 1
+                if record.status is Status.QUEUED and (
+                        oldest is None or record.created_at < oldest):
+                    oldest = record.created_at
+            self._summarised = (counts, oldest)
+        return self._summarised
 
     def select(self, status: str | None, priority: int | None, kind: str | None,
                limit: int | None, newest: bool = False) -> list[tuple[JobRecord, int]]:

@@ -240,5 +240,6 @@ def purge(
         chosen = _locked(conn, queue, job_ids)
         if not force:
             refuse_unrun(chosen)
-        return [row[0] for row in conn.execute(Q["purge"], {
-            "queue": queue, "ids": [record.id for record in chosen], "statuses": None})]
+        ids = [record.id for record in chosen]
+        conn.execute(Q["purge"], {"queue": queue, "ids": ids, "statuses": None}).fetchall()
+        return ids  # (all of them: locked above, and none held)

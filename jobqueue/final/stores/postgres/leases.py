@@ -35,11 +35,13 @@ class Leases:
         self.lease = lease
         self.held: dict[str, int] = {}
 
-    def renew(self, conn: Any, flying: list[int]) -> list[tuple[str, int]]:
-        """Renew the leases held, and those of ``flying`` moves (written soon: their lease
-        still counts); hand back rows of this process it does not know of. Returns the
-        held (id, lease) pairs found neither renewed nor locked: taken over."""
-        held = list(self.held.items())
+    def renew(self, conn: Any, held: list[tuple[str, int]], flying: list[int]
+              ) -> list[tuple[str, int]]:
+        """Renew the leases ``held`` (a copy of ``held.items()``, taken before the moves in
+        flight were read: a job finished in between is in one or the other), and those of
+        ``flying`` moves (written soon: their lease still counts); hand back rows of this
+        process it does not know of. Returns the held (id, lease) pairs found neither
+        renewed nor locked: taken over."""
         renewed: set[int] = set()
         locked: set[int] = set()
         for lease, was_renewed in conn.execute(Q["heartbeat"], {

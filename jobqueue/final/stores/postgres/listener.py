@@ -77,6 +77,8 @@ class Listener:
                 # A timeout, so that a stop notice missed while reconnecting cannot leave
                 # this thread waiting forever: it looks at _stopping once a second.
                 for notice in conn.notifies(timeout=1.0):
+                    if self._stopping:
+                        return
                     payload = notice.payload
                     kind, tag, name = payload[:1], payload[1:9], payload[9:]
                     if kind == "s" and tag == own:
@@ -108,6 +110,11 @@ class Listener:
                     return
                 self._on_ready(None)  # what was missed meanwhile
                 self._on_change()
+
+    def stopping(self) -> None:
+        """The store is closing: tell the queue nothing more, and connect no more; the
+        thread ends within a second (:meth:`stop` waits for it)."""
+        self._stopping = True
 
     def stop(self, send_stop: Callable[[], None], timeout: float | None) -> None:
         """Stop the thread: ``send_stop()`` sends it the stop notice (on another

@@ -77,10 +77,13 @@ def create_schema(conn: Any) -> None:
 
 def _version(text: str) -> int:
     try:
-        return int(text)
+        version = int(text)
     except ValueError:
+        version = 0
+    if version < 1:  # (every version from 1 on has its migrations)
         raise StoreError(f"the database's jobqueue schema version {text!r} is not a version "
-                         "this jobqueue can read (jobqueue_meta was changed by hand?)") from None
+                         "this jobqueue can read (jobqueue_meta was changed by hand?)")
+    return version
 
 
 def check_schema(conn: Any) -> None:

@@ -337,7 +337,7 @@ class PostgresStore:
         self.sync()
         return [from_row(row) for row in self._query(Q["dead_letters"], {"queue": self.queue})]
 
-    def requeue(self, job_id: str) -> JobRecord:
+    def requeue(self, job_id: str) -> None:
         """Make a FAILED job QUEUED again from attempt 0, for any process to claim, in one
         statement: two processes requeueing it at once run it once. Raises KeyError for an
         unknown id and ValueError for a job that is not FAILED."""
@@ -351,10 +351,8 @@ class PostgresStore:
             if record is None:
                 raise KeyError(job_id)
             raise ValueError(f"job {job_id!r} is {record.status.value}, not failed")
-        record = from_row(row)
         if self._on_ready is not None:
-            self._on_ready((record.priority,))
-        return record
+            self._on_ready((_PRIORITIES[row[1]],))
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a job no process holds under a live lease (QUEUED, SCHEDULED or RETRYING),
@@ -406,6 +404,8 @@ class PostgresStore:
         if self._writer.closed:
             return
         self._closing = True
+        if self._listener is not None:
+            self._listener.stopping()
         self._writer.close(timeout)
         if self._listener is not None:
             payload = stop_notice(self._tag)

@@ -392,11 +392,14 @@ class Writer(Ledger):
         """Renew the leases this store knows it holds, and only those (a row it claimed but
         never heard back about is handed back once it lapses); forget those another process
         took over."""
+        # Held first, then the moves in flight: a job finished meanwhile leaves the first only
+        # after its move is told, so it is in one or the other.
+        held = list(self._leases.items())
         with self.lock:  # moves of jobs it held, not written yet: their lease still counts
             flying = [abs(move.lease) for flight in (self._pending, self._writing, self._busy)
                       for move in flight.values()]
         lost = []
-        for job_id, lease in self._lease_keeper.renew(conn, flying):
+        for job_id, lease in self._lease_keeper.renew(conn, held, flying):
             with self.lock:
                 if self._in_flight_locked(job_id) is not None:
                     continue  # its move settles it, and says what became of it

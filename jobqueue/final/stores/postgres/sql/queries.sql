@@ -258,8 +258,8 @@ WITH again AS (
         started_at = NULL, finished_at = NULL, due_at = NULL,
         seq = nextval('jobqueue_seq'), owner = NULL, lease_id = NULL, lease_until = NULL
     WHERE queue = %(queue)s AND id = ANY(%(ids)s::text[]) AND status = 'failed'
-    RETURNING {columns})
-SELECT again.*, pg_notify('jobqueue', priority::text || %(tag)s || %(queue)s) FROM again
+    RETURNING id, priority)
+SELECT id, priority, pg_notify('jobqueue', priority::text || %(tag)s || %(queue)s) FROM again
 
 -- cancel --
 -- Jobs no process holds under a live lease (QUEUED, SCHEDULED or RETRYING) CANCELLED. A
@@ -282,14 +282,15 @@ DELETE FROM jobqueue_jobs WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM jobqueue_jobs
     WHERE queue = %(queue)s AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
       AND (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s::text[]))
-      AND (owner IS NULL OR lease_until <= now())
+      AND (owner IS NULL OR lease_until < now())
     ORDER BY id FOR UPDATE))
 RETURNING id
 
 -- lock_jobs --
 -- Jobs a repair is about, locked until its transaction ends, in id order, with the
--- process that holds each under a live lease (NULL: none).
-SELECT {columns}, CASE WHEN lease_until > now() THEN owner END FROM jobqueue_jobs
+-- process that holds each under a live lease (NULL: none). A lease lapses as claims
+-- see it: once lease_until < now().
+SELECT {columns}, CASE WHEN lease_until >= now() THEN owner END FROM jobqueue_jobs
 WHERE queue = %(queue)s AND id = ANY(%(ids)s::text[]) ORDER BY id FOR UPDATE
 
 -- failed_ids --
@@ -335,13 +336,13 @@ SELECT priority, status, count(*) FROM jobqueue_jobs WHERE queue = %(queue)s GRO
 -- holders --
 -- The processes holding jobs of a queue under a live lease, and how many each.
 SELECT owner, count(*) FROM jobqueue_jobs
-WHERE queue = %(queue)s AND owner IS NOT NULL AND lease_until > now()
+WHERE queue = %(queue)s AND owner IS NOT NULL AND lease_until >= now()
 GROUP BY owner ORDER BY owner
 
 -- lapsed --
 -- Jobs whose holder stopped heartbeating: any process claims them next.
 SELECT count(*) FROM jobqueue_jobs
-WHERE queue = %(queue)s AND owner IS NOT NULL AND lease_until <= now()
+WHERE queue = %(queue)s AND owner IS NOT NULL AND lease_until < now()
 
 -- oldest_queued --
 SELECT min(created_at) FROM jobqueue_jobs WHERE queue = %(queue)s AND status = 'queued'
