@@ -24,3 +24,21 @@ def test_each_stage_is_a_package_with_its_queue_module(stage: str) -> None:
 
 def test_ships_py_typed() -> None:
     assert importlib.resources.files("jobqueue").joinpath("py.typed").is_file()
+
+
+def test_the_installed_package_ships_its_data() -> None:
+    """What an install holds (its RECORD), not this checkout: py.typed and the PostgreSQL
+    store's SQL. An editable install holds no copy, and says so."""
+    import importlib.metadata
+    import json
+
+    distribution = importlib.metadata.distribution("jobqueue")
+    direct = distribution.read_text("direct_url.json")
+    if direct and json.loads(direct).get("dir_info", {}).get("editable"):
+        return  # (the checkout is the package: test_pg_sql reads its files)
+    shipped = {str(path) for path in distribution.files or ()}
+    for needed in ("jobqueue/py.typed", "jobqueue/final/stores/postgres/sql/queries.sql",
+                   "jobqueue/final/stores/postgres/sql/schema.sql",
+                   "jobqueue/final/stores/postgres/sql/processes.sql",
+                   "jobqueue/final/stores/postgres/sql/migrations/003_result_json.sql"):
+        assert needed in shipped, needed
