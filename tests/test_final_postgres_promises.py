@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from conftest import open_queue, start_server
-from test_final_contract import Gate, held, until
+from test_final_contract import Gate, held, hold_worker, until
 
 from bench.pgserver import PostgresServer
 from jobqueue import cli, final
@@ -350,6 +350,42 @@ class TestWriterFaults:
         assert "vetoed by the application" in (queue.info("vetoed").last_error or "")
         assert "job 'vetoed': PostgreSQL refused to record this job as completed" in caplog.text
         assert queue.join(10)
+
+
+class TestCancelDuringAClaim:
+    """Found by the model-based test: a job this process's claimer had just claimed (its
+    row this process's in the database, not yet in the queue's table) was refused by
+    cancel() as if another process held it, though it was QUEUED here."""
+
+    def test_a_job_being_claimed_here_is_cancelled_once_the_claim_lands(
+        self, config: final.Config, queues: list[final.JobQueue],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        worker = open_queue(queues, config, num_workers=1)
+        gate = hold_worker(worker)  # the only worker is busy: a claimed job stays QUEUED
+        store = worker._core.store
+        real_claim, claimed, release = store.claim, threading.Event(), threading.Event()
+
+        def slow_to_land(*args: object) -> list[final.JobRecord]:
+            records = real_claim(*args)  # type: ignore[arg-type]
+            if any(record.id == "x" for record in records):
+                claimed.set()
+                assert release.wait(10)
+            return records
+
+        monkeypatch.setattr(store, "claim", slow_to_land)
+        producer = open_queue(queues, config, num_workers=0)
+        producer.enqueue(Job("x"))
+        assert claimed.wait(10)  # its row is the worker's in the database, not yet held
+        outcome: list[bool] = []
+        cancelling = threading.Thread(target=lambda: outcome.append(worker.cancel("x")))
+        cancelling.start()
+        release.set()
+        cancelling.join(10)
+        assert outcome == [True]
+        assert worker.status("x") is Status.CANCELLED
+        assert producer.status("x") is Status.CANCELLED
+        gate.release.set()
 
 
 class TestOutcomes:

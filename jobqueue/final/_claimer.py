@@ -102,6 +102,9 @@ def claim(core: Core, policy: RetryPolicy) -> None:
             kinds = None if core.config.handler is not None else frozenset(core.handlers)
             registered = core.registered
             news = list(core.news)
+            # Until the last of these claims lands, cancel() of a job it finds held by this
+            # process in the database waits for it (see JobQueue.cancel).
+            core.claiming = core.shared is not None
         for priority, room in wanted:
             try:
                 asked = core.clock()
@@ -127,6 +130,8 @@ def claim(core: Core, policy: RetryPolicy) -> None:
             }
             with core.mutex:
                 if core.closing:
+                    core.claiming = False
+                    core.changed_locked()
                     return  # the store keeps them for the next start
                 if records is None:
                     # Producers must not wait for jobs that cannot be claimed; the claimer
@@ -134,6 +139,7 @@ def claim(core: Core, policy: RetryPolicy) -> None:
                     core.unclaimed = [False, False, False]
                     for line in core.room:
                         line.wake_all()
+                    core.claiming = False
                     core.changed_locked()
                     break
                 settled = _hold_locked(core, records, interrupted)
@@ -144,6 +150,8 @@ def claim(core: Core, policy: RetryPolicy) -> None:
                         and core.news[priority] == news[priority]):
                     core.unclaimed[priority] = False
                     core.room[priority].wake_all()
+                if priority is wanted[-1][0]:
+                    core.claiming = False
                 core.changed_locked()
             for hook, info in settled:  # outside the mutex, as a worker calls them
                 call_hook_if_kept(core, info.id, hook, info)

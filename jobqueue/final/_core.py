@@ -185,6 +185,9 @@ class Core:
         self.hooks: dict[State, Hook] | None = {
             state: hook for state, hook in hooks.items() if hook is not None} or None
         self.unclaimed = [True, True, True]  # the store may hold jobs of p for this queue
+        # A shared store: the claimer's claims are under way (the rows are this process's
+        # in the database, not yet in the table); changed is notified when they land.
+        self.claiming = False
         self.news = [0, 0, 0]  # counts jobs_ready() calls for p, for the claimer
         self.registered = 0  # counts register() calls of a new kind, for the claimer
         self.newest_seq = 0  # the highest seq of a job accepted: lives of an id go up

@@ -508,6 +508,9 @@ class JobQueue:
         with ``fsync``), or committed in PostgreSQL. Never blocks on a handler; raises
         ``QueueClosed`` after close(), ``StoreError`` if the store cannot keep it.
         """
+        return self._cancel(job_id, again=False)
+
+    def _cancel(self, job_id: str, again: bool) -> bool:
         self._refuse_if_forked()
         _check_id(job_id)
         core = self._core
@@ -545,7 +548,17 @@ class JobQueue:
         if wake is not None:
             wake.set()
         if entry is None and core.shared is not None:
-            return core.shared.cancel(job_id)
+            if core.shared.cancel(job_id):
+                return True
+            # The database refused: another process holds the job, or this one's claimer
+            # does and has not put it in the table yet. Once its claims land, a job held
+            # here is cancelled as one.
+            with core.mutex:
+                while core.claiming and core.table.get(job_id) is None and not core.closed:
+                    core.wait_changed_locked(None)
+                claimed = core.table.get(job_id) is not None and not core.closed
+            if claimed and not again:
+                return self._cancel(job_id, again=True)
         return False
 
     # -- asking -----------------------------------------------------------------------------
