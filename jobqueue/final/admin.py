@@ -29,7 +29,9 @@ from typing import Any, Protocol, TypeVar
 
 from jobqueue.final._states import Status
 from jobqueue.final.stores.base import JobRecord
+from jobqueue.final.stores.lmdb import admin as lmdb
 from jobqueue.final.stores.lmdb.admin import StoreReader, owner_pid
+from jobqueue.final.stores.postgres import admin as postgres
 from jobqueue.final.stores.postgres.admin import QueueReader, is_database_url, mask
 
 __all__ = ["QueueReader", "Reader", "StoreReader", "cancel", "is_database_url", "mask",
@@ -91,22 +93,14 @@ def requeue(where: str, job_ids: Sequence[str] | None = None, *,
     """Make FAILED jobs QUEUED again from attempt 0; ``None`` means every FAILED job.
     Returns the ids requeued."""
     if is_database_url(where):
-        from jobqueue.final.stores.postgres import admin as postgres
-
         return postgres.requeue(where, queue, job_ids)
-    from jobqueue.final.stores.lmdb import admin as lmdb
-
     return lmdb.requeue(where, job_ids)
 
 
 def cancel(where: str, job_ids: Sequence[str], *, queue: str = "default") -> list[str]:
     """Make QUEUED, SCHEDULED or RETRYING jobs CANCELLED; returns the ids cancelled."""
     if is_database_url(where):
-        from jobqueue.final.stores.postgres import admin as postgres
-
         return postgres.cancel(where, queue, job_ids)
-    from jobqueue.final.stores.lmdb import admin as lmdb
-
     return lmdb.cancel(where, job_ids)
 
 
@@ -116,9 +110,5 @@ def purge(where: str, job_ids: Sequence[str] | None = None,
     """Delete the given jobs, or every job in ``statuses``; returns the ids deleted. A live
     job (queued, scheduled, processing, retrying) is refused unless ``force``."""
     if is_database_url(where):
-        from jobqueue.final.stores.postgres import admin as postgres
-
         return postgres.purge(where, queue, job_ids, statuses, force=force)
-    from jobqueue.final.stores.lmdb import admin as lmdb
-
     return lmdb.purge(where, job_ids, statuses, force=force)
